@@ -1,0 +1,23 @@
+"""airlock: signed, offline appliance bundles for local LLM serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _read_version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return "0+unknown"
+    source = Path(__file__).resolve().parent.parent / "VERSION"
+    if source.is_file():
+        # A checkout (editable or not) always reports what VERSION says.
+        return source.read_text(encoding="utf-8").strip()
+    try:
+        return version("airlock")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _read_version()

@@ -1,0 +1,61 @@
+"""Human and machine output: messages on stderr, results on stdout, progress bars via rich."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+err = Console(stderr=True, highlight=False)
+
+
+def step(message: str) -> None:
+    """Announce one step of a longer job on stderr."""
+    err.print(f"[bold cyan]==>[/] {message}")
+
+
+def info(message: str) -> None:
+    err.print(f"    {message}")
+
+
+def warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {message}")
+
+
+def emit_json(data: Any) -> None:
+    """Write one JSON document to stdout (``--json`` output)."""
+    json.dump(data, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+@contextmanager
+def byte_progress(description: str, total: int | None) -> Iterator[Any]:
+    """A bytes progress bar (with bytes/s) on stderr; yields ``advance(n)``."""
+    with Progress(
+        TextColumn("    {task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        yield advance

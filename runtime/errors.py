@@ -1,0 +1,70 @@
+"""The airlock exception root and the failure kinds shared by both sides of the gap.
+
+This module lives in ``runtime/`` because target hosts run it with the standard library
+only; ``bundler.errors`` re-exports everything here and adds the connected-side kinds, so
+there is exactly one root, :class:`AirlockError`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+
+class AirlockError(Exception):
+    """Root of every error airlock reports to a user.
+
+    ``message`` says what failed, ``hint`` how to fix it, ``problems`` lists every
+    individual finding when a verifier collected several before raising.
+    """
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: Optional[str] = None,
+        problems: Optional[Iterable[str]] = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.problems: Sequence[str] = tuple(problems or ())
+
+    def render(self) -> str:
+        """The full user-facing text: message, every problem, and the fix."""
+        lines = ["error: " + self.message]
+        lines.extend("  - " + p for p in self.problems)
+        if self.hint:
+            lines.append("hint: " + self.hint)
+        return "\n".join(lines)
+
+
+class UsageError(AirlockError):
+    """A command was called with arguments that cannot work together."""
+
+    exit_code = 2
+
+
+class IntegrityError(AirlockError):
+    """Bytes do not match the digest or size that was signed."""
+
+    exit_code = 20
+
+
+class ArchiveFormatError(AirlockError):
+    """An archive member or metadata is malformed or of a kind airlock never accepts."""
+
+    exit_code = 21
+
+
+class HostError(AirlockError):
+    """A target host cannot run the bundle (hardware, memory, disk, Python)."""
+
+    exit_code = 50
+
+
+class InstallError(AirlockError):
+    """Installing, switching or rolling back a release failed on a host."""
+
+    exit_code = 60

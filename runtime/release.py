@@ -1,0 +1,658 @@
+"""Far-side release management: release dirs, the atomic ``current`` switch, state, health gate.
+
+Layout on a host (every root configurable, see :class:`Layout`)::
+
+    /opt/airlock/releases/<version>/   unpacked, verified payload of one bundle (read-only)
+    /opt/airlock/current -> releases/<version>
+    /opt/airlock/lib/runtime/          this package, copied by the playbook
+    /opt/airlock/incoming/             bundle transfers (``<digest>.tar.part`` while resuming)
+    /etc/airlock/releases/<version>.env  rendered server settings for that release
+    /var/lib/airlock/state.json        installed releases, sequence floor, verified digests
+    /var/lib/airlock/manifests/<sha256>.json  the verified manifest bytes of each release
+
+Run as ``python3 -m runtime.release COMMAND`` (standard library only, Python 3.8+).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+from runtime.errors import AirlockError, InstallError, IntegrityError, UsageError
+
+STATE_SCHEMA = 1
+MANIFEST_MEMBER = "airlock/manifest.json"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+class SequenceFloorError(InstallError):
+    """The bundle's sequence is below the highest one already installed (rollback attack)."""
+
+    exit_code = 13  # the same number as bundler.errors.RollbackError
+
+
+class Layout:
+    """Where airlock lives on one host."""
+
+    def __init__(
+        self,
+        *,
+        root: str = "/opt/airlock",
+        config: str = "/etc/airlock",
+        state: str = "/var/lib/airlock",
+    ) -> None:
+        self.root = root
+        self.config = config
+        self.state = state
+
+    @property
+    def releases(self) -> str:
+        return os.path.join(self.root, "releases")
+
+    @property
+    def current(self) -> str:
+        return os.path.join(self.root, "current")
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.state, "state.json")
+
+    def release_dir(self, version: str) -> str:
+        if not version or "/" in version or version in (".", "..") or version.startswith("."):
+            raise UsageError(
+                f"release version {version!r} cannot name a directory",
+                hint="bundle versions must be plain names such as 1.2.0",
+            )
+        return os.path.join(self.releases, version)
+
+    def manifest_file(self, digest: str) -> str:
+        return os.path.join(self.state, "manifests", digest + ".json")
+
+    def env_file(self, version: str) -> str:
+        return os.path.join(self.config, "releases", version + ".env")
+
+
+# ---------------------------------------------------------------- state (pure + atomic I/O
+
+
+def empty_state() -> Dict[str, Any]:
+    return {"schema": STATE_SCHEMA, "current": None, "releases": {}, "floor": 0, "history": []}
+
+
+def load_state(layout: Layout) -> Dict[str, Any]:
+    """The host's state, or an empty one before the first install."""
+    try:
+        with open(layout.state_file, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return empty_state()
+    except ValueError as e:
+        raise InstallError(
+            f"state file {layout.state_file} is not valid JSON: {e}",
+            hint="restore it from backup or remove it and reinstall the release",
+        ) from e
+    if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
+        raise InstallError(
+            f"state file {layout.state_file} has an unknown schema",
+            hint="this host was installed by a newer airlock; use that version's playbooks",
+        )
+    return data
+
+
+def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same directory and os.replace."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def save_state(layout: Layout, state: Dict[str, Any]) -> None:
+    text = json.dumps(state, indent=2, sort_keys=True) + "\n"
+    atomic_write(layout.state_file, text.encode("utf-8"), 0o644)
+
+
+def _event(state: Dict[str, Any], event: str, version: Optional[str], detail: str) -> None:
+    state["history"].append(
+        {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "event": event,
+            "version": version,
+            "detail": detail,
+        }
+    )
+
+
+def check_sequence(state: Dict[str, Any], sequence: int, *, allow_downgrade: bool) -> str:
+    """Refuse a sequence below the floor unless a downgrade is explicitly allowed.
+
+    Returns a message describing the decision; raises :class:`SequenceFloorError`.
+    """
+    floor = int(state.get("floor", 0))
+    if sequence >= floor:
+        return f"sequence {sequence} is at or above the floor {floor}"
+    if allow_downgrade:
+        return f"DOWNGRADE allowed by the operator: sequence {sequence} is below the floor {floor}"
+    raise SequenceFloorError(
+        f"bundle sequence {sequence} is lower than sequence {floor} already installed on this host",
+        hint=f"install a bundle with sequence >= {floor}, or set airlock_allow_downgrade=true "
+        "if you really mean to go back (it is logged)",
+    )
+
+
+def record_release(
+    state: Dict[str, Any],
+    *,
+    version: str,
+    digest: str,
+    sequence: int,
+    name: str,
+    downgrade: bool = False,
+) -> None:
+    """Mark ``version`` current in ``state`` (pure)."""
+    known = state["releases"].get(version)
+    if known is not None and known["manifest_sha256"] != digest:
+        raise InstallError(
+            "release {} is already installed from a different manifest ({})".format(
+                version, known["manifest_sha256"]
+            ),
+            hint=f"give each bundle a new version, or uninstall {version} first",
+        )
+    state["releases"][version] = {
+        "manifest_sha256": digest,
+        "sequence": sequence,
+        "name": name,
+    }
+    previous = state.get("current")
+    state["current"] = version
+    state["floor"] = max(int(state.get("floor", 0)), sequence)
+    detail = f"from {previous}" if previous else "first install"
+    if downgrade:
+        detail += "; downgrade allowed by the operator"
+    _event(state, "switch", version, detail)
+
+
+def previous_release(state: Dict[str, Any]) -> Optional[str]:
+    """The release that was current before the current one, if it is still installed."""
+    current = state.get("current")
+    for entry in reversed(state.get("history", [])):
+        version = entry.get("version")
+        if entry.get("event") in ("switch", "rollback") and version != current:
+            if version in state["releases"]:
+                return str(version)
+    return None
+
+
+# ---------------------------------------------------------------- the current link
+
+
+def switch_current(layout: Layout, version: str) -> None:
+    """Point ``current`` at ``releases/<version>`` with one atomic rename."""
+    target = layout.release_dir(version)
+    if not os.path.isdir(target):
+        raise InstallError(
+            f"release directory {target} does not exist",
+            hint=f"install the bundle for release {version} first",
+        )
+    tmp = layout.current + f".tmp-{os.getpid()}"
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
+    os.symlink(os.path.join("releases", version), tmp)
+    os.replace(tmp, layout.current)
+
+
+def current_target(layout: Layout) -> Optional[str]:
+    try:
+        return os.path.basename(os.readlink(layout.current))
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- manifest copy
+
+
+def read_manifest(bundle: str, expected_sha256: str) -> bytes:
+    """The manifest bytes from the bundle's first member, checked against the verified digest."""
+    try:
+        with tarfile.open(bundle, mode="r:") as tar:
+            member = tar.next()
+            if member is None or member.name != MANIFEST_MEMBER or not member.isreg():
+                raise IntegrityError(
+                    f"{bundle} does not start with {MANIFEST_MEMBER}",
+                    hint="this is not an airlock bundle; transfer the original file again",
+                )
+            if member.size > MAX_MANIFEST_BYTES:
+                raise IntegrityError(f"manifest in {bundle} is implausibly large")
+            f = tar.extractfile(member)
+            assert f is not None
+            data = f.read()
+    except (OSError, tarfile.TarError) as e:
+        raise IntegrityError(
+            f"cannot read the manifest of {bundle}: {e}",
+            hint="the transfer is incomplete or damaged; run the install again to resume it",
+        ) from e
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise IntegrityError(
+            f"manifest of {bundle} has sha256 {actual}, "
+            f"but the controller verified {expected_sha256}",
+            hint="the bundle changed after verification; transfer it again",
+        )
+    return data
+
+
+def install_manifest(layout: Layout, data: bytes, digest: str) -> str:
+    path = layout.manifest_file(digest)
+    atomic_write(path, data, 0o644)
+    return path
+
+
+# ---------------------------------------------------------------- drift
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_CHUNK)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_drift(layout: Layout, state: Dict[str, Any], version: str) -> List[Dict[str, str]]:
+    """Every file of ``version`` whose bytes differ from the signed manifest, plus extras."""
+    entry = state["releases"].get(version)
+    if entry is None:
+        raise InstallError(f"release {version} is not recorded in {layout.state_file}")
+    digest = entry["manifest_sha256"]
+    drift: List[Dict[str, str]] = []
+    manifest_path = layout.manifest_file(digest)
+    try:
+        with open(manifest_path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        return [{"file": manifest_path, "expected": digest, "actual": f"unreadable: {e}"}]
+    if hashlib.sha256(raw).hexdigest() != digest:
+        actual = hashlib.sha256(raw).hexdigest()
+        return [{"file": manifest_path, "expected": digest, "actual": actual}]
+    manifest = json.loads(raw.decode("utf-8"))
+    base = layout.release_dir(version)
+    expected = {}
+    for item in manifest.get("files", []):
+        expected[item["path"]] = item
+    for rel in sorted(expected):
+        path = os.path.join(base, rel)
+        want = expected[rel]["sha256"]
+        if os.path.islink(path) or not os.path.isfile(path):
+            drift.append({"file": path, "expected": want, "actual": "missing"})
+            continue
+        got = file_sha256(path)
+        if got != want:
+            drift.append({"file": path, "expected": want, "actual": got})
+    for dirpath, _dirs, files in os.walk(base):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, base)
+            if rel not in expected:
+                drift.append({"file": path, "expected": "absent", "actual": "unexpected file"})
+    return drift
+
+
+# ---------------------------------------------------------------- health gate
+
+
+def _http(url: str, body: Optional[bytes], timeout: float, api_key: Optional[str]) -> Any:
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = "Bearer " + api_key
+    request = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310
+    # The gate only ever talks to the server on this host; no proxy may intercept it.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def wait_healthy(
+    base_url: str,
+    *,
+    timeout: float,
+    alive: Any = None,
+    api_key: Optional[str] = None,
+) -> None:
+    """Poll ``<base_url>/health`` until it answers 200; ``alive()`` False aborts early."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise InstallError(
+                f"the server exited before it became healthy (last: {last})",
+                hint="read the server log for the reason (model load, memory, CPU)",
+            )
+        try:
+            code, _ = _http(base_url + "/health", None, 5.0, api_key)
+            if code == 200:
+                return
+            last = f"HTTP {code}"
+        except Exception as e:
+            last = str(e) or type(e).__name__
+        time.sleep(0.25)
+    raise InstallError(
+        f"{base_url}/health did not answer 200 within {timeout:.0f}s (last: {last})",
+        hint="read the server log; raise airlock_health_timeout for very large models",
+    )
+
+
+def check_completion(base_url: str, *, timeout: float, api_key: Optional[str] = None) -> str:
+    """One real completion through the OpenAI-compatible API; returns the text."""
+    body = json.dumps(
+        {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
+    ).encode()
+    try:
+        code, raw = _http(base_url + "/v1/completions", body, timeout, api_key)
+        answer = json.loads(raw.decode("utf-8"))
+        choices = answer["choices"]
+        text = str(choices[0].get("text", ""))
+        tokens = int(answer.get("usage", {}).get("completion_tokens", 1))
+    except Exception as e:
+        raise InstallError(
+            f"the server is healthy but a completion failed: {e}",
+            hint="the model loads but cannot generate; read the server log",
+        ) from e
+    if code != 200 or tokens < 1:
+        raise InstallError(f"completion returned HTTP {code} with {tokens} tokens")
+    return text
+
+
+def health_gate(
+    release_dir: str,
+    env_file: str,
+    *,
+    user: Optional[str],
+    log_file: str,
+    timeout: float,
+) -> Dict[str, Any]:
+    """Run the release's server, require /health 200 and one real completion, stop it."""
+    import subprocess
+
+    from runtime.supervise import _drop_privileges, launch_spec, settings_value
+
+    argv, env, cwd = launch_spec(release_dir, env_file)
+    base_url = settings_value(env_file, "AIRLOCK_HEALTH_URL") or "http://127.0.0.1:8080"
+    key_file = settings_value(env_file, "AIRLOCK_API_KEY_FILE")
+    api_key = None
+    if key_file:
+        with open(key_file, encoding="utf-8") as f:
+            api_key = f.read().strip()
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    started = time.monotonic()
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=(lambda: _drop_privileges(user)) if user else None,
+        )
+        try:
+            wait_healthy(
+                base_url, timeout=timeout, alive=lambda: proc.poll() is None, api_key=api_key
+            )
+            text = check_completion(base_url, timeout=timeout, api_key=api_key)
+        except InstallError as e:
+            raise InstallError(
+                f"health gate failed for {release_dir}: {e.message}",
+                hint=f"server log: {log_file}\n{_tail(log_file)}",
+            ) from e
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return {"url": base_url, "completion": text, "seconds": round(time.monotonic() - started, 2)}
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()[-8192:]
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- failure recovery
+
+
+def discard(layout: Layout, version: str, *, first_install: bool) -> List[str]:
+    """Undo a failed install of ``version``: what a failed install must not leave behind.
+
+    A release that is recorded in the state (installed before) is kept. A failed first
+    install removes everything airlock created. Returns the removed paths.
+    """
+    removed: List[str] = []
+    state = load_state(layout)
+    if first_install and not state["releases"]:
+        for path in (layout.root, layout.config, layout.state):
+            if os.path.lexists(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+    if version not in state["releases"]:
+        for path in (layout.release_dir(version), layout.env_file(version)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+                removed.append(path)
+    current = state.get("current")
+    if current and current_target(layout) != current:
+        switch_current(layout, current)
+        removed.append(f"{layout.current} (pointed back to {current})")
+    return removed
+
+
+def rollback(layout: Layout, to: Optional[str]) -> Dict[str, Any]:
+    """Point ``current`` at the previous (or a named) installed release and record it."""
+    state = load_state(layout)
+    target = to or previous_release(state)
+    if target is None:
+        raise InstallError(
+            "there is no previous release to roll back to",
+            hint="installed releases: %s" % (", ".join(sorted(state["releases"])) or "none"),
+        )
+    if target not in state["releases"] or not os.path.isdir(layout.release_dir(target)):
+        raise InstallError(
+            f"release {target} is not installed on this host",
+            hint="installed releases: {}".format(", ".join(sorted(state["releases"]))),
+        )
+    before = state.get("current")
+    if before == target and current_target(layout) == target:
+        return {"changed": False, "current": target, "previous": before}
+    switch_current(layout, target)
+    state["current"] = target
+    _event(state, "rollback", target, f"from {before}")
+    save_state(layout, state)
+    return {"changed": True, "current": target, "previous": before}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m runtime.release",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--root", default="/opt/airlock")
+    parser.add_argument("--config", default="/etc/airlock")
+    parser.add_argument("--state", default="/var/lib/airlock")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("status", help="installed releases, current, floor (JSON)")
+
+    p = sub.add_parser("check-sequence", help="refuse a sequence below the floor")
+    p.add_argument("--sequence", type=int, required=True)
+    p.add_argument("--allow-downgrade", action="store_true")
+
+    p = sub.add_parser("manifest", help="copy the verified manifest out of a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--sha256", required=True)
+
+    p = sub.add_parser("gate", help="health gate: serve the release, /health and a completion")
+    p.add_argument("--version", required=True)
+    p.add_argument("--user", default=None)
+    p.add_argument("--log-file", required=True)
+    p.add_argument("--timeout", type=float, default=120.0)
+
+    p = sub.add_parser("switch", help="point current at a release and record it")
+    p.add_argument("--version", required=True)
+    p.add_argument("--manifest-sha256", required=True)
+    p.add_argument("--sequence", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--allow-downgrade", action="store_true")
+
+    p = sub.add_parser("health", help="wait until the running service answers /health")
+    p.add_argument("--url", required=True)
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--completion", action="store_true", help="also require one completion")
+
+    p = sub.add_parser("discard", help="undo a failed install of a release")
+    p.add_argument("--version", required=True)
+    p.add_argument("--first-install", action="store_true")
+
+    p = sub.add_parser("rollback", help="switch current to the previous or a named release")
+    p.add_argument("--to", default=None)
+
+    p = sub.add_parser("verify", help="re-hash installed files against the signed manifest")
+    p.add_argument("--all", action="store_true", help="every installed release, not current")
+    return parser
+
+
+def run(args: argparse.Namespace) -> Dict[str, Any]:
+    layout = Layout(root=args.root, config=args.config, state=args.state)
+    cmd = args.command
+    if cmd == "status":
+        state = load_state(layout)
+        return dict(
+            state, link=current_target(layout), previous=previous_release(state), changed=False
+        )
+    if cmd == "check-sequence":
+        message = check_sequence(
+            load_state(layout), args.sequence, allow_downgrade=args.allow_downgrade
+        )
+        return {"changed": False, "message": message}
+    if cmd == "manifest":
+        path = layout.manifest_file(args.sha256)
+        if os.path.isfile(path) and file_sha256(path) == args.sha256:
+            return {"changed": False, "path": path}
+        return {
+            "changed": True,
+            "path": install_manifest(layout, read_manifest(args.bundle, args.sha256), args.sha256),
+        }
+    if cmd == "gate":
+        result = health_gate(
+            layout.release_dir(args.version),
+            layout.env_file(args.version),
+            user=args.user,
+            log_file=args.log_file,
+            timeout=args.timeout,
+        )
+        return dict(result, changed=False)
+    if cmd == "switch":
+        state = load_state(layout)
+        check_sequence(state, args.sequence, allow_downgrade=args.allow_downgrade)
+        downgrade = args.sequence < int(state.get("floor", 0))
+        if state.get("current") == args.version and current_target(layout) == args.version:
+            return {"changed": False, "current": args.version}
+        switch_current(layout, args.version)
+        record_release(
+            state,
+            version=args.version,
+            digest=args.manifest_sha256,
+            sequence=args.sequence,
+            name=args.name,
+            downgrade=downgrade,
+        )
+        save_state(layout, state)
+        return {"changed": True, "current": args.version}
+    if cmd == "health":
+        wait_healthy(args.url, timeout=args.timeout)
+        text = check_completion(args.url, timeout=args.timeout) if args.completion else None
+        return {"changed": False, "url": args.url, "completion": text}
+    if cmd == "discard":
+        removed = discard(layout, args.version, first_install=args.first_install)
+        return {"changed": bool(removed), "removed": removed}
+    if cmd == "rollback":
+        return rollback(layout, args.to)
+    if cmd == "verify":
+        state = load_state(layout)
+        versions = sorted(state["releases"]) if args.all else [state.get("current")]
+        if versions == [None]:
+            raise InstallError("nothing is installed on this host", hint="run install.yml first")
+        drift: List[Dict[str, str]] = []
+        for version in versions:
+            drift.extend(find_drift(layout, state, str(version)))
+        if drift:
+            raise IntegrityError(
+                f"{len(drift)} installed file(s) differ from the signed manifest",
+                problems=[
+                    "{}: expected {}, found {}".format(d["file"], d["expected"], d["actual"])
+                    for d in drift
+                ],
+                hint="reinstall the release with install.yml (or roll back) and find out "
+                "who changed the files",
+            )
+        return {"changed": False, "verified": versions, "drift": []}
+    raise UsageError(f"unknown command {cmd}")  # pragma: no cover
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except AirlockError as e:
+        # Ansible reads stdout as JSON even on failure; the human text goes to stderr.
+        print(
+            json.dumps(
+                {
+                    "failed": True,
+                    "error": e.message,
+                    "problems": list(e.problems),
+                    "hint": e.hint,
+                    "exit_code": e.exit_code,
+                },
+                sort_keys=True,
+            )
+        )
+        print(e.render(), file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -19,7 +19,13 @@ def digest(label: str) -> str:
 
 def _file(path: str, size: int = 100, mode: str = "0644") -> dict[str, Any]:
     component = path.split("/", 1)[0] if "/" in path else "bundle"
-    return {"path": path, "size": size, "sha256": digest(path), "mode": mode, "component": component}
+    return {
+        "path": path,
+        "size": size,
+        "sha256": digest(path),
+        "mode": mode,
+        "component": component,
+    }
 
 
 def manifest(**overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,470 @@
+"""Deterministic single-pass bundle writer (hash while writing) and in-place co-signing.
+
+Layout (docs/FORMAT.md, "Archive"): a metadata region sized up front from the file list
+(manifest, signatures, zero ``airlock/reserve``), then the payload sorted by path. The
+payload is streamed once while hashed; the region is written last into the space kept for
+it, so no input byte is read twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from bundler import sshsig
+from bundler.errors import IntegrityError, UsageError
+from bundler.manifest import Builder, Component, FileEntry, Manifest, check_path
+from bundler.sshkeys import Signer
+from runtime.bundle import (
+    BLOCK,
+    BUNDLE_COMPONENT,
+    MANIFEST_NAME,
+    PAX_NAME,
+    RECORD,
+    RESERVE_NAME,
+    SIGNATURE_DIR,
+    check_payload,
+    component_of,
+    read_metadata_stream,
+)
+
+SUMS_NAME = "SHA256SUMS"
+CHUNK = 1 << 20
+SIGNATURE_ALLOWANCE = 1024  # header + padded armored Ed25519 SSHSIG (about 300 bytes)
+COSIGN_SLOTS = 16  # co-signatures that fit in place before a rewrite is needed
+REGION_ALIGN = 4096
+_MAX_OCTAL_SIZE = 8**11 - 1
+
+Progress = Optional[Callable[[int], None]]
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """A written bundle: the tar (or its split index), its whole-archive signature."""
+
+    path: Path
+    signature_path: Path
+    manifest_sha256: str
+    size: int
+    files: int
+    payload_bytes: int
+    signers: tuple[str, ...]
+    parts: tuple[Path, ...] = ()
+    index: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class CosignResult:
+    """A co-signed bundle: which signature was added and whether it fit in place."""
+
+    path: Path
+    signature_path: Path
+    added: str
+    in_place: bool
+    signatures: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: str
+    src: Optional[Path]
+    size: int
+    mode: str
+
+
+# --------------------------------------------------------------------------- tar headers
+
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n".encode()
+    length = len(body) + len(str(len(body)))
+    if len(str(length)) != len(str(length - len(body))):
+        length = len(body) + len(str(length))
+    return str(length).encode("ascii") + body
+
+
+def _block(name: bytes, size: int, mode: int, mtime: int, typeflag: bytes) -> bytes:
+    header = bytearray(BLOCK)
+    header[0 : len(name)] = name
+    header[100:108] = b"%07o\0" % mode
+    header[108:116] = b"0000000\0"
+    header[116:124] = b"0000000\0"
+    header[124:136] = b"%011o\0" % size
+    header[136:148] = b"%011o\0" % mtime
+    header[148:156] = b" " * 8
+    header[156:157] = typeflag
+    header[257:263] = b"ustar\0"
+    header[263:265] = b"00"
+    header[329:337] = b"0000000\0"
+    header[337:345] = b"0000000\0"
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header)
+
+
+def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
+    """The header block(s) of one regular file; a PAX header only when ustar cannot hold it."""
+    raw = path.encode("utf-8")
+    records = b""
+    if len(raw) > 100 or not raw.isascii():
+        records += _pax_record("path", path)
+    if size > _MAX_OCTAL_SIZE:
+        records += _pax_record("size", str(size))
+    out = b""
+    if records:
+        out = _block(PAX_NAME.encode(), len(records), 0o644, mtime, b"x") + _pad(records)
+    name = raw if len(raw) <= 100 and raw.isascii() else raw[:100]
+    return out + _block(name, 0 if size > _MAX_OCTAL_SIZE else size, mode, mtime, b"0")
+
+
+def _pad(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % BLOCK)
+
+
+def _member(path: str, data: bytes, mtime: int) -> bytes:
+    return member_header(path, len(data), 0o644, mtime) + _pad(data)
+
+
+def build_region(
+    manifest_bytes: bytes, signatures: Sequence[tuple[str, bytes]], size: int, mtime: int
+) -> Optional[bytes]:
+    """The metadata region of exactly ``size`` bytes, or None when it does not fit."""
+    head = _member(MANIFEST_NAME, manifest_bytes, mtime)
+    for name, sig in sorted(signatures, key=lambda s: s[0].encode()):
+        head += _member(name, sig, mtime)
+    reserve = size - len(head) - BLOCK
+    if reserve < 0:
+        return None
+    head += member_header(RESERVE_NAME, reserve, 0o644, mtime) + b"\0" * reserve
+    return head
+
+
+def signature_name(signer: Signer) -> str:
+    return f"{SIGNATURE_DIR}{sshsig.signature_id(signer.public_key)}.sig"
+
+
+# --------------------------------------------------------------------------- pack
+
+
+def scan_stage(stage: Path) -> list[_Source]:
+    """Every regular file under ``stage`` with its bundle path; refuses links and specials."""
+    found: list[_Source] = []
+    problems: list[str] = []
+    if not stage.is_dir():
+        raise UsageError(f"{stage} is not a directory", hint="pass the staged bundle directory")
+    for root, dirs, files in os.walk(stage, followlinks=False):
+        dirs.sort()
+        for name in [*dirs, *files]:
+            full = Path(root) / name
+            rel = full.relative_to(stage).as_posix()
+            st = full.lstat()
+            if stat.S_ISDIR(st.st_mode):
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                problems.append(f"{rel}: not a regular file (links and devices are never bundled)")
+                continue
+            try:
+                check_path(rel)
+            except UsageError as e:
+                problems.append(e.message)
+                continue
+            if rel == SUMS_NAME:
+                problems.append(f"{rel}: pack writes this file itself; remove it from the stage")
+                continue
+            if rel.startswith("airlock/"):
+                problems.append(f"{rel}: airlock/ is reserved for bundle metadata")
+                continue
+            mode = "0755" if st.st_mode & 0o111 else "0644"
+            found.append(_Source(rel, full, st.st_size, mode))
+    if problems:
+        raise UsageError(
+            f"{len(problems)} staged files cannot be bundled",
+            problems=problems,
+            hint="replace links with the files they point to, and rename the paths named",
+        )
+    return found
+
+
+def _sums_line(path: str, digest: str) -> bytes:
+    return f"{digest}  {path}\n".encode()
+
+
+def pack(
+    stage: Path,
+    *,
+    name: str,
+    version: str,
+    sequence: int,
+    expires: datetime,
+    components: Mapping[str, Mapping[str, Any]],
+    signers: Sequence[Signer],
+    out_dir: Path,
+    source_date_epoch: Optional[int] = None,
+    split: Optional[int] = None,
+    progress: Progress = None,
+) -> PackResult:
+    """Write ``<out_dir>/<name>-<version>.tar`` (and ``.tar.sig``) from the staged files.
+
+    ``components`` maps a component (first path segment) to ``{"type", "properties"}``.
+    Raises UsageError (bad stage or arguments), IntegrityError (a file changed while read).
+    """
+    if not signers:
+        raise UsageError("no signing key given", hint="pass at least one --key")
+    ids = [signature_name(s) for s in signers]
+    if len(set(ids)) != len(ids):
+        raise UsageError("the same key was given twice", hint="give each --key once")
+    if source_date_epoch is None and os.environ.get("SOURCE_DATE_EPOCH"):
+        source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+    mtime = int(time.time()) if source_date_epoch is None else source_date_epoch
+    created = datetime.fromtimestamp(mtime, tz=timezone.utc)
+    sources = scan_stage(stage)
+    sums_size = sum(len(_sums_line(s.path, "0" * 64)) for s in sources)
+    sources.append(_Source(SUMS_NAME, None, sums_size, "0644"))
+    sources.sort(key=lambda s: s.path.encode())
+    comps = {c: _component(c, components) for c in sorted({component_of(s.path) for s in sources})}
+    comps.pop(BUNDLE_COMPONENT, None)
+    for cname in components:
+        comps.setdefault(cname, _component(cname, components))
+    if BUNDLE_COMPONENT in components:
+        comps[BUNDLE_COMPONENT] = _component(BUNDLE_COMPONENT, components)
+
+    def manifest_for(digests: Mapping[str, str]) -> Manifest:
+        return Manifest(
+            name=name,
+            version=version,
+            sequence=sequence,
+            created=created,
+            expires=expires,
+            builder=Builder.current(),
+            components=comps,
+            files=[
+                FileEntry(s.path, s.size, digests.get(s.path, "0" * 64), s.mode) for s in sources
+            ],
+        )
+
+    planned = manifest_for({}).to_bytes()
+    region_size = _region_size(len(planned), len(signers))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{name}-{version}.tar"
+    digests: dict[str, str] = {}
+    with _atomic(final) as (tmp, out):
+        out.seek(region_size)
+        sums_offset = 0
+        payload = 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        for s in sources:
+            mode = 0o755 if s.mode == "0755" else 0o644
+            out.write(member_header(s.path, s.size, mode, mtime))
+            if s.src is None:
+                sums_offset = out.tell()
+                out.write(b"\0" * s.size)
+            else:
+                digests[s.path] = _copy(s, out, view, progress)
+            out.write(b"\0" * (-s.size % BLOCK))
+            payload += s.size
+        out.write(b"\0" * (2 * BLOCK))
+        out.write(b"\0" * (-out.tell() % RECORD))
+        size = out.tell()
+        sums = b"".join(_sums_line(s.path, digests[s.path]) for s in sources if s.src)
+        assert len(sums) == sums_size
+        digests[SUMS_NAME] = hashlib.sha256(sums).hexdigest()
+        out.seek(sums_offset)
+        out.write(sums)
+        manifest_bytes = manifest_for(digests).to_bytes()
+        assert len(manifest_bytes) == len(planned)
+        signatures = [
+            (signature_name(s), sshsig.sign(manifest_bytes, s, namespace=sshsig.MANIFEST_NAMESPACE))
+            for s in signers
+        ]
+        region = build_region(manifest_bytes, signatures, region_size, mtime)
+        if region is None:  # pragma: no cover - the allowance covers Ed25519 signatures
+            raise UsageError("signatures are larger than the space kept for them")
+        out.seek(0)
+        out.write(region)
+        out.flush()
+        os.fsync(out.fileno())
+        if split:
+            from bundler.split import write_parts
+
+            index = write_parts(tmp, final, split, signer=signers[-1], region=region)
+            tmp.unlink()
+            return PackResult(
+                path=index.index,
+                signature_path=index.signature_path,
+                manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+                size=size,
+                files=len(sources),
+                payload_bytes=payload,
+                signers=tuple(s.public_key.fingerprint for s in signers),
+                parts=index.parts,
+                index=index.index,
+            )
+        sig_path = write_archive_signature(tmp, final, signers[-1], region=region)
+    return PackResult(
+        path=final,
+        signature_path=sig_path,
+        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        size=size,
+        files=len(sources),
+        payload_bytes=payload,
+        signers=tuple(s.public_key.fingerprint for s in signers),
+    )
+
+
+def _component(name: str, components: Mapping[str, Mapping[str, Any]]) -> Component:
+    spec = components.get(name)
+    if spec is None:
+        return Component(type="files")
+    return Component(type=str(spec.get("type", "files")), properties=spec.get("properties", {}))
+
+
+def _region_size(manifest_len: int, signers: int) -> int:
+    used = BLOCK + manifest_len + BLOCK + BLOCK  # manifest header and padding, reserve header
+    used += (signers + COSIGN_SLOTS) * SIGNATURE_ALLOWANCE
+    return (used + REGION_ALIGN - 1) // REGION_ALIGN * REGION_ALIGN
+
+
+def _copy(s: _Source, out: IO[bytes], view: memoryview, progress: Progress) -> str:
+    """Stream one staged file into the archive while hashing it; returns its sha256."""
+    assert s.src is not None
+    digest = hashlib.sha256()
+    remaining = s.size
+    with open(s.src, "rb", buffering=0) as f:
+        while remaining:
+            n = f.readinto(view[: min(remaining, CHUNK)])
+            if not n:
+                break
+            digest.update(view[:n])
+            out.write(view[:n])
+            remaining -= n
+            if progress is not None:
+                progress(n)
+        if remaining or f.read(1):
+            raise IntegrityError(
+                f"{s.path} changed size while it was being packed",
+                hint="stop whatever is writing into the stage directory and pack again",
+            )
+    return digest.hexdigest()
+
+
+@contextmanager
+def _atomic(final: Path) -> Iterator[tuple[Path, IO[bytes]]]:
+    """A temp file beside ``final``; renamed over it only when the block succeeds."""
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w+b") as out:
+            yield tmp, out
+        if tmp.exists():
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename."""
+    with _atomic(path) as (_, out):
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def archive_digest(tar: Path, *, region: bytes, progress: Progress = None) -> bytes:
+    """sha512 of the whole archive: the (in-memory) region, then the file after it."""
+    h = hashlib.sha512(region)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(tar, "rb", buffering=0) as f:
+        f.seek(len(region))
+        while n := f.readinto(view):
+            h.update(view[:n])
+            if progress is not None:
+                progress(n)
+    return h.digest()
+
+
+def write_archive_signature(
+    tar: Path, final: Path, signer: Signer, *, region: bytes, progress: Progress = None
+) -> Path:
+    """Write ``<final>.sig``: SSHSIG (airlock-archive-v1) over the whole tar at ``tar``."""
+    digest = archive_digest(tar, region=region, progress=progress)
+    armored = sshsig.sign_digest(digest, signer, namespace=sshsig.ARCHIVE_NAMESPACE)
+    sig_path = Path(str(final) + ".sig")
+    write_atomic(sig_path, armored)
+    return sig_path
+
+
+# --------------------------------------------------------------------------- co-sign
+
+
+def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> CosignResult:
+    """Add ``signer``'s signature over the manifest; rewrite only the metadata region.
+
+    The payload is checked against the manifest first (a co-signer vouches for the bytes),
+    in the same pass that computes the new whole-archive digest. Falls back to a streaming
+    copy when the reserve is exhausted. Raises UsageError (already signed by that key),
+    IntegrityError / ArchiveFormatError (the bundle is damaged; nothing is changed).
+    """
+    with open(bundle, "rb") as f:
+        meta = read_metadata_stream(f)
+    name = signature_name(signer)
+    if any(n == name for n, _ in meta.signatures):
+        raise UsageError(
+            f"{bundle} is already signed by {signer.public_key.fingerprint}",
+            hint="co-sign with a different key",
+        )
+    sig = sshsig.sign(meta.manifest_bytes, signer, namespace=sshsig.MANIFEST_NAMESPACE)
+    signatures = [*meta.signatures, (name, sig)]
+    mtime = int(
+        datetime.strptime(meta.manifest["created"], "%Y-%m-%dT%H:%M:%SZ")
+        .replace(tzinfo=timezone.utc)
+        .timestamp()
+    )
+    region = build_region(meta.manifest_bytes, signatures, meta.payload_offset, mtime)
+    in_place = region is not None
+    if region is None:
+        size = _region_size(len(meta.manifest_bytes), len(signatures))
+        region = build_region(meta.manifest_bytes, signatures, size, mtime)
+        assert region is not None
+    h = hashlib.sha512(region)
+    with open(bundle, "rb") as f:
+        f.seek(meta.payload_offset)
+        if in_place:
+            check_payload(f, meta.manifest, offset=meta.payload_offset, observe=h.update)
+        else:
+            with _atomic(bundle) as (_tmp, out):
+                out.write(region)
+
+                def tee(chunk: Any) -> None:
+                    h.update(chunk)
+                    out.write(chunk)
+
+                check_payload(f, meta.manifest, offset=meta.payload_offset, observe=tee)
+                out.flush()
+                os.fsync(out.fileno())
+    if in_place:
+        with open(bundle, "r+b") as out:
+            out.write(region)
+            out.flush()
+            os.fsync(out.fileno())
+    armored = sshsig.sign_digest(h.digest(), signer, namespace=sshsig.ARCHIVE_NAMESPACE)
+    sig_path = Path(str(bundle) + ".sig")
+    write_atomic(sig_path, armored)
+    return CosignResult(
+        path=bundle,
+        signature_path=sig_path,
+        added=name,
+        in_place=in_place,
+        signatures=tuple(n for n, _ in sorted(signatures, key=lambda s: s[0].encode())),
+    )

@@ -7,15 +7,14 @@ two metadata reads. A diff is informational: it does not verify signatures.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
-import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from packaging.version import InvalidVersion, Version
+
+from bundler import sshsig
+from bundler.errors import SignatureError
 
 __all__ = [
     "SECTIONS",
@@ -29,7 +28,6 @@ __all__ = [
 
 SECTIONS = ("bundle", "models", "runtime", "wheels", "licenses", "signers", "files")
 
-_ARMOR = re.compile(rb"-----BEGIN SSH SIGNATURE-----(.*?)-----END SSH SIGNATURE-----", re.DOTALL)
 _MARKS = {
     "added": "+",
     "removed": "-",
@@ -80,24 +78,13 @@ class BundleDiff:
 def signer_fingerprint(signature: bytes) -> Optional[str]:
     """The ``SHA256:...`` fingerprint of the key in an armored SSHSIG, or None if unreadable.
 
-    Only the public key is read (``PROTOCOL.sshsig``: magic, version, publickey); the
-    signature is not checked, which is all a diff needs.
+    Only the signature's public key is read; the signature is not checked, which is all a
+    diff needs.
     """
-    m = _ARMOR.search(signature)
-    if m is None:
-        return None
     try:
-        blob = base64.b64decode(b"".join(m.group(1).split()), validate=True)
-        if blob[:6] != b"SSHSIG":
-            return None
-        (n,) = struct.unpack(">I", blob[10:14])
-        key = blob[14 : 14 + n]
-        if len(key) != n or n == 0:
-            return None
-    except (ValueError, struct.error):
+        return sshsig.parse(signature).public_key.fingerprint
+    except SignatureError:
         return None
-    digest = base64.b64encode(hashlib.sha256(key).digest()).decode().rstrip("=")
-    return "SHA256:" + digest
 
 
 def diff_manifests(

@@ -19,7 +19,9 @@ from typing import Any
 
 import jinja2
 
-from bundler import __version__
+from bundler import __version__, sbom, sshsig, trust
+from bundler.errors import AirlockError
+from runtime.bundle import read_member, read_metadata
 
 TEMPLATE = "report.html.j2"
 SBOM_PATH = "evidence/sbom.cdx.json"
@@ -312,3 +314,83 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- the edge: read a bundle, check its signatures, write the page -------------------------
+
+
+def check_signers(
+    manifest_bytes: bytes,
+    signatures: Sequence[tuple[str, bytes]],
+    policy: trust.TrustPolicy | None,
+    *,
+    now: dt.datetime,
+) -> tuple[Signer, ...]:
+    """Each manifest signature: its key, whether it verifies, and what the trust policy says.
+
+    Uses the same decision as ``airlock verify`` (:func:`bundler.trust.evaluate`), one
+    signature at a time, so the page shows why each signer counts or does not.
+    """
+    out: list[Signer] = []
+    for member, blob in signatures:
+        try:
+            sig = sshsig.parse(blob)
+        except AirlockError as e:
+            out.append(Signer(member, "unreadable", (), "malformed signature", False, e.message))
+            continue
+        fingerprint = sig.public_key.fingerprint
+        if policy is None:
+            try:
+                sshsig.verify(manifest_bytes, sig, namespace=MANIFEST_NAMESPACE)
+            except AirlockError as e:
+                out.append(Signer(member, fingerprint, (), "does not verify", False, e.message))
+            else:
+                out.append(Signer(member, fingerprint, (), "valid signature, trust not checked"))
+            continue
+        one = trust.TrustPolicy(signers=policy.signers, threshold=1, revoked=policy.revoked)
+        try:
+            decision = trust.evaluate(
+                one, manifest_bytes, [(member, blob)], namespace=MANIFEST_NAMESPACE, now=now
+            )
+        except AirlockError as e:
+            detail = "; ".join(e.problems) or e.message
+            out.append(Signer(member, fingerprint, (), "rejected by trust policy", False, detail))
+            continue
+        principals = decision.accepted[0].principals if decision.accepted else ()
+        out.append(Signer(member, fingerprint, principals, "verified", True))
+    return tuple(out)
+
+
+def write_report(
+    bundle: Path,
+    out: Path,
+    *,
+    allowed_signers: Path | None = None,
+    now: dt.datetime | None = None,
+) -> Report:
+    """Read ``bundle``'s metadata region and SBOM, write the page to ``out`` atomically.
+
+    Raises ArchiveFormatError/IntegrityError for a malformed bundle, TrustError for an
+    unreadable allowed_signers file. Signature and policy findings go into the page.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    policy = trust.load_policy(allowed_signers) if allowed_signers is not None else None
+    meta = read_metadata(bundle)
+    signers = check_signers(meta.manifest_bytes, meta.signatures, policy, now=now)
+    sbom_summary: Mapping[str, Any] | None = None
+    if any(f.get("path") == SBOM_PATH for f in meta.manifest.get("files") or []):
+        data = read_member(
+            bundle, SBOM_PATH, manifest=meta.manifest, payload_offset=meta.payload_offset
+        )
+        sbom_summary = sbom.summarize(data)
+    report = build_report(
+        meta.manifest,
+        manifest_sha256=meta.manifest_sha256,
+        bundle_file=bundle.name,
+        signers=signers,
+        trust_checked=policy is not None,
+        sbom_summary=sbom_summary,
+        now=now,
+    )
+    write_atomic(out, render_html(report))
+    return report

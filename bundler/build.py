@@ -1,0 +1,553 @@
+"""The ``airlock build`` pipeline: lock, stage models and code, runtime, evidence, smoke test, pack.
+
+Each step is one function so the order reads top to bottom in :func:`build`. Model bytes
+are read as few times as possible: a download is hashed as it arrives, a staged model is
+a hard link to the verified cache blob (a hashing copy when the cache is on another file
+system), and the digests known from fetch and lock are reused for the evidence; the pack
+step is the one full read of a model that was just downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from bundler import __version__, console
+from bundler.errors import BuildError, FetchError, SpecError, UsageError
+from bundler.ggufinfo import GgufError, entrypoint_candidates, read_facts, shards_of, split_parts
+from bundler.hub import HubClient, HubSettings, select_files
+from bundler.licenses import card_license, license_facts
+from bundler.lock import (
+    Lock,
+    LockedFile,
+    LockedModel,
+    check_lock,
+    load_lock,
+    local_path_text,
+    write_lock,
+)
+from bundler.spec import ModelSpec, Spec, load_spec
+
+CHUNK = 1024 * 1024
+FAR_SIDE_DIRS = ("runtime", "playbooks", "templates", "docs")
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out_dir: Path
+    keys: tuple[str, ...] = ()
+    offline: bool = False
+    update_lock: bool = False
+    skip_runtime: bool = False
+    source_date_epoch: Optional[int] = None
+    split: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    manifest_sha256: str
+    lock_path: Path
+    lock_changed: bool
+    warnings: tuple[str, ...]
+    files: int
+    size: int
+
+
+@dataclass
+class _Staged:
+    """What the staging steps learned: component properties and digests already known."""
+
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    digests: dict[str, tuple[int, str]] = field(default_factory=dict)  # bundle path -> size, sha
+    warnings: list[str] = field(default_factory=list)
+    entrypoints: dict[str, Path] = field(default_factory=dict)
+
+
+# --- lock ------------------------------------------------------------------------------------
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _local_shards(path: Path) -> list[Path]:
+    parts = split_parts(path.name)
+    if parts is None:
+        return [path]
+    names = shards_of(path.name, [p.name for p in path.parent.iterdir()])
+    return [path.parent / n for n in names]
+
+
+def _lock_local(spec: Spec, m: ModelSpec) -> LockedModel:
+    assert m.path is not None
+    files = []
+    for p in _local_shards(m.path):
+        size, sha = _hash_file(p)
+        files.append(LockedFile(path=p.name, size=size, sha256=sha))
+    return LockedModel(
+        name=m.name,
+        source="local",
+        files=tuple(files),
+        entrypoint=m.path.name,
+        path=local_path_text(spec, m),
+    )
+
+
+def _lock_hub(m: ModelSpec, client: HubClient) -> LockedModel:
+    assert m.repo is not None
+    snap = client.resolve(m.repo, m.revision)
+    by_path = {f.path: f for f in snap.files}
+    paths, missing = select_files(list(by_path), files=m.files, allow=m.allow)
+    if missing:
+        raise FetchError(
+            f"{m.repo}@{m.revision} (commit {snap.commit[:12]}) lacks requested files",
+            problems=[f"models.{m.name}.files: {p} not in the repository" for p in missing],
+            hint="check the names against the repository's file list",
+        )
+    candidates = entrypoint_candidates(paths)
+    entry = m.entrypoint
+    if entry is None:
+        if len(candidates) != 1:
+            found = ", ".join(candidates) or "none"
+            raise SpecError(
+                f"models.{m.name}: cannot tell which GGUF file to serve (found: {found})",
+                hint="select files with 'files'/'allow', or name one with 'entrypoint'",
+            )
+        entry = candidates[0]
+    elif entry not in paths:
+        raise SpecError(f"models.{m.name}.entrypoint: {entry} is not among the selected files")
+    shards_of(entry, paths)
+    files = []
+    for p in paths:
+        rf = by_path[p]
+        if rf.lfs_sha256 is not None:
+            sha = rf.lfs_sha256
+        else:
+            # The Hub names small files by git blob id only: fetch them (verified against that
+            # id) to learn their sha256. They are cached, so the build does not fetch again.
+            sha = client.fetch(
+                m.repo, snap.commit, p, size=rf.size, lfs_sha256=None, blob_id=rf.blob_id
+            ).sha256
+        files.append(
+            LockedFile(
+                path=p, size=rf.size, sha256=sha, lfs=rf.lfs_sha256 is not None, blob_id=rf.blob_id
+            )
+        )
+    return LockedModel(
+        name=m.name,
+        source="hub",
+        files=tuple(files),
+        entrypoint=entry,
+        repo=m.repo,
+        revision=m.revision,
+        request_files=m.files,
+        request_allow=m.allow,
+        commit=snap.commit,
+        endpoint=client.settings.endpoint,
+        gated=snap.gated,
+        card_license=snap.card_license,
+    )
+
+
+def resolve_lock(spec: Spec, client: HubClient) -> Lock:
+    """Resolve every model of ``spec``: Hub revisions to commits, files to size and sha256."""
+    models = []
+    for m in spec.models:
+        console.step(f"resolving {m.name} ({m.repo + '@' + m.revision if m.repo else m.path})")
+        models.append(_lock_local(spec, m) if m.source == "local" else _lock_hub(m, client))
+    return Lock(models=tuple(models))
+
+
+def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, bool]:
+    """Write ``airlock.lock`` for ``spec``; returns the lock and whether the file changed."""
+    settings = settings or HubSettings.from_env()
+    if settings.offline:
+        raise UsageError(
+            "cannot lock offline: resolving revisions needs the Hub",
+            hint="unset HF_HUB_OFFLINE / drop --offline, or build with the existing lock",
+        )
+    new = resolve_lock(spec, HubClient(settings))
+    old_path = spec.lock_path
+    old = old_path.read_bytes() if old_path.exists() else None
+    changed = old != new.to_bytes()
+    if changed:
+        write_lock(old_path, new)
+    return new, changed
+
+
+# --- staging ---------------------------------------------------------------------------------
+
+
+def _place(src: Path, dest: Path, *, size: int, sha256: str) -> None:
+    """Put a verified cache blob at ``dest`` as a real file: hard link, else a checked copy."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+        return
+    except OSError:
+        pass  # another file system (or links not allowed): copy, hashing as we go
+    got = _copy_hashing(src, dest)
+    if got != (size, sha256):
+        raise FetchError(f"{src} changed while it was copied to the stage", hint="rerun the build")
+
+
+def _copy_hashing(src: Path, dest: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with src.open("rb") as fi, dest.open("xb") as fo:
+        while chunk := fi.read(CHUNK):
+            h.update(chunk)
+            fo.write(chunk)
+            size += len(chunk)
+    os.chmod(dest, 0o644)
+    return size, h.hexdigest()
+
+
+def _stage_hub(m: LockedModel, client: HubClient, stage: Path, st: _Staged) -> list[dict[str, Any]]:
+    assert m.repo is not None and m.commit is not None
+    entries = []
+    for f in m.files:
+        got = client.fetch(
+            m.repo,
+            m.commit,
+            f.path,
+            size=f.size,
+            lfs_sha256=f.sha256 if f.lfs else None,
+            blob_id=f.blob_id,
+            sha256=f.sha256,
+        )
+        bundle_path = f"models/{m.name}/{f.path}"
+        _place(got.path, stage / bundle_path, size=f.size, sha256=f.sha256)
+        st.digests[bundle_path] = (f.size, f.sha256)
+        entries.append(
+            {
+                "path": bundle_path,
+                "hub_path": f.path,
+                "sha256": f.sha256,
+                "size": f.size,
+                "lfs": f.lfs,
+            }
+        )
+    return entries
+
+
+def _stage_local(
+    spec: Spec, sm: ModelSpec, m: LockedModel, stage: Path, st: _Staged
+) -> list[dict[str, Any]]:
+    assert sm.path is not None
+    entries = []
+    problems = []
+    for f in m.files:
+        bundle_path = f"models/{m.name}/{f.path}"
+        size, sha = _copy_hashing(sm.path.parent / f.path, stage / bundle_path)
+        if (size, sha) != (f.size, f.sha256):
+            problems.append(
+                f"{f.path}: lock has {f.size} bytes sha256 {f.sha256}, file has {size} {sha}"
+            )
+        st.digests[bundle_path] = (size, sha)
+        entries.append(
+            {"path": bundle_path, "hub_path": f.path, "sha256": sha, "size": size, "lfs": False}
+        )
+    if problems:
+        raise SpecError(
+            f"local model {m.name} ({sm.path}) changed since the lock was written",
+            problems=problems,
+            hint="if the change is intended, rebuild with --update-lock (or run 'airlock lock')",
+        )
+    return entries
+
+
+def stage_models(spec: Spec, lk: Lock, client: HubClient, stage: Path, st: _Staged) -> None:
+    """Fetch (or copy) every model into ``stage/models/<name>/`` and record its properties."""
+    records = []
+    for sm in spec.models:
+        m = lk.model(sm.name)
+        console.step(f"staging model {m.name}")
+        if m.source == "hub":
+            entries = _stage_hub(m, client, stage, st)
+        else:
+            entries = _stage_local(spec, sm, m, stage, st)
+        base = stage / "models" / m.name
+        repo_paths = [f.path for f in m.files]
+        try:
+            shards = [base / p for p in shards_of(m.entrypoint, repo_paths)]
+            facts = read_facts(shards)
+        except GgufError as e:
+            e.message = f"model {m.name}: {e.message}"
+            raise
+        card_path = base / "README.md"
+        card = (
+            card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else None
+        )
+        lic = license_facts(
+            model=m.name,
+            repo_paths=repo_paths,
+            card_text=card,
+            declared=sm.license,
+            api_license=m.card_license,
+            gated=m.gated,
+        )
+        st.warnings.extend(lic.warnings(m.name))
+        st.entrypoints[m.name] = base / m.entrypoint
+        record: dict[str, Any] = {
+            "name": m.name,
+            "source": m.source,
+            "license": lic.license,
+            "license_permissive": lic.permissive,
+            "gated": lic.gated,
+            "license_files": list(lic.license_files),
+            "card": lic.card,
+            "entrypoint": f"models/{m.name}/{m.entrypoint}",
+            "files": entries,
+            "gguf": facts.properties(),
+        }
+        if m.source == "hub":
+            record.update(repo=m.repo, revision=m.revision, commit=m.commit, endpoint=m.endpoint)
+        else:
+            record.update(repo=None, revision=None, commit=None, endpoint=None)
+        records.append(record)
+        if card is not None and lic.license is None:
+            console.warn(
+                f"model {m.name}: the model card declares no license ({card_license(card)})"
+            )
+    st.components["models"] = {"type": "model", "properties": {"models": records}}
+
+
+def repo_root() -> Path:
+    """The airlock source tree (the far-side code lives beside the bundler package)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def stage_far_side(stage: Path, st: _Staged) -> None:
+    """Copy runtime/, playbooks/, templates/ and docs/ so the far side needs only the bundle."""
+    root = repo_root()
+    for name in FAR_SIDE_DIRS:
+        src = root / name
+        if not src.is_dir():
+            continue
+        shutil.copytree(src, stage / name, ignore=_IGNORED, symlinks=False)
+        st.components[name] = {"type": "code", "properties": {"source": f"airlock {__version__}"}}
+
+
+# --- runtime, evidence, smoke test (other areas' modules) ------------------------------------
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise BuildError(
+            f"this airlock has no {name} module, needed by the spec's 'runtime' section",
+            hint="build with --skip-runtime, or install a complete airlock",
+        ) from e
+
+
+def stage_runtime(spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path) -> None:
+    """Build llama.cpp from the pinned sdist and stage it as ``engine/``."""
+    assert spec.runtime is not None
+    llamacpp = _module("bundler.llamacpp")
+    rt = spec.runtime
+    console.step(f"runtime: llama-cpp-python {rt.llama_cpp_python}")
+    source = llamacpp.fetch_sdist(rt.llama_cpp_python, cache_dir=cache_dir)
+    engine = llamacpp.build_engine(
+        source,
+        variants=rt.cpu_variants,
+        cuda=rt.cuda if rt.cuda.enabled else None,
+        cache_dir=cache_dir,
+        log_dir=log_dir,
+    )
+    llamacpp.stage_engine(engine, stage / "engine")
+    props = dict(engine.properties)
+    props["server_defaults"] = spec.server.properties()
+    st.components["engine"] = {"type": "runtime", "properties": props}
+
+
+def stage_wheels(spec: Spec, stage: Path, st: _Staged, cache_dir: Path) -> None:
+    """Hash-pinned wheelhouses for the targets and for the offline Ansible controller."""
+    wheelhouse = _module("bundler.wheelhouse")
+    targets = spec.targets
+    if targets is not None:
+        console.step("wheelhouse for the targets")
+        result = wheelhouse.build_wheelhouse(
+            targets,
+            list(targets.requirements),
+            extra_wheels=[],
+            dest=stage / "wheels",
+            cache_dir=cache_dir,
+        )
+        st.components["wheels"] = {"type": "wheelhouse", "properties": dict(result.properties)}
+    console.step("wheelhouse for the Ansible controller")
+    ctl = wheelhouse.build_controller_wheelhouse(stage / "controller", cache_dir=cache_dir)
+    st.components["controller"] = {"type": "wheelhouse", "properties": dict(ctl.properties)}
+
+
+def _payload_files(stage: Path, st: _Staged) -> list[dict[str, Any]]:
+    """Every staged file with size and sha256: known digests reused, the small rest hashed."""
+    out = []
+    for root, dirs, files in os.walk(stage):
+        dirs.sort()
+        for name in sorted(files):
+            full = Path(root) / name
+            rel = full.relative_to(stage).as_posix()
+            size, sha = st.digests.get(rel) or _hash_file(full)
+            out.append({"path": rel, "size": size, "sha256": sha, "component": rel.split("/")[0]})
+    return sorted(out, key=lambda f: f["path"].encode())
+
+
+def stage_evidence(spec: Spec, stage: Path, st: _Staged, *, epoch: int, lock_bytes: bytes) -> None:
+    """The CycloneDX SBOM and the in-toto/SLSA provenance in ``evidence/``."""
+    sbom = _module("bundler.sbom")
+    provenance = _module("bundler.provenance")
+    console.step("evidence: SBOM and provenance")
+    created = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    comps = {**st.components, "evidence": {"type": "evidence", "properties": {}}}
+    files = _payload_files(stage, st)
+    spec_bytes = spec.path.read_bytes() if spec.path is not None else b""
+    sbom_bytes = sbom.build_sbom(
+        name=spec.name,
+        version=spec.version,
+        created=created,
+        components=comps,
+        files=files,
+        serial_seed=hashlib.sha256(spec_bytes + lock_bytes).digest(),
+    )
+    prov_bytes = provenance.build_provenance(
+        files=files,
+        spec_bytes=spec_bytes,
+        lock_bytes=lock_bytes,
+        resolved=provenance.resolved_dependencies(comps),
+        builder_id=f"airlock {__version__}",
+        started=created,
+        finished=created,
+    )
+    ev = stage / "evidence"
+    ev.mkdir(parents=True, exist_ok=True)
+    (ev / "sbom.cdx.json").write_bytes(sbom_bytes)
+    (ev / "provenance.intoto.json").write_bytes(prov_bytes)
+    st.components["evidence"] = {"type": "evidence", "properties": {}}
+
+
+def smoke_test(spec: Spec, stage: Path, st: _Staged) -> None:
+    """Serve the default model with the built runtime before anything is signed."""
+    smoke = _module("bundler.smoke")
+    model = spec.server.model or spec.models[0].name
+    console.step(f"smoke test: serving {model}")
+    smoke.smoke_test(stage / "engine", st.entrypoints[model])
+
+
+# --- the pipeline ----------------------------------------------------------------------------
+
+
+def _epoch(options: BuildOptions) -> int:
+    if options.source_date_epoch is not None:
+        return options.source_date_epoch
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    return int(env) if env else int(time.time())
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("AIRLOCK_CACHE") or Path.home() / ".cache" / "airlock")
+
+
+def _load_signers(keys: Sequence[str]) -> list[Any]:
+    from bundler.sshkeys import load_signer
+
+    if not keys:
+        raise UsageError("no signing key given", hint="pass --key PATH (airlock keygen makes one)")
+    return [load_signer(k) for k in keys]
+
+
+def build(spec_path: Path, options: BuildOptions) -> BuildResult:
+    """Run the whole pipeline for ``spec_path``; returns the written bundle.
+
+    Raises SpecError (spec/lock), FetchError/IntegrityError (sources), BuildError,
+    SmokeTestError, KeyFileError, UsageError. Nothing is written to ``out_dir`` unless
+    every step succeeded.
+    """
+    spec = load_spec(spec_path)
+    signers = _load_signers(options.keys)  # fail on a bad key before downloading gigabytes
+    settings = HubSettings.from_env(offline=options.offline)
+    if options.update_lock:
+        if settings.offline:
+            raise UsageError("--update-lock needs the Hub; it cannot run with --offline")
+        lk, changed = lock(spec, settings=settings)
+    else:
+        lk, changed = check_lock(spec, load_lock(spec.lock_path)), False
+    lock_bytes = lk.to_bytes()
+    epoch = _epoch(options)
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    client = HubClient(settings)
+    st = _Staged()
+    cache = _cache_dir()
+    stage = Path(tempfile.mkdtemp(prefix=".airlock-stage-", dir=options.out_dir))
+    try:
+        stage_models(spec, lk, client, stage, st)
+        stage_far_side(stage, st)
+        if spec.runtime is not None and not options.skip_runtime:
+            log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
+            stage_runtime(spec, stage, st, cache, log_dir)
+            stage_wheels(spec, stage, st, cache)
+        stage_evidence(spec, stage, st, epoch=epoch, lock_bytes=lock_bytes)
+        if "engine" in st.components:
+            smoke_test(spec, stage, st)
+        for w in st.warnings:
+            console.warn(w)
+        result = _pack(spec, stage, st, signers, options, epoch)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return BuildResult(
+        path=result.path,
+        manifest_sha256=result.manifest_sha256,
+        lock_path=spec.lock_path,
+        lock_changed=changed,
+        warnings=tuple(st.warnings),
+        files=result.files,
+        size=result.size,
+    )
+
+
+def _pack(
+    spec: Spec,
+    stage: Path,
+    st: _Staged,
+    signers: Sequence[Any],
+    options: BuildOptions,
+    epoch: int,
+) -> Any:
+    from bundler.archive import pack
+
+    console.step("packing and signing")
+    total = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
+    comps: Mapping[str, Mapping[str, Any]] = st.components
+    with console.byte_progress("bundle", total) as advance:
+        return pack(
+            stage,
+            name=spec.name,
+            version=spec.version,
+            sequence=spec.sequence,
+            expires=spec.expires,
+            components=comps,
+            signers=signers,
+            out_dir=options.out_dir,
+            source_date_epoch=epoch,
+            split=options.split,
+            progress=advance,
+        )

@@ -1,0 +1,1 @@
+"""Test helpers that ship with the product: a local Hub server, tiny GGUF models."""

@@ -1,16 +1,139 @@
-"""Evidence subcommands: sbom, diff, report."""
+"""Evidence subcommands: sbom, diff (report is registered by its own module)."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
+import sys
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from bundler import console
+from bundler.diff import diff_manifests, fingerprints, render
+from bundler.errors import AirlockError, ArchiveFormatError, UsageError
+from bundler.sbom import SBOM_PATH, summarize
+from runtime.bundle import BundleMetadata, read_member, read_metadata
+
+_UNVERIFIED = (
+    "note: read from the bundle's manifest without checking its signatures; "
+    "run 'airlock verify' to establish who signed it"
+)
 
 
 def register(sub: Any) -> None:
     """Add this group's subcommands to the ``airlock`` parser."""
-    del sub
+    p = sub.add_parser(
+        "sbom",
+        help="write a bundle's CycloneDX SBOM out for other tools",
+        description="Extract evidence/sbom.cdx.json from a bundle (digest-checked against "
+        "the manifest; reads only the metadata region and that member).",
+    )
+    p.add_argument("bundle", type=Path, help="the bundle .tar")
+    p.add_argument("--out", type=Path, help="write the SBOM to this file (default: stdout)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of human text")
+    p.set_defaults(func=cmd_sbom)
+
+    d = sub.add_parser(
+        "diff",
+        help="show what changed between two bundles",
+        description="Compare two bundles from their manifests and signature files alone: "
+        "models, files, wheels, runtime, licenses, signers, sequence and expiry. "
+        "Informational: always exits 0 when both bundles can be read.",
+    )
+    d.add_argument("old", type=Path, help="the older bundle .tar")
+    d.add_argument("new", type=Path, help="the newer bundle .tar")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.set_defaults(func=cmd_diff)
 
 
-def _unused(args: argparse.Namespace) -> int:  # pragma: no cover - placeholder until filled
-    del args
+def _metadata(path: Path) -> BundleMetadata:
+    if not path.is_file():
+        raise UsageError(
+            f"bundle not found: {path}",
+            hint="pass the path of a bundle .tar written by 'airlock build' or 'airlock pack'",
+        )
+    try:
+        return read_metadata(path)
+    except OSError as e:
+        raise UsageError(f"cannot read bundle {path}: {e.strerror}") from e
+    except AirlockError as e:
+        e.message = f"{path}: {e.message}"
+        raise
+
+
+def cmd_sbom(args: argparse.Namespace) -> int:
+    meta = _metadata(args.bundle)
+    if not any(f.get("path") == SBOM_PATH for f in meta.manifest.get("files", [])):
+        raise ArchiveFormatError(
+            f"{args.bundle} has no {SBOM_PATH}",
+            hint="the bundle was packed without evidence; rebuild it with 'airlock build'",
+        )
+    data = read_member(
+        args.bundle, SBOM_PATH, manifest=meta.manifest, payload_offset=meta.payload_offset
+    )
+    summary = summarize(data)
+    if args.out is not None:
+        _write_atomic(args.out, data)
+    elif not args.json:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    if args.json:
+        console.emit_json(
+            {
+                "bundle": str(args.bundle),
+                "out": str(args.out) if args.out is not None else None,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "summary": summary,
+            }
+        )
+    elif args.out is not None:
+        console.step(f"wrote {args.out} ({len(data)} bytes, CycloneDX {summary['spec_version']})")
+        types = ", ".join(f"{n} {t}" for t, n in summary["components"].items())
+        console.info(f"components: {types}")
+        for purl in summary["models"]:
+            console.info(f"model: {purl}")
+        console.info("licenses: " + (", ".join(summary["licenses"]) or "none recorded"))
+    console.err.print(_UNVERIFIED)
     return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    old = _metadata(args.old)
+    new = _metadata(args.new)
+    diff = diff_manifests(
+        old.manifest,
+        new.manifest,
+        old_signers=fingerprints(old.signatures),
+        new_signers=fingerprints(new.signatures),
+        old_sha256=old.manifest_sha256,
+        new_sha256=new.manifest_sha256,
+    )
+    if args.json:
+        console.emit_json(diff.to_json())
+    else:
+        sys.stdout.write(render(diff))
+    console.err.print(_UNVERIFIED)
+    return 0
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UsageError(
+            f"cannot write {path}: {e.strerror}",
+            hint="choose an --out path in an existing, writable directory",
+        ) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

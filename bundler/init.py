@@ -49,8 +49,9 @@ def render_spec(template: str, *, name: str) -> str:
     # YAML, not HTML: escaping would corrupt quotes in the spec.
     env = jinja2.Environment(autoescape=False, keep_trailing_newline=True)  # noqa: S701
     text = env.from_string(template).render(name=name)
-    # The example may carry a literal example name rather than a placeholder.
-    return re.sub(r"(?m)^name:.*$", f"name: {name}", text, count=1)
+    # The example may carry a literal example name rather than a placeholder; keep the
+    # line's comment.
+    return re.sub(r"(?m)^name:([ \t]*)[^\s#]+", lambda m: f"name:{m.group(1)}{name}", text, count=1)
 
 
 def allowed_signers_line(principal: str, pub: sshkeys.PublicKey) -> str:

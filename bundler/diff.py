@@ -259,7 +259,7 @@ def _runtime(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
             _short(ol.get("sha256")),
             _short(nl.get("sha256")),
         )
-    for key in ("llama_cpp_commit", "compiler", "arch", "server", "lib_dir"):
+    for key in ("llama_cpp_commit", "compiler", "cmake", "arch", "server", "lib_dir"):
         out += _changed("runtime", key, old.get(key), new.get(key))
     out += _sets(
         "runtime",
@@ -286,6 +286,12 @@ def _runtime(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
             "cuda architecture",
             set(oc.get("architectures") or []),
             set(nc.get("architectures") or []),
+        )
+        out += _sets(
+            "runtime",
+            "cuda runtime library",
+            set(oc.get("runtime_libraries") or []),
+            set(nc.get("runtime_libraries") or []),
         )
     osd, nsd = old.get("server_defaults") or {}, new.get("server_defaults") or {}
     for key in sorted(set(osd) | set(nsd)):

@@ -44,6 +44,7 @@ _SERIAL_NAMESPACE = uuid.UUID("5d3c1f0e-6a0b-5b1e-9a8e-2f4f7c0a1b6d")
 _P = "airlock:"  # property name prefix (CycloneDX property taxonomy: vendor namespace)
 _CODE_TYPES = {"code"}
 _SOURCE_REF = "source:llama-cpp-python"
+_CUDA_REF = "runtime:cuda"
 _GGUF_CARD_KEYS = (
     "parameters",
     "quantization",
@@ -246,11 +247,10 @@ class _Builder:
             if ctype == "model":
                 top.extend(self._models(props))
             elif ctype == "runtime":
-                engine, source = self._engine(cname, props)
+                engine, used = self._engine(cname, props)
                 top.append(engine)
-                if source is not None:
-                    top.append(source)
-                    bom.register_dependency(engine, [source])
+                top.extend(used)
+                bom.register_dependency(engine, used)
             elif ctype == "wheelhouse" or (ctype != "evidence" and "wheels" in props):
                 top.extend(self._wheels(cname, props))
             elif ctype in _CODE_TYPES:
@@ -349,12 +349,26 @@ class _Builder:
             self.model_cards[ref] = _model_card(gguf)
         return out
 
-    def _engine(
-        self, cname: str, props: Mapping[str, Any]
-    ) -> tuple[Component, Optional[Component]]:
+    def _engine(self, cname: str, props: Mapping[str, Any]) -> tuple[Component, list[Component]]:
+        """llama.cpp, and what it was built from or links: the sdist, the CUDA runtime."""
         commit = props.get("llama_cpp_commit")
         known = bool(commit) and commit != "unknown"
         cuda = props.get("cuda") or {}
+        used: list[Component] = []
+        if cuda.get("runtime_dir"):
+            # NVIDIA's redistributable libraries are not llama.cpp and not MIT: own component.
+            used.append(
+                Component(
+                    type=ComponentType.LIBRARY,
+                    name="cuda-runtime",
+                    version=str(cuda.get("cuda_version") or "") or None,
+                    bom_ref=_CUDA_REF,
+                    licenses=_licenses("LicenseRef-NVIDIA-CUDA-EULA"),
+                    description="NVIDIA CUDA runtime libraries shipped for the CUDA backend",
+                    components=self._files_under(str(cuda["runtime_dir"]).rstrip("/") + "/"),
+                    properties=_props([("cuda.runtime_dir", cuda["runtime_dir"])]),
+                )
+            )
         engine = Component(
             type=ComponentType.APPLICATION,
             name="llama.cpp",
@@ -370,6 +384,7 @@ class _Builder:
                 [
                     ("llama_cpp.commit", commit),
                     ("build.compiler", props.get("compiler")),
+                    ("build.cmake", props.get("cmake")),
                     ("build.arch", props.get("arch")),
                     ("runtime.server", props.get("server")),
                     ("runtime.lib_dir", props.get("lib_dir")),
@@ -384,7 +399,7 @@ class _Builder:
         )
         src = props.get("llama_cpp_python")
         if not src:
-            return engine, None
+            return engine, used
         ext = []
         if src.get("url"):
             ext.append(
@@ -408,7 +423,7 @@ class _Builder:
             external_references=ext,
             description="the pinned source distribution whose vendored llama.cpp was built",
         )
-        return engine, source
+        return engine, [source, *used]
 
     def _wheels(self, cname: str, props: Mapping[str, Any]) -> list[Component]:
         out = []

@@ -133,9 +133,11 @@ def manifest(**overrides: Any) -> dict[str, Any]:
                     "cpu_variants": ["x64", "haswell"],
                     "cuda": None,
                     "compiler": "gcc 12.2.0",
+                    "cmake": "3.25.1",
                     "arch": "x86_64",
                     "server": "engine/bin/llama-server",
                     "lib_dir": "engine/lib",
+                    "backend_dir": "engine/lib",
                     "server_defaults": {
                         "port": 8080,
                         "host": "0.0.0.0",

@@ -223,3 +223,34 @@ def test_summarize_rejects_a_non_cyclonedx_document() -> None:
         summarize(b'{"spdxVersion": "SPDX-2.3"}')
     with pytest.raises(ArchiveFormatError):
         summarize(b"\xff not json")
+
+
+def test_shipped_cuda_runtime_is_its_own_component_not_llama_cpp() -> None:
+    m = manifest()
+    m["components"]["engine"]["properties"]["cuda"] = {
+        "architectures": ["80"],
+        "cuda_version": "12.4",
+        "min_driver": "525.60.13",
+        "module": "engine/lib/libggml-cuda.so",
+        "runtime_dir": "engine/lib/cuda",
+        "runtime_libraries": ["engine/lib/cuda/libcudart.so.12"],
+    }
+    m["files"].append(
+        {
+            "path": "engine/lib/cuda/libcudart.so.12",
+            "size": 700_000,
+            "sha256": digest("cudart"),
+            "mode": "0644",
+            "component": "engine",
+        }
+    )
+    doc = json.loads(_sbom(m))
+    refs = _by_ref(doc)
+    cuda = refs["runtime:cuda"]
+    assert cuda["type"] == "library" and cuda["version"] == "12.4"
+    assert [c["name"] for c in cuda["components"]] == ["engine/lib/cuda/libcudart.so.12"]
+    assert cuda["licenses"] == [{"license": {"name": "LicenseRef-NVIDIA-CUDA-EULA"}}]
+    engine_files = [c["name"] for c in refs["runtime:llama.cpp"]["components"]]
+    assert "engine/lib/cuda/libcudart.so.12" not in engine_files
+    deps = {d["ref"]: set(d.get("dependsOn", [])) for d in doc["dependencies"]}
+    assert "runtime:cuda" in deps["runtime:llama.cpp"]

@@ -15,6 +15,7 @@ from bundler.manifest import parse_time
 from bundler.split import PartsReader, check_index_signature, read_index
 from bundler.trust import TrustDecision, TrustPolicy
 from runtime.bundle import BundleMetadata, check_payload, read_metadata_stream
+from runtime.unpack import UnpackResult, unpack
 
 
 @dataclass(frozen=True)
@@ -121,3 +122,26 @@ def verify_bundle(
         bytes=total,
         problems=decision.problems,
     )
+
+
+def unpack_bundle(
+    path: Path,
+    dest: Path,
+    policy: TrustPolicy,
+    *,
+    now: Optional[datetime] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> UnpackResult:
+    """Check ``policy`` and expiry, then verify-and-unpack into ``dest`` (which must not exist).
+
+    Nothing appears at ``dest`` unless every byte matched. Raises TrustError, ExpiredError,
+    IntegrityError, ArchiveFormatError or InstallError.
+    """
+    now = now or datetime.now(timezone.utc)
+    if path.name.endswith(".parts"):
+        check_index_signature(path, policy, now=now)
+    with open_bundle(path) as f:
+        meta = read_metadata_stream(f)
+        check_policy(meta, policy, now=now)
+        f.seek(0)
+        return unpack(path, dest, manifest_sha256=meta.manifest_sha256, stream=f, progress=progress)

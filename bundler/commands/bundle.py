@@ -207,24 +207,12 @@ def _register_unpack(sub: Any) -> None:
 
 
 def _unpack(args: argparse.Namespace) -> int:
-    from bundler.verify import check_policy, open_bundle
-    from runtime.bundle import read_metadata_stream
-    from runtime.unpack import unpack
+    from bundler.verify import unpack_bundle
 
     policy = _policy(args)
     assert policy is not None
-    with open_bundle(args.bundle) as f:
-        meta = read_metadata_stream(f)
-        check_policy(meta, policy, now=datetime.now(timezone.utc))
-        f.seek(0)
-        with console.byte_progress("unpack", args.bundle.stat().st_size) as advance:
-            result = unpack(
-                args.bundle,
-                args.dest,
-                manifest_sha256=meta.manifest_sha256,
-                stream=f,
-                progress=advance,
-            )
+    with console.byte_progress("unpack", args.bundle.stat().st_size) as advance:
+        result = unpack_bundle(args.bundle, args.dest, policy, progress=advance)
     if args.json:
         console.emit_json({"ok": True, **result._asdict()})
     else:

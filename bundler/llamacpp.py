@@ -1,0 +1,955 @@
+"""The pinned llama.cpp runtime: llama-cpp-python sdist, llama-server with CPU variant modules.
+
+llama.cpp is pinned by one llama-cpp-python source distribution from the package index
+(digest checked against the index); its vendored ``vendor/llama.cpp`` is the only source
+built. ``llama-server`` is built with ``GGML_BACKEND_DL`` so the CPU backend is a set of
+loadable modules (``libggml-cpu-<variant>.so``) and ggml picks the best one for the host
+at load time: no build ever dies with SIGILL on an older CPU. Optionally a CUDA module is
+built, with the CUDA runtime libraries it needs carried in ``engine/lib/cuda``.
+
+The command lines (cmake flags, variant choice, CUDA driver table) are pure functions; the
+adapters around them download, extract, run cmake and copy files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tarfile
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Literal
+
+from bundler.buildcache import BuildCache, CacheEntry, copy_log, log_tail
+from bundler.errors import BuildError, FetchError, UsageError
+
+__all__ = [
+    "ALL_X86_VARIANTS",
+    "CudaOptions",
+    "EngineBuild",
+    "SourceArchive",
+    "best_variant",
+    "build_engine",
+    "build_llama_cpp_python_wheel",
+    "cpu_flags",
+    "default_variants",
+    "engine_cmake_flags",
+    "fetch_sdist",
+    "min_driver",
+    "source_tree",
+    "stage_engine",
+]
+
+PACKAGE = "llama-cpp-python"
+DEFAULT_INDEX = "https://pypi.org/simple"
+
+# ggml's x86 CPU variants (ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS) in its order,
+# each with the /proc/cpuinfo flags it needs. AVX512 in ggml means F, CD, VL, DQ and BW.
+_AVX512 = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")
+_HASWELL = ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2")
+X86_VARIANT_FLAGS: Mapping[str, tuple[str, ...]] = {
+    "x64": (),
+    "sse42": ("sse4_2",),
+    "sandybridge": ("sse4_2", "avx"),
+    "ivybridge": ("sse4_2", "avx", "f16c"),
+    "piledriver": ("sse4_2", "avx", "f16c", "fma"),
+    "haswell": _HASWELL,
+    "skylakex": (*_HASWELL, *_AVX512),
+    "cannonlake": (*_HASWELL, *_AVX512, "avx512vbmi"),
+    "cascadelake": (*_HASWELL, *_AVX512, "avx512_vnni"),
+    "icelake": (*_HASWELL, *_AVX512, "avx512vbmi", "avx512_vnni"),
+    "cooperlake": (*_HASWELL, *_AVX512, "avx512_vnni", "avx512_bf16"),
+    "zen4": (*_HASWELL, *_AVX512, "avx512vbmi", "avx512_vnni", "avx512_bf16"),
+    "alderlake": (*_HASWELL, "avx_vnni"),
+    "sapphirerapids": (
+        *_HASWELL,
+        *_AVX512,
+        "avx512vbmi",
+        "avx512_vnni",
+        "avx512_bf16",
+        "amx_tile",
+        "amx_int8",
+    ),
+}
+ALL_X86_VARIANTS: tuple[str, ...] = tuple(X86_VARIANT_FLAGS)
+
+# Minimum Linux driver for each CUDA major version (CUDA minor version compatibility,
+# NVIDIA CUDA Toolkit release notes, table 3).
+_MIN_DRIVER: Mapping[str, str] = {"11": "450.80.02", "12": "525.60.13", "13": "580.65.06"}
+
+# The cmake include that limits the CPU modules built to the requested variants: ggml makes
+# its core library depend on every module (add_dependencies(ggml ggml-cpu-*)), so building
+# the llama-server target would otherwise compile all 14. Overriding add_dependencies keeps
+# the vendored source untouched.
+_VARIANTS_CMAKE = """\
+# airlock: build only the CPU variant modules listed in AIRLOCK_CPU_VARIANTS.
+get_property(_airlock_done GLOBAL PROPERTY AIRLOCK_ADD_DEPS_OVERRIDE)
+if(NOT _airlock_done)
+  set_property(GLOBAL PROPERTY AIRLOCK_ADD_DEPS_OVERRIDE TRUE)
+  function(add_dependencies target)
+    set(_keep)
+    foreach(dep ${ARGN})
+      if(target STREQUAL "ggml" AND dep MATCHES "^ggml-cpu-(.+)$"
+         AND NOT CMAKE_MATCH_1 IN_LIST AIRLOCK_CPU_VARIANTS)
+        message(STATUS "airlock: not building ${dep} (not in AIRLOCK_CPU_VARIANTS)")
+      else()
+        list(APPEND _keep ${dep})
+      endif()
+    endforeach()
+    if(_keep)
+      _add_dependencies(${target} ${_keep})
+    endif()
+  endfunction()
+endif()
+"""
+
+_OUR_LIBS = re.compile(r"^lib(llama|ggml|mtmd)[\w.-]*\.so")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True)
+class SourceArchive:
+    """The pinned llama-cpp-python sdist on disk, digest-checked against the index."""
+
+    path: Path
+    version: str
+    sha256: str
+    url: str
+    llama_cpp_commit: str
+
+    def properties(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "sdist": self.path.name,
+            "sha256": self.sha256,
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """A CUDA backend module: target GPU architectures and the toolkit's version."""
+
+    architectures: tuple[str, ...] = ("80",)
+    cuda_version: str = "12.4"
+    nvcc: str | None = None
+    runtime_wheels: tuple[str, ...] = ()
+
+    def wheel_requirements(self) -> list[str]:
+        """The NVIDIA PyPI wheels that carry the runtime libraries the module needs."""
+        if self.runtime_wheels:
+            return list(self.runtime_wheels)
+        major, minor = _cuda_major_minor(self.cuda_version)
+        return [
+            f"nvidia-cuda-runtime-cu{major}=={major}.{minor}.*",
+            f"nvidia-cublas-cu{major}=={major}.{minor}.*",
+        ]
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """A finished engine build: ``root`` holds ``bin/`` and ``lib/``; manifest properties."""
+
+    root: Path
+    properties: dict[str, Any]
+    log: Path
+    cached: bool = False
+    seconds: float = 0.0
+    files: tuple[str, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- CPU variants
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU feature flags of the first processor in ``cpuinfo``."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def best_variant(flags: Iterable[str]) -> str:
+    """The x86 variant ggml would pick among all 14 for a CPU with ``flags``.
+
+    The variant with the most required features, all present, wins; ties go to the one
+    listed later by ggml (same order as ggml's own scoring).
+    """
+    have = set(flags)
+    best, best_n = "x64", -1
+    for name, need in X86_VARIANT_FLAGS.items():
+        if set(need) <= have and len(set(need)) >= best_n:
+            best, best_n = name, len(set(need))
+    return best
+
+
+def default_variants() -> list[str]:
+    """The one variant list used by tests and the demo: baseline plus this CPU's best."""
+    best = best_variant(cpu_flags())
+    return ["x64"] if best == "x64" else ["x64", best]
+
+
+def resolve_variants(variants: Sequence[str] | Literal["all"]) -> list[str]:
+    """Validate a variant list (or ``"all"``) and return it in ggml's order.
+
+    Raises:
+        UsageError: an unknown variant name or an empty list.
+    """
+    if variants == "all":
+        return list(ALL_X86_VARIANTS)
+    wanted = list(variants)
+    unknown = [v for v in wanted if v not in X86_VARIANT_FLAGS]
+    if unknown or not wanted:
+        raise UsageError(
+            "unknown CPU variant(s): " + ", ".join(unknown) if unknown else "no CPU variant",
+            hint="choose 'all' or some of: " + ", ".join(ALL_X86_VARIANTS),
+        )
+    return [v for v in ALL_X86_VARIANTS if v in wanted]
+
+
+# --------------------------------------------------------------------------- CUDA
+
+
+def _cuda_major_minor(version: str) -> tuple[str, str]:
+    m = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?", version.strip())
+    if not m:
+        raise UsageError(f"CUDA version {version!r} is not MAJOR.MINOR", hint="write it like 12.4")
+    return m.group(1), m.group(2)
+
+
+def min_driver(cuda_version: str) -> str:
+    """The minimum NVIDIA Linux driver for a CUDA runtime version.
+
+    Raises:
+        UsageError: a CUDA major version airlock has no driver entry for.
+    """
+    major, _ = _cuda_major_minor(cuda_version)
+    if major not in _MIN_DRIVER:
+        raise UsageError(
+            f"no minimum-driver entry for CUDA {cuda_version}",
+            hint="use CUDA " + " or ".join(f"{k}.x" for k in _MIN_DRIVER),
+        )
+    return _MIN_DRIVER[major]
+
+
+def cuda_library_members(names: Iterable[str]) -> list[str]:
+    """The shared libraries to carry out of an NVIDIA runtime wheel (``nvidia/*/lib/*.so*``)."""
+    keep = []
+    for name in names:
+        parts = name.split("/")
+        if (
+            len(parts) == 4
+            and parts[0] == "nvidia"
+            and parts[2] == "lib"
+            and ".so" in parts[3]
+            and not name.endswith("/")
+        ):
+            keep.append(name)
+    return sorted(keep)
+
+
+def collect_cuda_runtime(wheels: Iterable[Path], dest: Path) -> list[str]:
+    """Extract the CUDA runtime libraries from NVIDIA's wheels into ``dest``.
+
+    Returns the file names written, sorted.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for member in cuda_library_members(zf.namelist()):
+                name = member.rsplit("/", 1)[1]
+                tmp = dest / f".{name}.tmp"
+                with zf.open(member) as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest / name)
+                written.append(name)
+    return sorted(written)
+
+
+def download_cuda_wheels(cuda: CudaOptions, dest: Path, *, index_url: str | None) -> list[Path]:
+    """pip-download the NVIDIA runtime wheels for ``cuda`` (binary, no deps)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [
+        *_pip(),
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--platform",
+        "manylinux2014_x86_64",
+        "--dest",
+        str(dest),
+    ]
+    if index_url:
+        argv += ["--index-url", index_url]
+    argv += cuda.wheel_requirements()
+    run = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise FetchError(
+            "could not download the CUDA runtime wheels " + " ".join(cuda.wheel_requirements()),
+            hint="check the package index is reachable and the CUDA version exists on it",
+            problems=(run.stdout + run.stderr).splitlines()[-20:],
+        )
+    return sorted(dest.glob("nvidia_*.whl"))
+
+
+# --------------------------------------------------------------------------- cmake flags
+
+
+def engine_cmake_flags(variants: Sequence[str], cuda: CudaOptions | None) -> list[str]:
+    """The cmake cache flags for a relocatable llama-server with CPU variant modules.
+
+    Pure: the same inputs give the same list; it is recorded in the manifest and is part of
+    the build cache key. The include file that limits the built variants is passed
+    separately (its path differs per machine).
+    """
+    rpath = "$ORIGIN/../lib;$ORIGIN/cuda" if cuda else "$ORIGIN/../lib"
+    flags = [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DBUILD_SHARED_LIBS=ON",
+        "-DGGML_BACKEND_DL=ON",
+        "-DGGML_NATIVE=OFF",
+        "-DGGML_CPU_ALL_VARIANTS=ON",
+        "-DAIRLOCK_CPU_VARIANTS=" + ";".join(variants),
+        "-DGGML_CCACHE=OFF",
+        "-DGGML_OPENMP=ON",
+        "-DLLAMA_BUILD_SERVER=ON",
+        "-DLLAMA_BUILD_TOOLS=ON",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        # no web UI: neither an npm build nor the prebuilt download from the HF bucket
+        "-DLLAMA_BUILD_UI=OFF",
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+        # no HTTPS client in the server: it never downloads models
+        "-DLLAMA_OPENSSL=OFF",
+        "-DFETCHCONTENT_FULLY_DISCONNECTED=ON",
+        "-DCMAKE_SKIP_BUILD_RPATH=OFF",
+        "-DCMAKE_BUILD_WITH_INSTALL_RPATH=ON",
+        "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
+        "-DCMAKE_INSTALL_RPATH=" + rpath,
+    ]
+    if cuda is not None:
+        flags += [
+            "-DGGML_CUDA=ON",
+            "-DCMAKE_CUDA_ARCHITECTURES=" + ";".join(cuda.architectures),
+        ]
+        if cuda.nvcc:
+            flags.append("-DCMAKE_CUDA_COMPILER=" + cuda.nvcc)
+    else:
+        flags.append("-DGGML_CUDA=OFF")
+    return flags
+
+
+def engine_targets(variants: Sequence[str], cuda: CudaOptions | None) -> list[str]:
+    targets = ["llama-server", *(f"ggml-cpu-{v}" for v in variants)]
+    if cuda is not None:
+        targets.append("ggml-cuda")
+    return targets
+
+
+# --------------------------------------------------------------------------- sdist
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "a":
+            for k, v in attrs:
+                if k == "href" and v:
+                    self.links.append(v)
+
+
+def sdist_filenames(version: str) -> tuple[str, ...]:
+    return (f"llama_cpp_python-{version}.tar.gz", f"llama-cpp-python-{version}.tar.gz")
+
+
+def find_in_simple_index(
+    body: bytes, content_type: str, page_url: str, version: str
+) -> tuple[str, str | None]:
+    """(url, sha256 or None) of the sdist in a PEP 503/691 simple-index page (pure)."""
+    wanted = sdist_filenames(version)
+    if "json" in content_type:
+        doc = json.loads(body)
+        for f in doc.get("files", []):
+            if f.get("filename") in wanted:
+                url = urllib.parse.urljoin(page_url, f["url"])
+                return url, (f.get("hashes") or {}).get("sha256")
+    else:
+        parser = _Links()
+        parser.feed(body.decode("utf-8", errors="replace"))
+        for href in parser.links:
+            url = urllib.parse.urljoin(page_url, href)
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.path.rsplit("/", 1)[-1] in wanted:
+                m = re.search(r"sha256=([0-9a-f]{64})", parsed.fragment)
+                return parsed._replace(fragment="").geturl(), m.group(1) if m else None
+    raise FetchError(
+        f"{PACKAGE} {version}: no source distribution on the index page {page_url}",
+        hint="check the version in the spec exists as an sdist on the index (or mirror it)",
+    )
+
+
+def _index_url(index_url: str | None) -> str:
+    return (index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
+
+
+def fetch_sdist(version: str, *, cache_dir: Path, index_url: str | None = None) -> SourceArchive:
+    """Download (or reuse) the llama-cpp-python sdist, checking the index's sha256.
+
+    ``index_url`` is a PEP 503 simple index (default ``$PIP_INDEX_URL``, else PyPI).
+
+    Raises:
+        FetchError: the index is unreachable, has no such sdist, publishes no digest, or
+            the downloaded bytes do not match it.
+    """
+    index = _index_url(index_url)
+    page = f"{index}/{PACKAGE}/"
+    if urllib.parse.urlsplit(page).scheme not in ("https", "http", "file"):
+        raise FetchError(f"unsupported index URL {page}", hint="use an https:// simple index")
+    req = urllib.request.Request(  # noqa: S310 - scheme checked above
+        page,
+        headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - index URL
+            body = resp.read()
+            ctype = resp.headers.get("Content-Type", "")
+    except OSError as e:
+        raise FetchError(
+            f"cannot read the package index page {page}: {e}",
+            hint="check network access to the index, or set PIP_INDEX_URL to a mirror",
+        ) from e
+    url, digest = find_in_simple_index(body, ctype, page, version)
+    if not digest:
+        raise FetchError(
+            f"the index publishes no sha256 for {url}",
+            hint="use an index that serves PEP 503 hashes so the source can be pinned",
+        )
+    dest_dir = cache_dir / "sdist"
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
+    if not (dest.is_file() and _sha256_file(dest) == digest):
+        _download(url, dest, digest)
+    return SourceArchive(
+        path=dest,
+        version=version,
+        sha256=digest,
+        url=url,
+        llama_cpp_commit=llama_cpp_commit(dest),
+    )
+
+
+def _download(url: str, dest: Path, digest: str) -> None:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    h = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=120) as resp, open(tmp, "wb") as out:  # noqa: S310
+            while chunk := resp.read(1 << 20):
+                h.update(chunk)
+                out.write(chunk)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(f"cannot download {url}: {e}", hint="check network access") from e
+    if h.hexdigest() != digest:
+        tmp.unlink(missing_ok=True)
+        raise FetchError(
+            f"{url}: sha256 {h.hexdigest()} does not match the index's {digest}",
+            hint="the index or a proxy served other bytes; do not build from them",
+        )
+    os.replace(tmp, dest)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def llama_cpp_commit(sdist: Path) -> str:
+    """The vendored llama.cpp commit recorded inside the sdist, or ``"unknown"``.
+
+    llama-cpp-python ships the submodule's git metadata
+    (``.git/modules/vendor/llama.cpp/HEAD``, a full 40-hex commit); older sdists only
+    name it in CHANGELOG.md ("update llama.cpp to ggml-org/llama.cpp@<hex>").
+    """
+    head_re = re.compile(r"^[^/]+/\.git/modules/vendor/llama\.cpp/HEAD$")
+    changelog = None
+    with tarfile.open(sdist, "r:gz") as tf:
+        for member in tf:
+            if head_re.match(member.name) and member.isfile():
+                fh = tf.extractfile(member)
+                text = fh.read().decode().strip() if fh else ""
+                if re.fullmatch(r"[0-9a-f]{40}", text):
+                    return text
+            elif member.name.count("/") == 1 and member.name.endswith("/CHANGELOG.md"):
+                fh = tf.extractfile(member)
+                changelog = fh.read().decode("utf-8", errors="replace") if fh else None
+    if changelog:
+        m = re.search(r"llama\.cpp@([0-9a-f]{7,40})", changelog)
+        if m:
+            return m.group(1)
+    return "unknown"
+
+
+def source_tree(source: SourceArchive, *, cache_dir: Path) -> Path:
+    """The extracted sdist (shared by every build of it): its root directory.
+
+    Extraction refuses links that leave the tree, absolute and ``..`` paths.
+    """
+    base = cache_dir / "src" / source.sha256
+    marker = base / ".complete"
+    if marker.is_file():
+        return _single_child(base)
+    tmp = cache_dir / "src" / f".{source.sha256}.{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    with tarfile.open(source.path, "r:gz") as tf:
+        members = []
+        for m in tf.getmembers():
+            target = Path(m.name)
+            if target.is_absolute() or ".." in target.parts:
+                raise BuildError(f"{source.path.name}: unsafe member path {m.name!r}")
+            if (m.issym() or m.islnk()) and (
+                Path(m.linkname).is_absolute() or ".." in Path(m.linkname).parts
+            ):
+                continue  # never followed by the build; do not create it
+            if m.isdev():
+                continue
+            members.append(m)
+        tf.extractall(tmp, members=members)  # noqa: S202 - members checked above
+    (tmp / ".complete").write_text(source.sha256 + "\n")
+    if base.exists():
+        shutil.rmtree(base)
+    os.replace(tmp, base)
+    return _single_child(base)
+
+
+def _single_child(base: Path) -> Path:
+    dirs = [p for p in base.iterdir() if p.is_dir()]
+    if len(dirs) != 1:
+        raise BuildError(f"{base}: expected one top-level directory in the sdist")
+    return dirs[0]
+
+
+# --------------------------------------------------------------------------- toolchain
+
+
+def toolchain() -> dict[str, str]:
+    """Compiler and cmake versions (part of every build key)."""
+    cc = os.environ.get("CC", "cc")
+    return {
+        "compiler": _compiler_id(cc),
+        "cmake": _first_line(["cmake", "--version"]),
+        "arch": platform.machine(),
+    }
+
+
+def _compiler_id(cc: str) -> str:
+    out = _first_line([cc, "--version"])
+    m = re.search(r"\b(\d+\.\d+\.\d+)\b", out)
+    name = (
+        "clang" if "clang" in out.lower() else "gcc" if "gcc" in out.lower() or "GCC" in out else cc
+    )
+    return f"{name} {m.group(1)}" if m else out
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    except OSError as e:
+        raise BuildError(
+            f"{argv[0]} is not installed: {e}", hint="run: bash .ci/setup (installs the toolchain)"
+        ) from e
+    return out.splitlines()[0].strip() if out else "unknown"
+
+
+def _isolation_prefix() -> list[str]:
+    """``unshare -n`` (a network namespace with no interfaces) where the host allows it."""
+    for argv in (["unshare", "-n"], ["unshare", "-rn"]):
+        try:
+            ok = subprocess.run([*argv, "true"], capture_output=True, check=False).returncode == 0
+        except OSError:
+            ok = False
+        if ok:
+            return argv
+    return []
+
+
+def _run_logged(
+    argv: Sequence[str],
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    what: str,
+) -> None:
+    with open(log, "ab") as fh:
+        fh.write(("$ " + " ".join(argv) + "\n").encode())
+        fh.flush()
+        rc = subprocess.run(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env else None,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            check=False,
+        ).returncode
+    if rc != 0:
+        raise BuildError(
+            f"{what} failed (exit {rc})",
+            hint="the compiler output above is the end of the log; fix the toolchain and rebuild",
+            problems=log_tail(log).splitlines(),
+        )
+
+
+# --------------------------------------------------------------------------- engine build
+
+
+def build_engine(
+    source: SourceArchive,
+    *,
+    variants: Sequence[str] | Literal["all"],
+    cuda: CudaOptions | None,
+    cache_dir: Path,
+    log_dir: Path | None = None,
+    jobs: int = 2,
+    index_url: str | None = None,
+) -> EngineBuild:
+    """Build (or reuse from the cache) llama-server and its modules from ``source``.
+
+    Raises:
+        BuildError: cmake or the compiler failed (with the log's tail and its path), or
+            the result is not relocatable.
+        UsageError: unknown variant names.
+    """
+    chosen = resolve_variants(variants)
+    flags = engine_cmake_flags(chosen, cuda)
+    tools = toolchain()
+    inputs: dict[str, Any] = {
+        "kind": "engine",
+        "source_sha256": source.sha256,
+        "flags": flags,
+        "variants": chosen,
+        "targets": engine_targets(chosen, cuda),
+        "cuda": _cuda_inputs(cuda),
+        **tools,
+        "recipe": 1,
+    }
+    cache = BuildCache(cache_dir)
+
+    def builder(out: Path, log: Path) -> None:
+        tree = source_tree(source, cache_dir=cache_dir) / "vendor" / "llama.cpp"
+        build_dir = out / "_build"
+        include = out / "_airlock-variants.cmake"
+        include.write_text(_VARIANTS_CMAKE)
+        prefix = _isolation_prefix()
+        with open(log, "ab") as fh:
+            fh.write(f"# network isolation: {' '.join(prefix) or 'none available'}\n".encode())
+        commit = source.llama_cpp_commit
+        configure = [
+            *prefix,
+            "cmake",
+            "-S",
+            str(tree),
+            "-B",
+            str(build_dir),
+            *(["-G", "Ninja"] if shutil.which("ninja") else []),
+            *flags,
+            "-DCMAKE_PROJECT_INCLUDE=" + str(include),
+            "-DLLAMA_BUILD_COMMIT=" + (commit[:9] if commit != "unknown" else "unknown"),
+            "-DLLAMA_BUILD_NUMBER=0",
+        ]
+        _run_logged(configure, log, what="cmake configure of llama.cpp")
+        build = [
+            *prefix,
+            "cmake",
+            "--build",
+            str(build_dir),
+            "-j",
+            str(jobs),
+            "--target",
+            *engine_targets(chosen, cuda),
+        ]
+        _run_logged(build, log, what="llama.cpp build (" + ", ".join(chosen) + ")")
+        _collect(build_dir / "bin", out, chosen, cuda)
+        if cuda is not None:
+            wheels = download_cuda_wheels(cuda, out / "_cuda-wheels", index_url=index_url)
+            collect_cuda_runtime(wheels, out / "lib" / "cuda")
+            shutil.rmtree(out / "_cuda-wheels")
+        shutil.rmtree(build_dir)
+        include.unlink()
+        check_relocatable(out)
+
+    entry = cache.build("engine", inputs, builder)
+    copy_log(entry, log_dir, "engine-build.log")
+    return _engine_result(entry, source, chosen, flags, cuda, tools)
+
+
+def _cuda_inputs(cuda: CudaOptions | None) -> Any:
+    if cuda is None:
+        return None
+    return {
+        "architectures": list(cuda.architectures),
+        "cuda_version": cuda.cuda_version,
+        "wheels": cuda.wheel_requirements(),
+    }
+
+
+def _collect(bin_dir: Path, out: Path, variants: Sequence[str], cuda: CudaOptions | None) -> None:
+    """Copy llama-server and the shared libraries, one regular file per SONAME."""
+    (out / "bin").mkdir()
+    (out / "lib").mkdir()
+    shutil.copy2(bin_dir / "llama-server", out / "bin" / "llama-server")
+    for so in sorted(bin_dir.glob("lib*.so*")):
+        if so.is_symlink() or not so.is_file():
+            continue
+        name = _soname(so) or so.name
+        if (
+            name.startswith("libggml-cpu-")
+            and name.removeprefix("libggml-cpu-").split(".so")[0] not in variants
+        ):
+            continue
+        shutil.copy2(so, out / "lib" / name)
+    missing = [
+        f"libggml-cpu-{v}.so"
+        for v in variants
+        if not (out / "lib" / f"libggml-cpu-{v}.so").exists()
+    ]
+    if cuda is not None and not (out / "lib" / "libggml-cuda.so").exists():
+        missing.append("libggml-cuda.so")
+    if missing:
+        raise BuildError(
+            "the build finished but did not produce " + ", ".join(missing),
+            hint="the vendored llama.cpp may name its CPU modules differently; check the log",
+        )
+
+
+def _readelf_dynamic(path: Path) -> list[tuple[str, str]]:
+    out = subprocess.run(
+        ["readelf", "-d", str(path)], capture_output=True, text=True, check=False
+    ).stdout
+    rows = []
+    for line in out.splitlines():
+        m = re.search(r"\((\w+)\)\s+.*?\[(.*)\]", line)
+        if m:
+            rows.append((m.group(1), m.group(2)))
+    return rows
+
+
+def _soname(path: Path) -> str | None:
+    for tag, value in _readelf_dynamic(path):
+        if tag == "SONAME":
+            return value
+    return None
+
+
+def check_relocatable(root: Path) -> None:
+    """Every ELF file finds llama.cpp's libraries through an ``$ORIGIN`` run path.
+
+    Raises:
+        BuildError: listing every file with an absolute run path, no run path, or a
+            NEEDED llama/ggml library missing from ``lib/``.
+    """
+    problems = []
+    libs = {p.name for p in (root / "lib").glob("*.so*")}
+    for elf in [root / "bin" / "llama-server", *sorted((root / "lib").glob("*.so*"))]:
+        dyn = _readelf_dynamic(elf)
+        paths = [v for t, v in dyn if t in ("RUNPATH", "RPATH")]
+        needed = [v for t, v in dyn if t == "NEEDED"]
+        ours = [n for n in needed if _OUR_LIBS.match(n)]
+        rel = elf.relative_to(root)
+        if ours and not paths:
+            problems.append(f"{rel}: no run path, needs {', '.join(ours)}")
+        for p in paths:
+            for entry in p.split(":"):
+                if not entry.startswith("$ORIGIN"):
+                    problems.append(f"{rel}: run path entry {entry!r} is not under $ORIGIN")
+        problems += [f"{rel}: needs {n}, not in lib/" for n in ours if n not in libs]
+    if problems:
+        raise BuildError(
+            "the engine build is not relocatable",
+            hint="the cmake flags must set CMAKE_INSTALL_RPATH='$ORIGIN/../lib'",
+            problems=problems,
+        )
+
+
+def _engine_result(
+    entry: CacheEntry,
+    source: SourceArchive,
+    variants: Sequence[str],
+    flags: Sequence[str],
+    cuda: CudaOptions | None,
+    tools: Mapping[str, str],
+) -> EngineBuild:
+    files = tuple(
+        sorted(
+            str(p.relative_to(entry.path))
+            for p in entry.path.rglob("*")
+            if p.is_file() and p.parts[len(entry.path.parts)] in ("bin", "lib")
+        )
+    )
+    return EngineBuild(
+        root=entry.path,
+        properties=engine_properties(source, variants, flags, cuda, tools, files),
+        log=entry.log,
+        cached=entry.hit,
+        seconds=entry.seconds,
+        files=files,
+    )
+
+
+def engine_properties(
+    source: SourceArchive,
+    variants: Sequence[str],
+    flags: Sequence[str],
+    cuda: CudaOptions | None,
+    tools: Mapping[str, str],
+    files: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The manifest's ``components.engine.properties`` (agreed keys, docs/FORMAT.md)."""
+    cuda_props = None
+    if cuda is not None:
+        cuda_props = {
+            "architectures": list(cuda.architectures),
+            "cuda_version": cuda.cuda_version,
+            "min_driver": min_driver(cuda.cuda_version),
+            "module": "engine/lib/libggml-cuda.so",
+            "runtime_dir": "engine/lib/cuda",
+            "runtime_libraries": sorted("engine/" + f for f in files if f.startswith("lib/cuda/")),
+        }
+    return {
+        "llama_cpp_python": source.properties(),
+        "llama_cpp_commit": source.llama_cpp_commit,
+        "cmake_flags": list(flags),
+        "cpu_variants": list(variants),
+        "cuda": cuda_props,
+        "compiler": tools["compiler"],
+        "cmake": tools["cmake"],
+        "arch": tools["arch"],
+        "server": "engine/bin/llama-server",
+        "lib_dir": "engine/lib",
+        # ggml looks for its backend modules next to the executable and in the working
+        # directory: launch llama-server with this working directory.
+        "backend_dir": "engine/lib",
+    }
+
+
+def stage_engine(build: EngineBuild, dest_dir: Path) -> None:
+    """Copy ``bin/`` and ``lib/`` of a build into ``dest_dir`` (the bundle's ``engine/``)."""
+    for rel in build.files:
+        src = build.root / rel
+        dst = dest_dir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o755 if rel.startswith("bin/") else 0o644)
+        os.replace(tmp, dst)
+
+
+# --------------------------------------------------------------------------- python wheel
+
+
+def wheel_cmake_args(variants: Sequence[str]) -> str:
+    """``CMAKE_ARGS`` for a portable llama-cpp-python wheel (never -march=native)."""
+    return " ".join(
+        [
+            "-DGGML_NATIVE=OFF",
+            "-DGGML_BACKEND_DL=ON",
+            "-DGGML_CPU_ALL_VARIANTS=ON",
+            "-DAIRLOCK_CPU_VARIANTS=" + ";".join(variants),
+            "-DGGML_CCACHE=OFF",
+            "-DLLAMA_BUILD_UI=OFF",
+            "-DLLAMA_USE_PREBUILT_UI=OFF",
+            "-DLLAMA_OPENSSL=OFF",
+            "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_BUILD_TESTS=OFF",
+            "-DLLAMA_BUILD_EXAMPLES=OFF",
+        ]
+    )
+
+
+def build_llama_cpp_python_wheel(
+    source: SourceArchive,
+    *,
+    variants: Sequence[str] | Literal["all"],
+    cache_dir: Path,
+    log_dir: Path | None = None,
+    jobs: int = 2,
+) -> Path:
+    """Build (or reuse) the portable llama-cpp-python wheel from ``source``.
+
+    The build backend (scikit-build-core) comes from the package index in pip's isolated
+    build environment; compiling llama.cpp itself needs no network.
+
+    Raises:
+        BuildError: the wheel build failed (with the log's tail and its path).
+    """
+    chosen = resolve_variants(variants)
+    args = wheel_cmake_args(chosen)
+    inputs = {
+        "kind": "wheel",
+        "source_sha256": source.sha256,
+        "cmake_args": args,
+        "variants": chosen,
+        **toolchain(),
+        "recipe": 1,
+    }
+
+    def builder(out: Path, log: Path) -> None:
+        include = out / "_airlock-variants.cmake"
+        include.write_text(_VARIANTS_CMAKE)
+        env = dict(os.environ)
+        env["CMAKE_ARGS"] = args + " -DCMAKE_PROJECT_INCLUDE=" + str(include)
+        env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(jobs)
+        env.pop("PIP_REQUIRE_VIRTUALENV", None)
+        argv = [
+            *_pip(),
+            "wheel",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-w",
+            str(out / "dist"),
+            str(source.path),
+        ]
+        _run_logged(argv, log, env=env, what="llama-cpp-python wheel build")
+        include.unlink()
+
+    entry = BuildCache(cache_dir).build("wheel", inputs, builder)
+    copy_log(entry, log_dir, "llama-cpp-python-wheel.log")
+    wheels = sorted((entry.path / "dist").glob("llama_cpp_python-*.whl"))
+    if len(wheels) != 1:
+        raise BuildError(
+            f"{entry.path}/dist: expected one llama_cpp_python wheel, found {len(wheels)}"
+        )
+    return wheels[0]
+
+
+def _pip() -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "pip", "--disable-pip-version-check"]

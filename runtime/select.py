@@ -310,7 +310,7 @@ def _manifest_paths(manifest: Dict[str, Any]) -> List[str]:
 def _bundled_variants(engine: Dict[str, Any], paths: Sequence[str]) -> Tuple[List[str], str]:
     """Variant names and the directory their modules are in (relative to the release)."""
     found = []
-    module_dir = str(engine.get("lib_dir") or "engine/lib")
+    module_dir = str(engine.get("backend_dir") or engine.get("lib_dir") or "engine/lib")
     for p in paths:
         name = p.rsplit("/", 1)[-1]
         if name.startswith("libggml-cpu-") and name.endswith(".so"):
@@ -752,7 +752,7 @@ def _command(
     lib_dir = str(engine.get("lib_dir") or "engine/lib")
     ld = [lib_dir]
     if backend == "cuda":
-        ld.append(lib_dir + "/cuda")
+        ld.append(str((engine.get("cuda") or {}).get("runtime_dir") or lib_dir + "/cuda"))
     # The env forms are honoured by every llama-server that knows the option and ignored
     # by older ones, so they are always safe; the flags only when --help lists them.
     env = {

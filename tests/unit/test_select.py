@@ -1,0 +1,505 @@
+"""runtime.select: decisions for real machine types, with their reasons, and refusals."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from runtime import select as s
+from runtime.detect import detect, recorded_commands
+from runtime.errors import HostError, UsageError
+
+HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
+GIB = 1024**3
+ALL_X86 = list(s.X86_VARIANTS)
+
+TINY = {
+    "name": "tiny",
+    "entrypoint": "models/tiny/tiny.gguf",
+    "files": [{"path": "models/tiny/tiny.gguf", "size": 500_000}],
+    "gguf": {
+        "architecture": "llama",
+        "parameters": 123,
+        "quantization": "F16",
+        "context_length": 2048,
+        "embedding_length": 64,
+        "block_count": 2,
+        "head_count": 4,
+        "head_count_kv": 4,
+        "file_size": 500_000,
+    },
+}
+# Mistral-7B-Instruct Q4_K_M: 32 layers, 4096 wide, 8 KV heads of 32.
+MISTRAL = {
+    "name": "mistral-7b",
+    "entrypoint": "models/mistral-7b/mistral-7b.Q4_K_M.gguf",
+    "files": [{"path": "models/mistral-7b/mistral-7b.Q4_K_M.gguf", "size": 4_368_439_584}],
+    "gguf": {
+        "architecture": "llama",
+        "parameters": 7_241_732_096,
+        "quantization": "Q4_K_M",
+        "context_length": 32768,
+        "embedding_length": 4096,
+        "block_count": 32,
+        "head_count": 32,
+        "head_count_kv": 8,
+        "file_size": 4_368_439_584,
+    },
+}
+CUDA = {
+    "architectures": ["70", "80", "90"],
+    "cuda_version": "12.4",
+    "min_driver": "525.60.13",
+    "module": "engine/lib/libggml-cuda.so",
+    "runtime_dir": "engine/lib/cuda",
+}
+
+
+def manifest(
+    *,
+    variants: List[str],
+    cuda: Optional[Dict[str, Any]] = None,
+    models: Optional[List[Dict[str, Any]]] = None,
+    arch: str = "x86_64",
+    defaults: Optional[Dict[str, Any]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
+    models = models or [TINY]
+    files = [{"path": "engine/bin/llama-server"}, {"path": "engine/lib/libllama.so"}]
+    files += [{"path": f"engine/lib/libggml-cpu-{v}.so"} for v in variants]
+    if cuda:
+        files.append({"path": cuda["module"]})
+    for m in models:
+        files += m["files"]
+    engine = {
+        "cpu_variants": variants,
+        "cuda": cuda,
+        "arch": arch,
+        "server": "engine/bin/llama-server",
+        "lib_dir": "engine/lib",
+        "backend_dir": "engine/lib",
+        "server_defaults": defaults
+        or {
+            "port": 8080,
+            "host": "0.0.0.0",
+            "ctx_size": "auto",
+            "parallel": "auto",
+            "model": models[0]["name"],
+            "api_key_file": None,
+        },
+        **(extra or {}),
+    }
+    return {
+        "components": {
+            "engine": {"type": "runtime", "properties": engine},
+            "models": {"type": "model", "properties": {"models": models}},
+        },
+        "files": sorted(files, key=lambda f: f["path"]),
+    }
+
+
+def facts(name: str, *, smi: bool = True) -> Dict[str, Any]:
+    commands = HOSTS / name / "commands"
+    run = recorded_commands(commands) if smi and commands.is_dir() else None
+    return detect(HOSTS / name / "root", run=run)
+
+
+def reasons(decision: Dict[str, Any], prefix: str) -> List[str]:
+    return [r for r in decision["reasons"] if r.startswith(prefix)]
+
+
+# --------------------------------------------------------------------------- variants
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("xeon-e5-2670-sandybridge", "sandybridge"),
+        ("i7-8700-desktop", "haswell"),
+        ("xeon-8375c-icelake", "icelake"),
+        ("xeon-6248-v100-driver-470", "cascadelake"),
+        ("epyc-a100-driver-550", "haswell"),
+        ("container-cgroup2-2cpu-4g", "haswell"),
+    ],
+)
+def test_best_bundled_variant_mirrors_ggml_scoring(host: str, expected: str) -> None:
+    d = s.select(facts(host), manifest(variants=ALL_X86))
+    assert d["cpu_variant"] == expected
+    assert reasons(d, f"cpu variant {expected}:")
+
+
+def test_old_xeon_gets_baseline_from_default_bundle_and_is_told_what_is_missing() -> None:
+    d = s.select(facts("xeon-e5-2670-sandybridge"), manifest(variants=["x64", "haswell"]))
+    assert d["cpu_variant"] == "x64"
+    (why,) = reasons(d, "cpu variant x64:")
+    assert "sandybridge would be faster here but is not in the bundle" in why
+
+
+def test_bundle_without_a_runnable_variant_is_refused_not_sigill() -> None:
+    with pytest.raises(HostError, match="no CPU variant in the bundle runs on this CPU"):
+        s.select(facts("xeon-e5-2670-sandybridge"), manifest(variants=["haswell", "skylakex"]))
+
+
+def test_variant_scores_follow_ggml_bits() -> None:
+    spr = [
+        "SSE42",
+        "AVX",
+        "F16C",
+        "FMA",
+        "AVX2",
+        "BMI2",
+        "AVX512",
+        "AVX512_VBMI",
+        "AVX512_VNNI",
+        "AVX512_BF16",
+        "AMX_TILE",
+        "AMX_INT8",
+        "AVX_VNNI",
+    ]
+    scores = {v: s.variant_score("x86_64", v, spr) for v in s.X86_VARIANTS}
+    assert max(scores, key=lambda v: scores[v]) == "sapphirerapids"
+    assert scores["zen4"] > scores["icelake"] > scores["skylakex"] > scores["alderlake"]
+    assert scores["alderlake"] > scores["haswell"] > scores["sandybridge"] > scores["x64"] == 1
+    assert s.variant_score("x86_64", "haswell", ["AVX", "SSE42"]) == 0
+    assert s.variant_score("x86_64", "bogus", spr) is None
+
+
+# --------------------------------------------------------------------------- arch
+
+
+def test_x86_bundle_on_arm_host_is_refused() -> None:
+    with pytest.raises(HostError, match="built for x86_64 but this host is aarch64") as e:
+        s.select(facts("ampere-altra-arm64"), manifest(variants=["x64", "haswell"]))
+    assert e.value.exit_code == 50
+
+
+def test_arm_bundle_on_altra_picks_dotprod_fp16_variant() -> None:
+    arm = ["armv8.0_1", "armv8.2_1", "armv8.2_2", "armv8.2_3", "armv8.6_1"]
+    d = s.select(facts("ampere-altra-arm64"), manifest(variants=arm, arch="aarch64"))
+    assert d["cpu_variant"] == "armv8.2_2"  # Neoverse-N1: dotprod + fp16, no SVE
+    assert d["threads"] == 80
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def test_a100_with_current_driver_runs_cuda_fully_offloaded() -> None:
+    d = s.select(
+        facts("epyc-a100-driver-550"), manifest(variants=ALL_X86, cuda=CUDA, models=[MISTRAL])
+    )
+    assert d["backend"] == "cuda"
+    assert d["gpu_layers"] == 33  # 32 blocks + the output layer
+    (why,) = reasons(d, "backend cuda:")
+    assert "NVIDIA A100 80GB PCIe, driver 550.54.15 >= 525.60.13" in why
+    assert d["env"]["LD_LIBRARY_PATH"] == "engine/lib:engine/lib/cuda"
+    assert "CUDA_VISIBLE_DEVICES" not in d["env"]
+    assert d["argv"][d["argv"].index("--n-gpu-layers") + 1] == "33"
+
+
+def test_old_driver_falls_back_to_cpu_with_the_versions_in_the_reason() -> None:
+    d = s.select(facts("xeon-6248-v100-driver-470"), manifest(variants=ALL_X86, cuda=CUDA))
+    assert d["backend"] == "cpu"
+    assert d["gpu_layers"] == 0
+    assert reasons(d, "backend cpu:") == [
+        "backend cpu: NVIDIA driver 470.82.01 is older than 525.60.13 required by the "
+        "CUDA 12.4 module"
+    ]
+    assert d["env"]["LD_LIBRARY_PATH"] == "engine/lib"
+    assert d["env"]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_gpu_without_cuda_module_in_bundle_uses_cpu() -> None:
+    d = s.select(facts("epyc-a100-driver-550"), manifest(variants=ALL_X86))
+    assert d["backend"] == "cpu"
+    assert reasons(d, "backend cpu:") == [
+        "backend cpu: 1 NVIDIA GPU(s) present but the bundle has no CUDA module"
+    ]
+
+
+def test_cuda_property_without_module_file_uses_cpu() -> None:
+    m = manifest(variants=ALL_X86, cuda=CUDA)
+    m["files"] = [f for f in m["files"] if f["path"] != CUDA["module"]]
+    d = s.select(facts("epyc-a100-driver-550"), m)
+    assert d["backend"] == "cpu"
+    assert "is not in the bundle's files" in reasons(d, "backend cpu:")[0]
+
+
+def test_gpu_older_than_bundled_architectures_uses_cpu() -> None:
+    f = facts("epyc-a100-driver-550")
+    cuda = dict(CUDA, architectures=["89", "90"])
+    d = s.select(f, manifest(variants=ALL_X86, cuda=cuda))
+    assert d["backend"] == "cpu"
+    assert (
+        "compute capability 8.0 is below the bundle's CUDA architectures 89, 90"
+        in (reasons(d, "backend cpu:")[0])
+    )
+
+
+def test_no_nvidia_gpu_uses_cpu() -> None:
+    d = s.select(facts("i7-8700-desktop"), manifest(variants=ALL_X86, cuda=CUDA))
+    assert d["backend"] == "cpu"
+    assert reasons(d, "backend cpu:") == [
+        "backend cpu: no NVIDIA GPU found (PCI class 0x03, vendor 0x10de)"
+    ]
+
+
+def test_operator_backend_cpu_override_is_honoured_and_reported() -> None:
+    d = s.select(
+        facts("epyc-a100-driver-550"), manifest(variants=ALL_X86, cuda=CUDA), {"backend": "cpu"}
+    )
+    assert d["backend"] == "cpu"
+    assert "backend cpu: operator override backend=cpu" in d["reasons"]
+    assert d["overrides"] == {"backend": "cpu"}
+
+
+def test_forcing_cuda_on_an_old_driver_is_a_host_error() -> None:
+    with pytest.raises(HostError, match="backend=cuda was requested but NVIDIA driver"):
+        s.select(
+            facts("xeon-6248-v100-driver-470"),
+            manifest(variants=ALL_X86, cuda=CUDA),
+            {"backend": "cuda"},
+        )
+
+
+def test_vram_unknown_without_nvidia_smi_offloads_all_and_says_so() -> None:
+    d = s.select(
+        facts("epyc-a100-driver-550", smi=False),
+        manifest(variants=ALL_X86, cuda=CUDA, models=[MISTRAL]),
+    )
+    assert d["backend"] == "cuda"
+    assert d["gpu_layers"] == 33
+    assert reasons(d, "gpu layers 33 (all): VRAM unknown")
+
+
+def test_model_larger_than_vram_is_partially_offloaded() -> None:
+    f = facts("xeon-6248-v100-driver-470")
+    f["nvidia"]["driver_version"] = "535.104.05"
+    big = copy.deepcopy(MISTRAL)
+    big["name"] = "big"
+    big["gguf"].update(file_size=30 * GIB, block_count=60)
+    d = s.select(f, manifest(variants=ALL_X86, cuda=CUDA, models=[big]))
+    assert d["backend"] == "cuda"
+    assert 0 < d["gpu_layers"] < 60
+    assert reasons(d, f"gpu layers {d['gpu_layers']} of 60:")
+    # The layers left on the host are counted against host memory.
+    assert d["memory"]["host_weights_bytes"] < 30 * GIB
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_threads_are_physical_cores_not_smt_siblings() -> None:
+    assert s.select(facts("i7-8700-desktop"), manifest(variants=ALL_X86))["threads"] == 6
+    assert s.select(facts("xeon-e5-2670-sandybridge"), manifest(variants=ALL_X86))["threads"] == 16
+
+
+def test_container_cpu_quota_caps_threads() -> None:
+    d = s.select(facts("container-cgroup2-2cpu-4g"), manifest(variants=ALL_X86))
+    assert d["threads"] == 2
+    assert reasons(d, "threads 2:") == [
+        "threads 2: cgroup CPU limit 2 (cpu.max) is below 16 physical cores"
+    ]
+    assert d["argv"][d["argv"].index("--threads") + 1] == "2"
+
+
+def test_threads_override_is_honoured() -> None:
+    d = s.select(facts("i7-8700-desktop"), manifest(variants=ALL_X86), {"threads": 3})
+    assert d["threads"] == 3
+    assert "threads 3: operator override" in d["reasons"]
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_tiny_model_gets_four_slots_of_its_trained_context() -> None:
+    d = s.select(facts("container-cgroup2-2cpu-4g"), manifest(variants=ALL_X86))
+    assert (d["ctx_size"], d["parallel"]) == (8192, 4)
+    assert d["memory"]["effective_source"] == "cgroup memory.max"
+    assert d["memory"]["effective_bytes"] == 4 * GIB
+
+
+def test_model_that_cannot_fit_the_cgroup_is_refused_with_the_numbers() -> None:
+    with pytest.raises(HostError) as e:
+        s.select(facts("container-cgroup2-2cpu-4g"), manifest(variants=ALL_X86, models=[MISTRAL]))
+    msg = e.value.message
+    assert msg.startswith(
+        "model mistral-7b needs 4.6 GiB (4.1 GiB weights + 0.1 GiB KV cache "
+        "at ctx 512 + 0.5 GiB overhead)"
+    )
+    assert msg.endswith("but only 3.6 GiB is usable (90% of 4.0 GiB, limited by cgroup memory.max)")
+    assert e.value.exit_code == 50
+    assert "ship a smaller quantization" in (e.value.hint or "")
+
+
+def test_context_and_slots_shrink_until_the_model_fits() -> None:
+    f = facts("container-cgroup2-2cpu-4g")
+    f["cgroup"]["memory_limit_bytes"] = 6 * GIB
+    d = s.select(f, manifest(variants=ALL_X86, models=[MISTRAL]))
+    # 4 x 4096 needs 2 GiB of KV and does not fit in 5.4 GiB; 1 x 4096 does.
+    assert (d["ctx_size"], d["parallel"]) == (4096, 1)
+    assert d["memory"]["kv_bytes"] == 2 * 32 * 4096 * 1024 * 2
+    assert d["memory"]["need_bytes"] <= d["memory"]["usable_bytes"]
+
+
+def test_ctx_override_is_honoured_and_a_too_large_one_refused() -> None:
+    f = facts("container-cgroup2-2cpu-4g")
+    d = s.select(f, manifest(variants=ALL_X86), {"ctx_size": 1024, "parallel": 2})
+    assert (d["ctx_size"], d["parallel"]) == (1024, 2)
+    assert "ctx 1024, 2 slot(s): operator override" in d["reasons"]
+    f["cgroup"]["memory_limit_bytes"] = 8 * GIB
+    with pytest.raises(HostError, match="KV cache at ctx 131072"):
+        s.select(f, manifest(variants=ALL_X86, models=[MISTRAL]), {"ctx_size": 131072})
+
+
+def test_memory_available_is_used_when_no_cgroup_limit() -> None:
+    d = s.select(facts("i7-8700-desktop"), manifest(variants=ALL_X86, models=[MISTRAL]))
+    assert d["memory"]["effective_source"] == "MemAvailable"
+    assert (d["ctx_size"], d["parallel"]) == (16384, 4)
+
+
+# --------------------------------------------------------------------------- command
+
+
+def test_argv_env_and_cwd_for_the_launcher() -> None:
+    d = s.select(facts("build-machine"), manifest(variants=["x64", "haswell"]))
+    argv = d["argv"]
+    assert argv[0] == "engine/bin/llama-server"
+    pairs = dict(zip(argv[1::2], argv[2::2]))
+    assert pairs["--model"] == "models/tiny/tiny.gguf"
+    assert pairs["--alias"] == "tiny"
+    assert pairs["--host"] == "0.0.0.0" and pairs["--port"] == "8080"
+    assert "--metrics" in argv
+    # --help was not probed: only the env forms, which older servers ignore.
+    assert "--offline" not in argv and "--no-webui" not in argv
+    assert d["env"]["HF_HUB_OFFLINE"] == "1" and d["env"]["LLAMA_OFFLINE"] == "1"
+    assert d["env"]["LLAMA_ARG_NO_WEBUI"] == "1"
+    assert d["cwd"] == "engine/lib"
+
+
+def test_flags_listed_by_the_server_are_passed() -> None:
+    d = s.select(
+        facts("build-machine"),
+        manifest(variants=["x64", "haswell"]),
+        server_flags=["--offline", "--no-webui", "--metrics"],
+    )
+    assert d["argv"][-2:] == ["--offline", "--no-webui"]
+    assert not reasons(d, "--offline not passed")
+
+
+def test_api_key_file_and_named_model() -> None:
+    other = dict(
+        TINY,
+        name="other",
+        entrypoint="models/other/o.gguf",
+        files=[{"path": "models/other/o.gguf", "size": 1000}],
+    )
+    defaults = {
+        "port": 9000,
+        "host": "127.0.0.1",
+        "model": "other",
+        "api_key_file": "/etc/airlock/api-key",
+    }
+    d = s.select(
+        facts("build-machine"), manifest(variants=["x64"], models=[TINY, other], defaults=defaults)
+    )
+    assert d["model"] == "other"
+    assert "--api-key-file" in d["argv"]
+    assert d["port"] == 9000
+    with pytest.raises(UsageError, match="model 'nope' is not in the bundle"):
+        s.select(facts("build-machine"), manifest(variants=["x64"]), {"model": "nope"})
+
+
+def test_resolve_makes_paths_absolute() -> None:
+    d = s.select(facts("epyc-a100-driver-550"), manifest(variants=ALL_X86, cuda=CUDA))
+    r = s.resolve(d, Path("/opt/airlock/releases/1.0.0"))
+    assert r["argv"][0] == "/opt/airlock/releases/1.0.0/engine/bin/llama-server"
+    assert r["argv"][r["argv"].index("--model") + 1] == (
+        "/opt/airlock/releases/1.0.0/models/tiny/tiny.gguf"
+    )
+    assert r["env"]["LD_LIBRARY_PATH"] == (
+        "/opt/airlock/releases/1.0.0/engine/lib:/opt/airlock/releases/1.0.0/engine/lib/cuda"
+    )
+    assert r["cwd"] == "/opt/airlock/releases/1.0.0/engine/lib"
+
+
+def test_invalid_overrides_are_all_reported_at_once() -> None:
+    with pytest.raises(UsageError) as e:
+        s.select(
+            facts("build-machine"),
+            manifest(variants=["x64"]),
+            {"ctx_size": -1, "backend": "rocm", "colour": "blue"},
+        )
+    assert len(e.value.problems) == 3
+    assert e.value.exit_code == 2
+
+
+def test_manifest_without_engine_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"no components\.engine\.properties"):
+        s.select(facts("build-machine"), {"components": {}})
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_prints_decision_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "f.json").write_text(json.dumps(facts("container-cgroup2-2cpu-4g")))
+    (tmp_path / "m.json").write_text(json.dumps(manifest(variants=ALL_X86)))
+    rc = s.main(
+        [
+            "--facts",
+            str(tmp_path / "f.json"),
+            "--manifest",
+            str(tmp_path / "m.json"),
+            "--overrides",
+            '{"parallel": 1}',
+            "--json",
+        ]
+    )
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["parallel"] == 1 and d["threads"] == 2 and d["backend"] == "cpu"
+
+
+def test_cli_refusal_exits_50_with_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f.json").write_text(json.dumps(facts("container-cgroup2-2cpu-4g")))
+    (tmp_path / "m.json").write_text(json.dumps(manifest(variants=ALL_X86, models=[MISTRAL])))
+    rc = s.main(
+        ["--facts", str(tmp_path / "f.json"), "--manifest", str(tmp_path / "m.json"), "--json"]
+    )
+    assert rc == 50
+    out = capsys.readouterr()
+    assert json.loads(out.out)["exit_code"] == 50
+    assert "error: model mistral-7b needs" in out.err
+
+
+def test_cli_detect_on_this_host_with_release_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stand-in llama-server whose --help lists --offline: the probe must pick it up.
+    release = tmp_path / "rel"
+    (release / "engine/bin").mkdir(parents=True)
+    server = release / "engine/bin/llama-server"
+    server.write_text("#!/bin/sh\necho '--offline   offline mode'\necho '--metrics'\n")
+    server.chmod(0o755)
+    (tmp_path / "m.json").write_text(json.dumps(manifest(variants=["x64"])))
+    rc = s.main(
+        [
+            "--detect",
+            "--manifest",
+            str(tmp_path / "m.json"),
+            "--release-dir",
+            str(release),
+            "--json",
+        ]
+    )
+    assert rc == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["argv"][0] == str(server)
+    assert "--offline" in d["argv"] and "--no-webui" not in d["argv"]
+    assert d["cpu_variant"] == "x64"

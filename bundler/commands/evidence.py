@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import sys
 import tempfile
@@ -14,7 +15,8 @@ from bundler import console
 from bundler.diff import diff_manifests, fingerprints, render
 from bundler.errors import AirlockError, ArchiveFormatError, UsageError
 from bundler.sbom import SBOM_PATH, summarize
-from runtime.bundle import BundleMetadata, read_member, read_metadata
+from bundler.verify import open_bundle
+from runtime.bundle import BundleMetadata, read_member, read_metadata_stream
 
 _UNVERIFIED = (
     "note: read from the bundle's manifest without checking its signatures; "
@@ -49,13 +51,19 @@ def register(sub: Any) -> None:
 
 
 def _metadata(path: Path) -> BundleMetadata:
+    """The metadata region of a bundle ``.tar`` or of a split bundle's ``.parts`` index."""
     if not path.is_file():
         raise UsageError(
             f"bundle not found: {path}",
             hint="pass the path of a bundle .tar written by 'airlock build' or 'airlock pack'",
         )
     try:
-        return read_metadata(path)
+        with open_bundle(path) as f:
+            # BufferedReader loops over short reads: a split bundle's parts reader returns
+            # short reads at part boundaries, which the region reader takes for truncation.
+            if isinstance(f, io.RawIOBase):
+                return read_metadata_stream(io.BufferedReader(f))
+            return read_metadata_stream(f)
     except OSError as e:
         raise UsageError(f"cannot read bundle {path}: {e.strerror}") from e
     except AirlockError as e:
@@ -64,6 +72,11 @@ def _metadata(path: Path) -> BundleMetadata:
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
+    if args.bundle.name.endswith(".parts"):
+        raise UsageError(
+            f"{args.bundle} is a split bundle's index; 'airlock sbom' reads a whole bundle",
+            hint=f"run 'airlock join {args.bundle}' first, then pass the joined .tar",
+        )
     meta = _metadata(args.bundle)
     if not any(f.get("path") == SBOM_PATH for f in meta.manifest.get("files", [])):
         raise ArchiveFormatError(

@@ -42,7 +42,13 @@ def _fingerprint(pub: Path) -> str:
 
 
 def _bundle(
-    tmp: Path, *, version: str, sequence: int, keys: list[Path], numpy: str = "2.1.0"
+    tmp: Path,
+    *,
+    version: str,
+    sequence: int,
+    keys: list[Path],
+    numpy: str = "2.1.0",
+    split: int | None = None,
 ) -> Path:
     """Stage a small bundle whose components follow the agreed keys, with evidence, and pack it."""
     stage = tmp / f"stage-{version}"
@@ -122,6 +128,7 @@ def _bundle(
         signers=[load_signer(k) for k in keys],
         out_dir=tmp / "out",
         source_date_epoch=1_790_000_000,
+        split=split,
     )
     return result.path
 
@@ -210,3 +217,15 @@ def test_diff_of_a_bundle_with_itself_is_empty(tmp_path: Path, keys, capsys) -> 
     b = _bundle(tmp_path, version="1.0.0", sequence=1, keys=[keys["alice"]])
     assert main(["diff", str(b), str(b)]) == 0
     assert "no differences" in capsys.readouterr().out
+
+
+def test_diff_reads_a_split_bundle_through_its_parts_index(tmp_path: Path, keys, capsys) -> None:
+    old = _bundle(tmp_path / "a", version="1.0.0", sequence=1, keys=[keys["alice"]], split=16384)
+    new = _bundle(tmp_path / "b", version="1.1.0", sequence=2, keys=[keys["alice"]])
+    assert old.name.endswith(".parts")
+    assert main(["diff", str(old), str(new), "--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["old"]["version"] == "1.0.0" and js["new"]["version"] == "1.1.0"
+
+    assert main(["sbom", str(old)]) == 2
+    assert "airlock join" in capsys.readouterr().err

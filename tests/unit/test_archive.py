@@ -1,0 +1,172 @@
+"""The archive writer: determinism, layout, stock-tar compatibility and in-place co-signing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bundler import sshsig
+from bundler.archive import COSIGN_SLOTS, cosign, member_header, pack
+from bundler.errors import IntegrityError, UsageError
+from runtime.bundle import read_metadata
+from tests.bundlekit import DURING, EPOCH, EXPIRES, make_bundle, make_key, make_stage, policy_for
+
+
+@pytest.fixture
+def alice(tmp_path: Path):
+    return make_key(tmp_path / "keys", "alice")
+
+
+def test_same_inputs_give_identical_bytes(tmp_path: Path, alice) -> None:
+    stage = make_stage(tmp_path)
+    a = make_bundle(tmp_path, [alice], stage=stage, out=tmp_path / "a")
+    os.utime(stage / "README.md", (1, 1))  # input mtimes never leak into the archive
+    b = make_bundle(tmp_path, [alice], stage=stage, out=tmp_path / "b")
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.signature_path.read_bytes() == b.signature_path.read_bytes()
+    assert a.manifest_sha256 == b.manifest_sha256
+
+
+def test_source_date_epoch_from_environment(tmp_path: Path, alice, monkeypatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH + 60))
+    result = pack(
+        make_stage(tmp_path),
+        name="d",
+        version="1",
+        sequence=1,
+        expires=EXPIRES,
+        components={},
+        signers=[alice.signer],
+        out_dir=tmp_path / "o",
+    )
+    meta = read_metadata(result.path)
+    assert meta.manifest["created"] == "2026-01-01T00:01:00Z"
+    with tarfile.open(result.path) as tf:
+        assert {m.mtime for m in tf.getmembers()} == {EPOCH + 60}
+
+
+def test_member_order_and_normalised_headers(tmp_path: Path, alice) -> None:
+    result = make_bundle(tmp_path, [alice])
+    with tarfile.open(result.path) as tf:
+        infos = tf.getmembers()
+    names = [m.name for m in infos]
+    assert names[0] == "airlock/manifest.json"
+    assert names[1].startswith("airlock/signatures/") and names[1].endswith(".sig")
+    assert names[2] == "airlock/reserve"
+    payload = names[3:]
+    assert payload == sorted(payload, key=lambda n: n.encode())
+    assert "SHA256SUMS" in payload and "runtime/" + "deep/" * 30 + "long-name.py" in payload
+    for m in infos:
+        assert m.isreg() and (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", "")
+        assert m.mode in (0o644, 0o755)
+    assert next(m for m in infos if m.name == "engine/bin/llama-server").mode == 0o755
+    assert result.path.stat().st_size % 10240 == 0
+
+
+def test_sha256sums_lists_every_payload_file(tmp_path: Path, alice) -> None:
+    result = make_bundle(tmp_path, [alice])
+    with tarfile.open(result.path) as tf:
+        sums = tf.extractfile("SHA256SUMS").read().decode()  # type: ignore[union-attr]
+        lines = dict(reversed(line.split("  ", 1)) for line in sums.splitlines())
+        for name, digest in lines.items():
+            data = tf.extractfile(name).read()  # type: ignore[union-attr]
+            assert hashlib.sha256(data).hexdigest() == digest
+    manifest_paths = {f["path"] for f in read_metadata(result.path).manifest["files"]}
+    assert set(lines) == manifest_paths - {"SHA256SUMS"}
+
+
+def test_large_sizes_get_a_pax_header_that_python_tarfile_reads() -> None:
+    small = member_header("a/b", 8**11 - 1, 0o644, EPOCH)
+    assert len(small) == 512
+    big = member_header("a/b", 8**11, 0o644, EPOCH)
+    assert len(big) == 1536 and b"size=8589934592" in big
+    long = member_header("x/" * 80 + "f", 1, 0o644, EPOCH)
+    assert b"path=" + ("x/" * 80 + "f").encode() in long
+
+
+def test_stage_with_symlink_or_reserved_names_is_refused(tmp_path: Path, alice) -> None:
+    stage = make_stage(tmp_path)
+    (stage / "models/link").symlink_to("/etc/passwd")
+    (stage / "SHA256SUMS").write_text("mine")
+    with pytest.raises(UsageError) as exc:
+        make_bundle(tmp_path, [alice], stage=stage)
+    assert len(exc.value.problems) == 2
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_file_changing_size_during_pack_leaves_nothing(tmp_path: Path, alice, monkeypatch) -> None:
+    import bundler.archive as archive
+
+    real = archive.scan_stage
+
+    def shrinking(stage: Path):
+        found = real(stage)
+        (stage / "README.md").write_bytes(b"")
+        return found
+
+    monkeypatch.setattr(archive, "scan_stage", shrinking)
+    with pytest.raises(IntegrityError, match="changed size"):
+        make_bundle(tmp_path, [alice])
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_same_key_twice_is_refused(tmp_path: Path, alice) -> None:
+    with pytest.raises(UsageError, match="twice"):
+        make_bundle(tmp_path, [alice, alice])
+
+
+def test_cosign_rewrites_only_the_metadata_region(tmp_path: Path, alice) -> None:
+    bob = make_key(tmp_path / "keys", "bob")
+    result = make_bundle(tmp_path, [alice])
+    before = result.path.read_bytes()
+    offset = read_metadata(result.path).payload_offset
+    done = cosign(result.path, bob.signer)
+    after = result.path.read_bytes()
+    assert done.in_place and len(after) == len(before)
+    assert after[offset:] == before[offset:], "payload bytes must not change"
+    meta = read_metadata(result.path)
+    assert len(meta.signatures) == 2
+    for _, sig in meta.signatures:
+        sshsig.verify(meta.manifest_bytes, sig, namespace=sshsig.MANIFEST_NAMESPACE)
+    # The whole-archive signature now carries the latest signer.
+    key = sshsig.verify(after, result.signature_path.read_bytes(), namespace="airlock-archive-v1")
+    assert key.fingerprint == bob.signer.public_key.fingerprint
+    from bundler.verify import verify_bundle
+
+    report = verify_bundle(result.path, policy_for(tmp_path, [alice, bob], threshold=2), now=DURING)
+    assert len(report.signers) == 2
+
+
+def test_cosign_falls_back_to_a_rewrite_when_the_reserve_is_full(tmp_path: Path, alice) -> None:
+    result = make_bundle(tmp_path, [alice])
+    keys = [make_key(tmp_path / "many", f"k{i}") for i in range(COSIGN_SLOTS + 8)]
+    results = [cosign(result.path, k.signer) for k in keys]
+    assert results[0].in_place and not all(r.in_place for r in results)
+    meta = read_metadata(result.path)
+    assert len(meta.signatures) == COSIGN_SLOTS + 9
+    from bundler.verify import verify_bundle
+
+    verify_bundle(result.path, policy_for(tmp_path, [alice, *keys], threshold=5), now=DURING)
+
+
+def test_cosign_refuses_a_tampered_bundle_and_changes_nothing(tmp_path: Path, alice) -> None:
+    bob = make_key(tmp_path / "keys", "bob")
+    result = make_bundle(tmp_path, [alice])
+    data = bytearray(result.path.read_bytes())
+    data[data.index(bytes(range(256))) + 5] ^= 1
+    result.path.write_bytes(bytes(data))
+    sig_before = result.signature_path.read_bytes()
+    with pytest.raises(IntegrityError):
+        cosign(result.path, bob.signer)
+    assert result.path.read_bytes() == bytes(data)
+    assert result.signature_path.read_bytes() == sig_before
+
+
+def test_cosign_twice_with_the_same_key_is_refused(tmp_path: Path, alice) -> None:
+    result = make_bundle(tmp_path, [alice])
+    with pytest.raises(UsageError, match="already signed"):
+        cosign(result.path, alice.signer)

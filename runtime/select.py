@@ -52,6 +52,7 @@ OVERRIDE_KEYS = (
     "host",
     "port",
     "model",
+    "api_key_file",
 )
 
 # ggml's CPU backend variants (ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS) and the
@@ -589,7 +590,7 @@ def select(
         threads,
         gpu_layers,
         backend,
-        defaults,
+        ov.get("api_key_file") or defaults.get("api_key_file"),
         server_flags,
     )
     reasons.extend(flag_reasons)
@@ -650,7 +651,7 @@ def _check_overrides(ov: Dict[str, Any]) -> Dict[str, Any]:
                 problems.append(f"backend must be auto, cpu or cuda, not {value!r}")
             elif value != "auto":
                 out[key] = value
-        elif key in ("host", "model"):
+        elif key in ("host", "model", "api_key_file"):
             out[key] = str(value)
         else:
             if isinstance(value, str) and value == "auto":
@@ -713,7 +714,7 @@ def _command(
     threads: int,
     gpu_layers: int,
     backend: str,
-    defaults: Dict[str, Any],
+    api_key_file: Optional[str],
     server_flags: Optional[Collection[str]],
 ) -> Tuple[List[str], Dict[str, str], List[str]]:
     server = str(engine.get("server") or "engine/bin/llama-server")
@@ -747,8 +748,8 @@ def _command(
         str(gpu_layers),
         "--metrics",
     ]
-    if defaults.get("api_key_file"):
-        argv += ["--api-key-file", str(defaults["api_key_file"])]
+    if api_key_file:
+        argv += ["--api-key-file", api_key_file]
     lib_dir = str(engine.get("lib_dir") or "engine/lib")
     ld = [lib_dir]
     if backend == "cuda":
@@ -919,16 +920,28 @@ def run_cli(args: argparse.Namespace) -> Decision:
             raise UsageError(f"--overrides is not valid JSON: {e}") from e
         if not isinstance(overrides, dict):
             raise UsageError("--overrides must be a JSON object")
+    return decide(facts, manifest, overrides, release_dir=args.release_dir)
+
+
+def decide(
+    facts: Dict[str, Any],
+    manifest: Dict[str, Any],
+    overrides: Optional[Dict[str, Any]] = None,
+    *,
+    release_dir: Optional[Path] = None,
+) -> Decision:
+    """``select`` with the I/O edge the CLI and the Ansible module share: with a release
+    directory, probe its llama-server's ``--help`` and make every path absolute."""
     flags = None
-    if args.release_dir is not None:
-        server = args.release_dir / str(
+    if release_dir is not None:
+        server = Path(release_dir) / str(
             _engine(manifest).get("server") or "engine/bin/llama-server"
         )
         if server.exists():
             flags = probe_server_flags(server)
     decision = select(facts, manifest, overrides, server_flags=flags)
-    if args.release_dir is not None:
-        decision = resolve(decision, args.release_dir)
+    if release_dir is not None:
+        decision = resolve(decision, Path(release_dir))
     return decision
 
 

@@ -200,10 +200,22 @@ def _parse_time(text: str) -> dt.datetime | None:
 
 
 def stock_commands(
-    bundle_file: str, signers: Sequence[Signer], has_sums: bool
+    bundle_file: str,
+    signers: Sequence[Signer],
+    sums_sha256: str | None,
+    manifest_sha256: str = "",
 ) -> tuple[tuple[str, str], ...]:
-    """Commands a transfer station runs with OpenSSH and coreutils only, no airlock."""
+    """Commands a transfer station runs with OpenSSH and coreutils only, no airlock.
+
+    The digests on this page (manifest, SHA256SUMS) go into the commands, so a reviewer
+    checks the bytes in hand against what was reviewed, not against the bundle's own claims.
+    """
     principal = next((p for s in signers for p in s.principals), "PRINCIPAL")
+    manifest_check = (
+        f'echo "{manifest_sha256}  manifest.json" | sha256sum -c'
+        if manifest_sha256
+        else "sha256sum manifest.json"
+    )
     cmds: list[tuple[str, str]] = [
         (
             "Whole archive signature (detached, beside the tar)",
@@ -211,9 +223,8 @@ def stock_commands(
             f"-n {ARCHIVE_NAMESPACE} -s {bundle_file}.sig < {bundle_file}",
         ),
         (
-            "Manifest bytes, as signed",
-            f"tar -xOf {bundle_file} airlock/manifest.json > manifest.json && "
-            "sha256sum manifest.json",
+            "Manifest bytes: the ones this page describes",
+            f"tar -xOf {bundle_file} airlock/manifest.json > manifest.json && {manifest_check}",
         ),
     ]
     for s in signers:
@@ -221,17 +232,20 @@ def stock_commands(
         cmds.append(
             (
                 f"Manifest signature {s.member}",
-                f"tar -xOf {bundle_file} {s.member} > sig && "
+                f"tar -xOf {bundle_file} {s.member} > manifest.sig && "
                 f"ssh-keygen -Y verify -f allowed_signers -I {who} "
-                f"-n {MANIFEST_NAMESPACE} -s sig < manifest.json",
+                f"-n {MANIFEST_NAMESPACE} -s manifest.sig < manifest.json",
             )
         )
-    if has_sums:
+    if sums_sha256:
         cmds.append(
             (
-                "Every payload file (in a scratch directory; never install from it)",
-                f"mkdir scratch && tar -xf {bundle_file} -C scratch && "
-                "cd scratch && sha256sum -c SHA256SUMS",
+                "Every payload file, only after the signatures verify: extract into an empty "
+                "scratch directory as an unprivileged user, check SHA256SUMS against the "
+                "manifest's digest, then every file (never install from the scratch copy)",
+                f"mkdir scratch && tar --no-same-owner --no-same-permissions -xf {bundle_file} "
+                f'-C scratch && cd scratch && echo "{sums_sha256}  SHA256SUMS" | sha256sum -c '
+                "&& sha256sum -c --strict SHA256SUMS",
             )
         )
     return tuple(cmds)
@@ -250,7 +264,7 @@ def build_report(
     """Decide everything the page shows from the manifest and the signature findings."""
     now = now or dt.datetime.now(dt.timezone.utc)
     components = _components(manifest)
-    has_sums = any(f.path == "SHA256SUMS" for c in components for f in c.files)
+    sums = next((f.sha256 for c in components for f in c.files if f.path == "SHA256SUMS"), None)
     targets: list[Mapping[str, Any]] = []
     for comp in ("wheels", "controller"):
         for t in _props(manifest, comp).get("targets") or []:
@@ -272,7 +286,7 @@ def build_report(
         signers=tuple(signers),
         trust_checked=trust_checked,
         sbom=sbom_summary,
-        commands=stock_commands(bundle_file, signers, has_sums),
+        commands=stock_commands(bundle_file, signers, sums, manifest_sha256),
         flags=_flags(manifest, signers, trust_checked, now),
     )
 

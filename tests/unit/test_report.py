@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from bundler import sshkeys
 from bundler.cli import main
 from bundler.errors import IntegrityError
 from bundler.init import allowed_signers_line
 from bundler.report import Signer, build_report, render_html, stock_commands
+from tests.report_fixtures import packed_bundle
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
 GOOD_SIGNER = Signer(
@@ -182,7 +181,7 @@ def test_licenses_gather_models_and_wheels() -> None:
 
 
 def test_stock_commands_use_documented_namespaces_and_principal() -> None:
-    cmds = dict(stock_commands("b.tar", [GOOD_SIGNER], has_sums=True))
+    cmds = dict(stock_commands("b.tar", [GOOD_SIGNER], "d" * 64, "f" * 64))
     archive = cmds["Whole archive signature (detached, beside the tar)"]
     assert archive == (
         "ssh-keygen -Y verify -f allowed_signers -I release@example.org "
@@ -190,7 +189,14 @@ def test_stock_commands_use_documented_namespaces_and_principal() -> None:
     )
     manifest_cmd = cmds["Manifest signature airlock/signatures/abc.sig"]
     assert "-n airlock-manifest-v1" in manifest_cmd
-    assert any("sha256sum -c SHA256SUMS" in c for c in cmds.values())
+    # The reviewed digests are what the station checks against, not the bundle's own claims.
+    assert (
+        'echo "' + "f" * 64 + '  manifest.json" | sha256sum -c'
+        in cmds["Manifest bytes: the ones this page describes"]
+    )
+    (sums,) = [c for c in cmds.values() if "SHA256SUMS" in c]
+    assert 'echo "' + "d" * 64 + '  SHA256SUMS" | sha256sum -c' in sums
+    assert sums.endswith("sha256sum -c --strict SHA256SUMS")
 
 
 def test_runtime_section_shows_cpu_variants_and_no_cuda() -> None:
@@ -202,49 +208,10 @@ def test_runtime_section_shows_cpu_variants_and_no_cuda() -> None:
 # --- `airlock report` on a real packed bundle ---------------------------------------------
 
 
-def _packed_bundle(tmp_path: Path, signer_names: tuple[str, ...]) -> tuple[Path, list[Any]]:
-    from bundler.archive import pack
-    from bundler.sbom import build_sbom
-    from tests.evidence_fixtures import manifest as fixture_manifest
-
-    fixture = fixture_manifest()
-    stage = tmp_path / "stage"
-    (stage / "models" / "tiny").mkdir(parents=True)
-    (stage / "evidence").mkdir()
-    (stage / "models" / "tiny" / "tiny.gguf").write_bytes(os.urandom(64 * 1024))
-    sbom_bytes = build_sbom(
-        name="demo",
-        version="1.0.0",
-        created="2026-11-27T00:00:00Z",
-        components=fixture["components"],
-        files=fixture["files"],
-        serial_seed=b"seed",
-    )
-    (stage / "evidence" / "sbom.cdx.json").write_bytes(sbom_bytes)
-    pubs, signers = [], []
-    for name in signer_names:
-        key = tmp_path / "keys" / name
-        key.parent.mkdir(exist_ok=True)
-        pubs.append(sshkeys.generate_keypair(key, comment=name, passphrase=None))
-        signers.append(sshkeys.load_signer(key))
-    result = pack(
-        stage,
-        name="demo",
-        version="1.0.0",
-        sequence=3,
-        expires=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc),
-        components={k: v for k, v in fixture["components"].items() if k in ("models", "evidence")},
-        signers=signers,
-        out_dir=tmp_path / "out",
-        source_date_epoch=1_800_000_000,
-    )
-    return result.path, pubs
-
-
 def test_report_cli_shows_trusted_signer_and_flags_an_untrusted_cosigner(
     tmp_path: Path,
 ) -> None:
-    bundle, (trusted, stranger) = _packed_bundle(tmp_path, ("release", "stranger"))
+    bundle, (trusted, stranger) = packed_bundle(tmp_path, ("release", "stranger"))
     allowed = tmp_path / "allowed_signers"
     allowed.write_text(allowed_signers_line("release@example.org", trusted) + "\n")
     out = tmp_path / "report.html"
@@ -259,7 +226,7 @@ def test_report_cli_shows_trusted_signer_and_flags_an_untrusted_cosigner(
 
 
 def test_report_refuses_a_tampered_sbom(tmp_path: Path) -> None:
-    bundle, _ = _packed_bundle(tmp_path, ("release",))
+    bundle, _ = packed_bundle(tmp_path, ("release",))
     data = bytearray(bundle.read_bytes())
     at = data.index(b'"bomFormat"')
     data[at + 1 : at + 5] = b"BOMF"
@@ -270,7 +237,7 @@ def test_report_refuses_a_tampered_sbom(tmp_path: Path) -> None:
 
 
 def test_report_without_trust_file_says_so(tmp_path: Path) -> None:
-    bundle, (pub,) = _packed_bundle(tmp_path, ("release",))
+    bundle, (pub,) = packed_bundle(tmp_path, ("release",))
     out = tmp_path / "report.html"
     assert main(["report", str(bundle), "--out", str(out)]) == 0
     html = out.read_text()

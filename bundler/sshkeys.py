@@ -7,25 +7,23 @@ import binascii
 import getpass
 import hashlib
 import os
-import secrets
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Union
 
-import bcrypt
-from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from bundler import sshkeyfile
 from bundler.errors import KeyFileError
 from bundler.sshagent import AgentClient
-from bundler.sshwire import Reader, WireFormatError, string, uint32
+from bundler.sshkeyfile import PASSPHRASE_ENV as PASSPHRASE_ENV
+from bundler.sshwire import Reader, WireFormatError, string
 
 ED25519 = "ssh-ed25519"
-PASSPHRASE_ENV = "AIRLOCK_KEY_PASSPHRASE"  # noqa: S105 - a variable name, not a secret
 
 # Key types a public key line may carry (allowed_signers files list them all); airlock signs
 # and verifies with Ed25519 only, the others are parsed so a mixed file still loads.
@@ -50,23 +48,10 @@ _KNOWN_TYPES.update(
     }
 )
 
-_OPENSSH_BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
-_OPENSSH_END = "-----END OPENSSH PRIVATE KEY-----"
-_OPENSSH_MAGIC = b"openssh-key-v1\x00"
-_KDF_ROUNDS = 16  # ssh-keygen's default
-_WRITE_CIPHER = "aes256-ctr"  # ssh-keygen's default
 
-# name -> (key length, iv length, auth tag length, block size, mode)
-_CIPHERS: dict[str, tuple[int, int, int, int, str]] = {
-    "aes128-ctr": (16, 16, 0, 16, "ctr"),
-    "aes192-ctr": (24, 16, 0, 16, "ctr"),
-    "aes256-ctr": (32, 16, 0, 16, "ctr"),
-    "aes128-cbc": (16, 16, 0, 16, "cbc"),
-    "aes192-cbc": (24, 16, 0, 16, "cbc"),
-    "aes256-cbc": (32, 16, 0, 16, "cbc"),
-    "aes128-gcm@openssh.com": (16, 12, 16, 16, "gcm"),
-    "aes256-gcm@openssh.com": (32, 12, 16, 16, "gcm"),
-}
+def _fingerprint(blob: bytes) -> str:
+    digest = hashlib.sha256(blob).digest()
+    return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
 def is_key_type(name: str) -> bool:
@@ -85,8 +70,7 @@ class PublicKey:
     @property
     def fingerprint(self) -> str:
         """``SHA256:<base64, no padding>``, as ``ssh-keygen -l`` prints it."""
-        digest = hashlib.sha256(self.blob).digest()
-        return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
+        return _fingerprint(self.blob)
 
     def openssh(self) -> str:
         """The one-line ``authorized_keys`` / ``.pub`` form."""
@@ -189,12 +173,18 @@ class AgentSigner:
 def agent_signer(fingerprint: str, *, client: Optional[AgentClient] = None) -> AgentSigner:
     """The agent's key with this ``SHA256:...`` fingerprint; raises KeyFileError if absent."""
     client = client or AgentClient()
-    held = [PublicKey.from_blob(blob, comment) for blob, comment in client.identities()]
-    for key in held:
-        if key.fingerprint == fingerprint:
-            key.ed25519_bytes  # noqa: B018 - raises for non-Ed25519 keys, with the fix
+    held = client.identities()
+    for blob, comment in held:
+        if _fingerprint(blob) == fingerprint:
+            key = PublicKey.from_blob(blob, comment)
+            if key.key_type != ED25519:
+                raise KeyFileError(
+                    f"the agent's key {fingerprint} is {key.key_type}; "
+                    "airlock signs with Ed25519 keys only",
+                    hint="add an Ed25519 key to the agent (ssh-keygen -t ed25519; ssh-add)",
+                )
             return AgentSigner(key, client)
-    listed = ", ".join(k.fingerprint for k in held) or "none"
+    listed = ", ".join(_fingerprint(blob) for blob, _ in held) or "none"
     raise KeyFileError(
         f"the ssh-agent at {client.socket_path} does not hold key {fingerprint} "
         f"(it holds: {listed})",
@@ -217,77 +207,14 @@ def _passphrase_for(path: Path, passphrase: Optional[bytes]) -> bytes:
     )
 
 
-def _decrypt(path: Path, cipher_name: str, kdf: bytes, blob: bytes, passphrase: bytes) -> bytes:
-    key_len, iv_len, _, _, mode = _CIPHERS[cipher_name]
-    try:
-        opts = Reader(kdf)
-        salt, rounds = opts.string(), opts.uint32()
-    except WireFormatError as e:
-        raise KeyFileError(f"the key {path} has malformed bcrypt options: {e}") from e
-    material = bcrypt.kdf(passphrase, salt, key_len + iv_len, rounds, ignore_few_rounds=True)
-    key, iv = material[:key_len], material[key_len:]
-    if mode == "gcm":
-        tag_len = _CIPHERS[cipher_name][2]
-        body, tag = blob[:-tag_len], blob[-tag_len:]
-        aead = Cipher(algorithms.AES(key), modes.GCM(iv, tag)).decryptor()
-        try:
-            return aead.update(body) + aead.finalize()
-        except InvalidTag:
-            raise _wrong_passphrase(path) from None
-    chosen: Union[modes.CTR, modes.CBC] = modes.CTR(iv) if mode == "ctr" else modes.CBC(iv)
-    decryptor = Cipher(algorithms.AES(key), chosen).decryptor()
-    return decryptor.update(blob) + decryptor.finalize()
-
-
-def _wrong_passphrase(path: Path) -> KeyFileError:
-    return KeyFileError(
-        f"wrong passphrase for {path}",
-        hint=f"check {PASSPHRASE_ENV} or the passphrase you typed "
-        f"(`ssh-keygen -y -f {path}` tests it)",
-    )
-
-
 def _load_openssh(path: Path, text: str, passphrase: Optional[bytes]) -> Ed25519Signer:
-    body = text.strip()[len(_OPENSSH_BEGIN) : -len(_OPENSSH_END)]
-    try:
-        reader = Reader(base64.b64decode("".join(body.split()), validate=True))
-        if reader.raw(len(_OPENSSH_MAGIC)) != _OPENSSH_MAGIC:
-            raise WireFormatError("missing the openssh-key-v1 header")
-        cipher_name, kdf_name, kdf = reader.text(), reader.text(), reader.string()
-        if reader.uint32() != 1:
-            raise WireFormatError("airlock reads files holding exactly one key")
-        reader.string()  # the public key, repeated inside the private section
-        length = reader.uint32()
-        tag_len = _CIPHERS[cipher_name][2] if cipher_name in _CIPHERS else 0
-        sealed = reader.raw(length + tag_len)
-    except (binascii.Error, ValueError) as e:
-        raise KeyFileError(
-            f"the key {path} is not a readable OpenSSH private key: {e}",
-            hint="check the file is a private key made by ssh-keygen or airlock keygen",
-        ) from e
-    if cipher_name == "none":
-        plain = sealed
-    elif cipher_name in _CIPHERS and kdf_name == "bcrypt":
-        plain = _decrypt(path, cipher_name, kdf, sealed, _passphrase_for(path, passphrase))
-    else:
+    found = sshkeyfile.decode(
+        text, where=str(path), passphrase=lambda: _passphrase_for(path, passphrase)
+    )
+    if found is None:  # a cipher we do not implement: cryptography may know it
         return _load_with_cryptography(path, text.encode(), passphrase, openssh=True)
-    try:
-        inner = Reader(plain)
-        if inner.uint32() != inner.uint32():
-            raise _wrong_passphrase(path)
-        key_type = inner.text()
-        if key_type != ED25519:
-            raise KeyFileError(
-                f"the key {path} is {key_type}; airlock signs with Ed25519 keys only",
-                hint="make one with `airlock keygen` or `ssh-keygen -t ed25519`",
-            )
-        public, secret = inner.string(), inner.string()
-        comment = inner.string().decode("utf-8", errors="replace")
-    except WireFormatError as e:
-        raise KeyFileError(f"the key {path} is corrupt: {e}") from e
-    if len(public) != 32 or len(secret) != 64 or secret[32:] != public:
-        raise KeyFileError(f"the key {path} is corrupt: its Ed25519 halves do not match")
-    return Ed25519Signer(Ed25519PrivateKey.from_private_bytes(secret[:32]), comment=comment)
+    private_key = Ed25519PrivateKey.from_private_bytes(found.seed)
+    return Ed25519Signer(private_key, comment=found.comment)
 
 
 def _load_with_cryptography(
@@ -341,73 +268,18 @@ def load_signer(key: Union[str, Path], *, passphrase: Optional[bytes] = None) ->
         ) from e
     text = data.decode("utf-8", errors="replace")
     stripped = text.strip()
-    if stripped.startswith(_OPENSSH_BEGIN) and stripped.endswith(_OPENSSH_END):
+    if sshkeyfile.is_openssh_private_key(stripped):
         return _load_openssh(path, stripped, passphrase)
     if stripped.startswith("-----BEGIN") and "PRIVATE KEY-----" in stripped.splitlines()[0]:
         return _load_with_cryptography(path, data, passphrase, openssh=False)
     first = stripped.splitlines()[0] if stripped else ""
-    if first.split(None, 1)[0:1] and first.split(None, 1)[0] in _KNOWN_TYPES:
-        public = PublicKey.parse(first)
-        return agent_signer(public.fingerprint)
+    if is_key_type(first.split(" ", 1)[0]):
+        return agent_signer(PublicKey.parse(first).fingerprint)
     raise KeyFileError(
         f"{path} is neither a private key nor a public key line",
         hint="pass an Ed25519 private key (airlock keygen / ssh-keygen -t ed25519) "
         "or its .pub file to sign through ssh-agent",
     )
-
-
-def _openssh_private_bytes(
-    private_key: Ed25519PrivateKey, comment: str, passphrase: Optional[bytes]
-) -> bytes:
-    raw_private = private_key.private_bytes(
-        serialization.Encoding.Raw,
-        serialization.PrivateFormat.Raw,
-        serialization.NoEncryption(),
-    )
-    public = PublicKey.from_ed25519(
-        private_key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-    )
-    check = secrets.token_bytes(4)
-    plain = (
-        check
-        + check
-        + string(ED25519.encode())
-        + string(public.ed25519_bytes)
-        + string(raw_private + public.ed25519_bytes)
-        + string(comment.encode("utf-8"))
-    )
-    if passphrase is None:
-        cipher_name, kdf_name, kdf, block = "none", "none", b"", 8
-    else:
-        cipher_name, kdf_name, block = _WRITE_CIPHER, "bcrypt", _CIPHERS[_WRITE_CIPHER][3]
-        salt = secrets.token_bytes(16)
-        kdf = string(salt) + uint32(_KDF_ROUNDS)
-    plain += bytes(range(1, 1 + (-len(plain)) % block))
-    if passphrase is None:
-        sealed = plain
-    else:
-        key_len, iv_len = _CIPHERS[_WRITE_CIPHER][:2]
-        material = bcrypt.kdf(
-            passphrase, salt, key_len + iv_len, _KDF_ROUNDS, ignore_few_rounds=True
-        )
-        encryptor = Cipher(
-            algorithms.AES(material[:key_len]), modes.CTR(material[key_len:])
-        ).encryptor()
-        sealed = encryptor.update(plain) + encryptor.finalize()
-    blob = (
-        _OPENSSH_MAGIC
-        + string(cipher_name.encode())
-        + string(kdf_name.encode())
-        + string(kdf)
-        + uint32(1)
-        + string(public.blob)
-        + string(sealed)
-    )
-    b64 = base64.b64encode(blob).decode("ascii")
-    lines = [b64[i : i + 70] for i in range(0, len(b64), 70)]
-    return "\n".join([_OPENSSH_BEGIN, *lines, _OPENSSH_END, ""]).encode("ascii")
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
@@ -450,8 +322,17 @@ def generate_keypair(out: Path, *, comment: str, passphrase: Optional[bytes]) ->
         )
     private_key = Ed25519PrivateKey.generate()
     signer = Ed25519Signer(private_key, comment=comment)
+    key_file = sshkeyfile.Ed25519KeyFile(
+        seed=private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        ),
+        public=signer.public_key.ed25519_bytes,
+        comment=comment,
+    )
     try:
-        _write_new(out, _openssh_private_bytes(private_key, comment, passphrase), 0o600)
+        _write_new(out, sshkeyfile.encode(key_file, passphrase=passphrase), 0o600)
         try:
             _write_new(pub_path, (signer.public_key.openssh() + "\n").encode("utf-8"), 0o644)
         except OSError:

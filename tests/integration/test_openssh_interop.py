@@ -140,6 +140,25 @@ def test_encrypted_stock_key_loads_with_passphrase_and_fails_clearly_without(
     assert stock_verify(tmp_path, expected, sig, MESSAGE).returncode == 0
 
 
+@pytest.mark.parametrize(
+    "cipher",
+    [
+        "aes256-ctr",
+        "aes128-ctr",
+        "aes256-cbc",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+    ],
+)
+def test_every_ssh_keygen_key_cipher_loads(tmp_path: Path, cipher: str) -> None:
+    key = tmp_path / "k"
+    run("-q", "-t", "ed25519", "-Z", cipher, "-N", "pass", "-C", cipher, "-f", str(key))
+    expected = PublicKey.parse((tmp_path / "k.pub").read_text())
+    assert load_signer(key, passphrase=b"pass").public_key == expected
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        load_signer(key, passphrase=b"pas")
+
+
 def test_stock_ssh_keygen_reads_our_encrypted_key(tmp_path: Path) -> None:
     out = tmp_path / "ours"
     pub = generate_keypair(out, comment="ops", passphrase=b"pw 1")

@@ -291,8 +291,7 @@ def stage_models(spec: Spec, lk: Lock, client: HubClient, stage: Path, st: _Stag
             shards = [base / p for p in shards_of(m.entrypoint, repo_paths)]
             facts = read_facts(shards)
         except GgufError as e:
-            e.message = f"model {m.name}: {e.message}"
-            raise
+            raise GgufError(f"model {m.name}: {e.message}", hint=e.hint, problems=e.problems) from e
         card_path = base / "README.md"
         card = (
             card_path.read_text(encoding="utf-8", errors="replace") if card_path.is_file() else None
@@ -482,7 +481,10 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     SmokeTestError, KeyFileError, UsageError. Nothing is written to ``out_dir`` unless
     every step succeeded.
     """
-    spec = load_spec(spec_path)
+    epoch = _epoch(options)
+    # A duration expiry ("180d") counts from the build time, so SOURCE_DATE_EPOCH keeps the
+    # manifest reproducible.
+    spec = load_spec(spec_path, now=datetime.fromtimestamp(epoch, tz=timezone.utc))
     signers = _load_signers(options.keys)  # fail on a bad key before downloading gigabytes
     settings = HubSettings.from_env(offline=options.offline)
     if options.update_lock:
@@ -492,7 +494,6 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     else:
         lk, changed = check_lock(spec, load_lock(spec.lock_path)), False
     lock_bytes = lk.to_bytes()
-    epoch = _epoch(options)
     options.out_dir.mkdir(parents=True, exist_ok=True)
     client = HubClient(settings)
     st = _Staged()

@@ -212,7 +212,9 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
 
         def _record(self) -> None:
             with hub._lock:
-                hub.requests.append((self.command, self.path, dict(self.headers.items())))
+                hub.requests.append(
+                    (self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+                )
 
         # -- verbs ------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from cyclonedx.contrib.license.factories import LicenseFactory
 from cyclonedx.model import (
+    AttachedText,
     ExternalReference,
     ExternalReferenceType,
     HashAlgorithm,
@@ -26,6 +27,7 @@ from cyclonedx.model import (
 )
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.license import DisjunctiveLicense
 from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
 from cyclonedx.schema import SchemaVersion
@@ -200,7 +202,12 @@ def _props(pairs: Sequence[tuple[str, Any]]) -> list[Property]:
 def _licenses(value: Optional[str]) -> list[Any]:
     if not value:
         return []
-    return [LicenseFactory().make_from_string(str(value))]
+    text = str(value).strip()
+    if "\n" in text or len(text) > 120:
+        # Some wheels put the whole license text in their metadata: keep it as text.
+        first = text.splitlines()[0][:80] if text else "license"
+        return [DisjunctiveLicense(name=first, text=AttachedText(content=text))]
+    return [LicenseFactory().make_from_string(text)]
 
 
 class _Builder:

@@ -254,3 +254,14 @@ def test_shipped_cuda_runtime_is_its_own_component_not_llama_cpp() -> None:
     assert "engine/lib/cuda/libcudart.so.12" not in engine_files
     deps = {d["ref"]: set(d.get("dependsOn", [])) for d in doc["dependencies"]}
     assert "runtime:cuda" in deps["runtime:llama.cpp"]
+
+
+def test_license_text_in_wheel_metadata_becomes_license_text_not_a_name() -> None:
+    m = manifest()
+    text = "Copyright (c) 2005-2024, NumPy Developers.\nAll rights reserved.\n" * 10
+    m["components"]["wheels"]["properties"]["wheels"][0]["license"] = text
+    doc = json.loads(_sbom(m))
+    (lic,) = _by_ref(doc)["wheel:" + NUMPY_WHL]["licenses"]
+    assert lic["license"]["name"] == "Copyright (c) 2005-2024, NumPy Developers."
+    assert lic["license"]["text"]["content"] == text.strip()
+    assert validate_sbom(json.dumps(doc).encode()) == []

@@ -127,15 +127,21 @@ def download_argv(
         "--platform",
         target.platform,
     ]
-    local = _LOCAL_PLATFORMS.get(machine)
-    if local and local != target.platform:
-        argv += ["--platform", local]
+    argv += _local_platform(target, machine)
     argv += ["--dest", str(dest)]
     for link in find_links:
         argv += ["--find-links", str(link)]
     if index_url:
         argv += ["--index-url", index_url]
     return [*argv, *requirements]
+
+
+def _local_platform(target: Target, machine: str) -> list[str]:
+    """``--platform linux_<arch>`` for a target of this machine's architecture."""
+    local = _LOCAL_PLATFORMS.get(machine)
+    if local and local != target.platform and target.platform.endswith(machine):
+        return ["--platform", local]
+    return []
 
 
 def requirements_text(wheels: Iterable[WheelInfo]) -> str:
@@ -282,10 +288,29 @@ def build_wheelhouse(
 
 
 def _interpreter(python: str) -> str | None:
+    """A working ``python<X.Y>`` on this machine (PATH, /usr/bin, pyenv), or None."""
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if python == here:
         return sys.executable
-    return shutil.which(f"python{python}")
+    candidates = [shutil.which(f"python{python}"), f"/usr/bin/python{python}"]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates += [str(p) for p in sorted(pyenv.glob(f"{python}.*/bin/python{python}"))]
+    for cand in candidates:
+        if not cand or not os.access(cand, os.X_OK):
+            continue
+        try:
+            out = subprocess.run(
+                [cand, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip() == python:
+            return cand
+    return None
 
 
 def check_closure(dest: Path, targets: Sequence[Target]) -> None:
@@ -331,18 +356,21 @@ def _platform_runs_here(platform_tag: str) -> bool:
 
 
 def _install_in_venv(interp: str, dest: Path, req: Path, tmp: Path) -> tuple[bool, str]:
+    """The documented offline install, into a fresh venv of the target's interpreter."""
     venv = tmp / "venv"
     made = subprocess.run(
-        [interp, "-m", "venv", str(venv)], capture_output=True, text=True, check=False
+        [interp, "-m", "venv", "--without-pip", str(venv)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if made.returncode != 0:
         return False, made.stdout + made.stderr
     run = subprocess.run(
         [
+            *_pip(),
+            "--python",
             str(venv / "bin" / "python"),
-            "-m",
-            "pip",
-            "--disable-pip-version-check",
             "install",
             "--no-index",
             "--find-links",
@@ -381,9 +409,7 @@ def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, st
         "--platform",
         target.platform,
     ]
-    local = _LOCAL_PLATFORMS.get(os.uname().machine)
-    if local and local != target.platform:
-        argv += ["--platform", local]
+    argv += _local_platform(target, os.uname().machine)
     argv += [
         "--only-binary=:all:",
         "--no-index",

@@ -255,11 +255,8 @@ def choose_variant(
         (variant_score(arch, n, features) or 0, n) for n in variants if n not in bundled
     )
     better = [n for s, n in faster if s > scored[-1][0]]
-    reason = "cpu variant {}: best of the bundled {} this CPU runs (needs {})".format(
-        best,
-        ", ".join(bundled),
-        needs,
-    )
+    listed = ", ".join(bundled) if len(bundled) <= 4 else f"{len(bundled)} variants"
+    reason = f"cpu variant {best}: best of the bundled {listed} this CPU runs (needs {needs})"
     if better:
         reason += f"; {better[-1]} would be faster here but is not in the bundle"
     if unknown:

@@ -133,17 +133,23 @@ def render(diff: BundleDiff) -> str:
         lines.append("")
         lines.append(f"{section} ({len(entries)})")
         for c in entries:
-            text = f"  {_MARKS.get(c.kind, '?')} {c.subject}"
+            text = f"  {_MARKS.get(c.kind, '?')} {_clip(c.subject)}"
             if c.kind in ("changed", "upgraded", "downgraded"):
-                text += f": {c.old} -> {c.new}"
+                text += f": {_clip(c.old)} -> {_clip(c.new)}"
             elif c.kind == "added" and c.new is not None:
-                text += f" ({c.new})"
+                text += f" ({_clip(c.new)})"
             elif c.kind == "removed" and c.old is not None:
-                text += f" ({c.old})"
+                text += f" ({_clip(c.old)})"
             lines.append(text)
     lines.append("")
     lines.append("legend: + added, - removed, ~ changed, ^ upgraded, v downgraded")
     return "\n".join(lines) + "\n"
+
+
+def _clip(value: Optional[str], limit: int = 100) -> str:
+    """One line of at most ``limit`` characters (license texts can be pages long)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------- sections

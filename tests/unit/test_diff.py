@@ -202,3 +202,13 @@ def test_unreadable_signature_is_named_not_fatal() -> None:
     fps = fingerprints([("a.sig", b"garbage"), ("b.sig", _sshsig(_key(1)))])
     assert "unreadable a.sig" in fps
     assert sum(1 for f in fps if f.startswith("SHA256:")) == 1
+
+
+def test_render_keeps_each_change_on_one_short_line() -> None:
+    new = manifest()
+    text = "Copyright (c) 2005-2024, NumPy Developers.\nAll rights reserved.\n" * 20
+    new["components"]["wheels"]["properties"]["wheels"][0]["license"] = text
+    d = diff_manifests(manifest(), new)
+    assert d.section("licenses")[0].new == text  # JSON keeps the full value
+    lines = render(d).splitlines()
+    assert all(len(line) < 260 for line in lines)

@@ -359,36 +359,44 @@ def _module(name: str) -> Any:
         ) from e
 
 
-def stage_runtime(spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path) -> None:
-    """Build llama.cpp from the pinned sdist and stage it as ``engine/``."""
+def stage_runtime(spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path) -> Any:
+    """Build llama.cpp from the pinned sdist and stage it as ``engine/``; returns the source."""
     assert spec.runtime is not None
     llamacpp = _module("bundler.llamacpp")
     rt = spec.runtime
     console.step(f"runtime: llama-cpp-python {rt.llama_cpp_python}")
     source = llamacpp.fetch_sdist(rt.llama_cpp_python, cache_dir=cache_dir)
+    cuda = llamacpp.CudaOptions(architectures=rt.cuda.architectures) if rt.cuda.enabled else None
     engine = llamacpp.build_engine(
-        source,
-        variants=rt.cpu_variants,
-        cuda=rt.cuda if rt.cuda.enabled else None,
-        cache_dir=cache_dir,
-        log_dir=log_dir,
+        source, variants=rt.cpu_variants, cuda=cuda, cache_dir=cache_dir, log_dir=log_dir
     )
     llamacpp.stage_engine(engine, stage / "engine")
     props = dict(engine.properties)
     props["server_defaults"] = spec.server.properties()
     st.components["engine"] = {"type": "runtime", "properties": props}
+    return source
 
 
-def stage_wheels(spec: Spec, stage: Path, st: _Staged, cache_dir: Path) -> None:
+def stage_wheels(
+    spec: Spec, source: Any, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path
+) -> None:
     """Hash-pinned wheelhouses for the targets and for the offline Ansible controller."""
     wheelhouse = _module("bundler.wheelhouse")
+    llamacpp = _module("bundler.llamacpp")
     targets = spec.targets
-    if targets is not None:
-        console.step("wheelhouse for the targets")
+    if targets is not None and spec.runtime is not None:
+        console.step("llama-cpp-python wheel (portable) and the targets' wheelhouse")
+        wheel = llamacpp.build_llama_cpp_python_wheel(
+            source, variants=spec.runtime.cpu_variants, cache_dir=cache_dir, log_dir=log_dir
+        )
         result = wheelhouse.build_wheelhouse(
-            targets,
+            [
+                wheelhouse.Target(python=py, platform=pl)
+                for py in targets.python
+                for pl in targets.platforms
+            ],
             list(targets.requirements),
-            extra_wheels=[],
+            extra_wheels=[wheel],
             dest=stage / "wheels",
             cache_dir=cache_dir,
         )
@@ -504,8 +512,8 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
         stage_far_side(stage, st)
         if spec.runtime is not None and not options.skip_runtime:
             log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
-            stage_runtime(spec, stage, st, cache, log_dir)
-            stage_wheels(spec, stage, st, cache)
+            source = stage_runtime(spec, stage, st, cache, log_dir)
+            stage_wheels(spec, source, stage, st, cache, log_dir)
         stage_evidence(spec, stage, st, epoch=epoch, lock_bytes=lock_bytes)
         if "engine" in st.components:
             smoke_test(spec, stage, st)

@@ -113,9 +113,10 @@ class BuildCache:
             found = self.lookup(kind, inputs)
             if found is not None:
                 return found
+            # Holding the lock, any other work directory of this key is a killed build's.
+            for stale in (self.root / kind).glob(f".work-{key}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             work = self.root / kind / f".work-{key}-{os.getpid()}"
-            if work.exists():
-                shutil.rmtree(work)
             work.mkdir()
             log = work / LOG_FILE
             log.touch()

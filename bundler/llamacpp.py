@@ -330,7 +330,8 @@ def engine_cmake_flags(variants: Sequence[str], cuda: CudaOptions | None) -> lis
         "-DGGML_CPU_ALL_VARIANTS=ON",
         "-DAIRLOCK_CPU_VARIANTS=" + ";".join(variants),
         "-DGGML_CCACHE=OFF",
-        "-DGGML_OPENMP=ON",
+        # ggml's own thread pool: no libgomp needed on the target host
+        "-DGGML_OPENMP=OFF",
         "-DLLAMA_BUILD_SERVER=ON",
         "-DLLAMA_BUILD_TOOLS=ON",
         "-DLLAMA_BUILD_TESTS=OFF",

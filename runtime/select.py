@@ -753,10 +753,17 @@ def _command(
         ld.append(str((engine.get("cuda") or {}).get("runtime_dir") or lib_dir + "/cuda"))
     # The env forms are honoured by every llama-server that knows the option and ignored
     # by older ones, so they are always safe; the flags only when --help lists them.
+    # llama.cpp reads each option from an environment variable too; the names moved
+    # between versions (LLAMA_ARG_OFFLINE / LLAMA_OFFLINE, LLAMA_ARG_UI=0 /
+    # LLAMA_ARG_NO_WEBUI=1). A server honours the names it knows and ignores the others,
+    # while an unknown command-line flag makes it exit: so the env forms are always set and
+    # the flags only when the server's --help lists them.
     env = {
         "LD_LIBRARY_PATH": ":".join(ld),
         "HF_HUB_OFFLINE": "1",
+        "LLAMA_ARG_OFFLINE": "1",
         "LLAMA_OFFLINE": "1",
+        "LLAMA_ARG_UI": "0",
         "LLAMA_ARG_NO_WEBUI": "1",
     }
     reasons = []
@@ -770,10 +777,8 @@ def _command(
             argv.append(flag)
         else:
             reasons.append(
-                "{} not passed: this llama-server's --help was not checked or does "
-                "not list it (env {}=1 set instead, {})".format(
-                    flag, "LLAMA_OFFLINE" if flag == "--offline" else "LLAMA_ARG_NO_WEBUI", what
-                )
+                f"{flag} not passed: this llama-server's --help was not checked or does not "
+                f"list it ({what} through the environment instead)"
             )
     if backend == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""

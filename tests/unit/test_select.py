@@ -375,8 +375,10 @@ def test_argv_env_and_cwd_for_the_launcher() -> None:
     assert "--metrics" in argv
     # --help was not probed: only the env forms, which older servers ignore.
     assert "--offline" not in argv and "--no-webui" not in argv
-    assert d["env"]["HF_HUB_OFFLINE"] == "1" and d["env"]["LLAMA_OFFLINE"] == "1"
-    assert d["env"]["LLAMA_ARG_NO_WEBUI"] == "1"
+    assert d["env"]["HF_HUB_OFFLINE"] == "1"
+    # Both spellings llama.cpp has used for the env forms of --offline and --no-webui.
+    assert d["env"]["LLAMA_ARG_OFFLINE"] == d["env"]["LLAMA_OFFLINE"] == "1"
+    assert d["env"]["LLAMA_ARG_UI"] == "0" and d["env"]["LLAMA_ARG_NO_WEBUI"] == "1"
     assert d["cwd"] == "engine/lib"
 
 

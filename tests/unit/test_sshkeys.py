@@ -282,3 +282,26 @@ def test_dead_agent_socket_is_a_key_error(tmp_path: Path) -> None:
 def test_write_is_atomic_no_temp_files_left(tmp_path: Path) -> None:
     generate_keypair(tmp_path / "k", comment="x", passphrase=b"pw")
     assert sorted(os.listdir(tmp_path)) == ["k", "k.pub"]
+
+
+class _Tty:
+    def isatty(self) -> bool:
+        return True
+
+
+def test_encrypted_key_prompts_on_a_terminal(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "k"
+    pub = generate_keypair(out, comment="c", passphrase=b"typed")
+    prompts: list[str] = []
+    monkeypatch.setattr("sys.stdin", _Tty())
+    monkeypatch.setattr("getpass.getpass", lambda prompt: prompts.append(prompt) or "typed")
+    assert load_signer(out).public_key == pub
+    assert prompts == [f"Passphrase for {out}: "]
+
+
+def test_unencrypted_key_never_asks_for_a_passphrase(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "k"
+    generate_keypair(out, comment="c", passphrase=None)
+    monkeypatch.setattr("sys.stdin", _Tty())
+    monkeypatch.setattr("getpass.getpass", lambda prompt: pytest.fail("asked: " + prompt))
+    load_signer(out)

@@ -874,19 +874,29 @@ def stage_engine(build: EngineBuild, dest_dir: Path) -> None:
 # --------------------------------------------------------------------------- python wheel
 
 
-def wheel_cmake_args(variants: Sequence[str]) -> str:
-    """``CMAKE_ARGS`` for a portable llama-cpp-python wheel (never -march=native)."""
+def wheel_cmake_args() -> str:
+    """``CMAKE_ARGS`` for a portable llama-cpp-python wheel (never -march=native).
+
+    This sdist's CMakeLists installs a single ``ggml-cpu`` target into the wheel, not the
+    ``ggml-cpu-<variant>`` modules of GGML_CPU_ALL_VARIANTS (they would be left out of the
+    wheel), so the wheel is built for the x86-64 baseline: no AVX, runs on every CPU.
+    """
     return " ".join(
         [
             "-DGGML_NATIVE=OFF",
-            "-DGGML_BACKEND_DL=ON",
-            "-DGGML_CPU_ALL_VARIANTS=ON",
-            "-DAIRLOCK_CPU_VARIANTS=" + ";".join(variants),
+            "-DGGML_BACKEND_DL=OFF",
+            "-DGGML_CPU_ALL_VARIANTS=OFF",
+            *(
+                f"-DGGML_{isa}=OFF"
+                for isa in ("SSE42", "AVX", "AVX2", "BMI2", "FMA", "F16C", "AVX512", "AVX_VNNI")
+            ),
+            "-DGGML_OPENMP=OFF",
             "-DGGML_CCACHE=OFF",
             "-DLLAMA_BUILD_UI=OFF",
             "-DLLAMA_USE_PREBUILT_UI=OFF",
             "-DLLAMA_OPENSSL=OFF",
             "-DLLAMA_BUILD_SERVER=OFF",
+            "-DLLAMA_BUILD_TOOLS=OFF",
             "-DLLAMA_BUILD_TESTS=OFF",
             "-DLLAMA_BUILD_EXAMPLES=OFF",
         ]
@@ -896,12 +906,19 @@ def wheel_cmake_args(variants: Sequence[str]) -> str:
 def build_llama_cpp_python_wheel(
     source: SourceArchive,
     *,
-    variants: Sequence[str] | Literal["all"],
+    variants: Sequence[str] | Literal["all"] = ("x64",),
     cache_dir: Path,
     log_dir: Path | None = None,
     jobs: int = 2,
 ) -> Path:
     """Build (or reuse) the portable llama-cpp-python wheel from ``source``.
+
+    ``variants`` is validated but the wheel is always the x86-64 baseline (see
+    :func:`wheel_cmake_args`); ``llama-server`` carries the fast variant modules. The
+    pipeline passes the result to :func:`bundler.wheelhouse.build_wheelhouse` in
+    ``extra_wheels``. The wheel's tag is ``py3-none-linux_x86_64``: llama_cpp loads
+    libllama through ctypes (no CPython ABI), but it holds native x86-64 code linked on
+    this machine's glibc, which an unversioned linux tag states honestly.
 
     The build backend (scikit-build-core) comes from the package index in pip's isolated
     build environment; compiling llama.cpp itself needs no network.
@@ -909,22 +926,19 @@ def build_llama_cpp_python_wheel(
     Raises:
         BuildError: the wheel build failed (with the log's tail and its path).
     """
-    chosen = resolve_variants(variants)
-    args = wheel_cmake_args(chosen)
+    resolve_variants(variants)
+    args = wheel_cmake_args()
     inputs = {
         "kind": "wheel",
         "source_sha256": source.sha256,
         "cmake_args": args,
-        "variants": chosen,
         **toolchain(),
         "recipe": 1,
     }
 
     def builder(out: Path, log: Path) -> None:
-        include = out / "_airlock-variants.cmake"
-        include.write_text(_VARIANTS_CMAKE)
         env = dict(os.environ)
-        env["CMAKE_ARGS"] = args + " -DCMAKE_PROJECT_INCLUDE=" + str(include)
+        env["CMAKE_ARGS"] = args
         env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(jobs)
         env.pop("PIP_REQUIRE_VIRTUALENV", None)
         argv = [
@@ -938,7 +952,6 @@ def build_llama_cpp_python_wheel(
             str(source.path),
         ]
         _run_logged(argv, log, env=env, what="llama-cpp-python wheel build")
-        include.unlink()
 
     entry = BuildCache(cache_dir).build("wheel", inputs, builder)
     copy_log(entry, log_dir, "llama-cpp-python-wheel.log")

@@ -283,3 +283,11 @@ def test_fetch_sdist_rejects_bytes_that_differ_from_the_index_digest(tmp_path: P
     finally:
         httpd.shutdown()
     assert not list((tmp_path / "cache" / "sdist").glob("*.tar.gz"))
+
+
+def test_wheel_is_built_for_the_baseline_never_native() -> None:
+    args = llamacpp.wheel_cmake_args().split()
+    assert "-DGGML_NATIVE=OFF" in args
+    for isa in ("AVX", "AVX2", "FMA", "F16C", "AVX512"):
+        assert f"-DGGML_{isa}=OFF" in args
+    assert not any(a.endswith("NATIVE=ON") or "march=native" in a for a in args)

@@ -18,10 +18,7 @@ from bundler.sbom import SBOM_PATH, summarize
 from bundler.verify import open_bundle
 from runtime.bundle import BundleMetadata, read_member, read_metadata_stream
 
-_UNVERIFIED = (
-    "note: read from the bundle's manifest without checking its signatures; "
-    "run 'airlock verify' to establish who signed it"
-)
+_UNVERIFIED = "note: signatures not checked; 'airlock verify' checks who signed a bundle"
 
 
 def register(sub: Any) -> None:

@@ -49,6 +49,7 @@ def _bundle(
     keys: list[Path],
     numpy: str = "2.1.0",
     split: int | None = None,
+    with_sbom: bool = True,
 ) -> Path:
     """Stage a small bundle whose components follow the agreed keys, with evidence, and pack it."""
     stage = tmp / f"stage-{version}"
@@ -117,7 +118,8 @@ def _bundle(
         files=files,
         serial_seed=b"lock",
     )
-    (stage / SBOM_PATH).write_bytes(sbom)
+    if with_sbom:
+        (stage / SBOM_PATH).write_bytes(sbom)
     result = pack(
         stage,
         name="demo",
@@ -229,3 +231,11 @@ def test_diff_reads_a_split_bundle_through_its_parts_index(tmp_path: Path, keys,
 
     assert main(["sbom", str(old)]) == 2
     assert "airlock join" in capsys.readouterr().err
+
+
+def test_sbom_command_explains_a_bundle_without_evidence(tmp_path: Path, keys, capsys) -> None:
+    bundle = _bundle(tmp_path, version="1.0.0", sequence=1, keys=[keys["alice"]], with_sbom=False)
+    out = tmp_path / "sbom.json"
+    assert main(["sbom", str(bundle), "--out", str(out)]) == 21  # ArchiveFormatError
+    assert "has no evidence/sbom.cdx.json" in capsys.readouterr().err
+    assert not out.exists()

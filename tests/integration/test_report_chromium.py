@@ -9,7 +9,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from bundler.report import Signer, build_report, render_html
+from bundler.cli import main
+from bundler.init import allowed_signers_line
+from runtime.bundle import read_metadata
+from tests.evidence_fixtures import COMMIT
+from tests.report_fixtures import packed_bundle
 
 WIDTH, HEIGHT = 1200, 1600
 
@@ -24,66 +28,27 @@ class Page:
 
 
 def report_page(tmp_path: Path) -> Page:
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    manifest = {
-        "name": "demo",
-        "version": "1.2.3",
-        "sequence": 4,
-        "created": "2026-11-27T00:00:00Z",
-        "expires": "2027-05-26T00:00:00Z",
-        "components": {
-            "models": {
-                "type": "model",
-                "properties": {
-                    "models": [
-                        {
-                            "name": "tiny",
-                            "repo": "org/<script>alert(1)</script>",
-                            "commit": commit,
-                            "license": "llama3",
-                            "license_permissive": False,
-                            "gated": True,
-                            "gguf": {"architecture": "llama", "quantization": "F16"},
-                        }
-                    ]
-                },
-            },
-            "engine": {"type": "runtime", "properties": {"cpu_variants": ["x64", "haswell"]}},
-        },
-        "files": [
-            {"path": "models/tiny/tiny.gguf", "size": 4096, "sha256": "ab" * 32,
-             "mode": "0644", "component": "models"},
-        ],
-    }  # fmt: skip
-    signer = Signer(
-        member="airlock/signatures/k1.sig",
-        fingerprint="SHA256:Zm9vYmFyZm9vYmFy",
-        principals=("release@example.org",),
-        status="verified",
-        ok=True,
-    )
-    report = build_report(
-        manifest,
-        manifest_sha256="cd" * 32,
-        bundle_file="demo-1.2.3.tar",
-        signers=[signer],
-        trust_checked=True,
-        sbom_summary={"components": 3},
-    )
+    """``airlock report`` on a real signed bundle, checked against a real trust file."""
+    bundle, (pub,) = packed_bundle(tmp_path, ("release",))
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(allowed_signers_line("release@example.org", pub) + "\n")
     html = tmp_path / "report.html"
-    html.write_text(render_html(report), encoding="utf-8")
+    argv = ["report", str(bundle), "--out", str(html), "--allowed-signers", str(allowed)]
+    assert main(argv) == 0
+    meta = read_metadata(bundle)
     return Page(
         html=html,
         name="demo",
-        version="1.2.3",
-        manifest_sha256="cd" * 32,
+        version="1.0.0",
+        manifest_sha256=meta.manifest_sha256,
         facts=(
-            commit,
-            "ab" * 32,
-            "SHA256:Zm9vYmFyZm9vYmFy",
-            "model tiny comes from a gated Hub repository",
+            COMMIT,
+            pub.fingerprint,
+            "release@example.org",
+            "verified",
+            "machine-learning-model",
             "ssh-keygen -Y verify",
-            "haswell",
+            "sha256sum -c --strict SHA256SUMS",
         ),
     )
 
@@ -119,8 +84,9 @@ def test_report_renders_in_chromium_with_the_key_facts(tmp_path: Path) -> None:
     assert page.manifest_sha256 in dom
     for fact in page.facts:
         assert fact in dom, f"the rendered page lacks {fact!r}"
-    # Hostile text from the Hub arrives as text, never as markup the browser built.
-    assert "<script" not in dom
+    assert "No findings" in dom
+    # Nothing executable and nothing fetched: the page works on an offline review machine.
+    assert "<script" not in dom and "<link" not in dom
 
 
 def test_report_screenshot_is_a_full_non_blank_page(tmp_path: Path) -> None:

@@ -60,12 +60,12 @@ def write_parts(
 ) -> SplitIndex:
     """Cut the finished archive ``tar`` into parts named after ``final``.
 
-    One read: each part's sha256 and the whole archive's sha512 (for ``<final>.sig``) are
+    One read: each part's sha256 and the whole archive's digest (for ``<final>.sig``) are
     computed while copying. ``region`` is the archive's first bytes, already in memory.
     """
-    from bundler.archive import write_atomic
+    from bundler.archive import ARCHIVE_HASH, write_atomic
 
-    whole = hashlib.sha512()
+    whole = hashlib.new(ARCHIVE_HASH)
     parts: list[Path] = []
     lines: list[str] = []
     buf = bytearray(CHUNK)
@@ -103,7 +103,9 @@ def write_parts(
     write_atomic(index, text)
     sig_path = Path(str(index) + ".sig")
     write_atomic(sig_path, sshsig.sign(text, signer, namespace=sshsig.ARCHIVE_NAMESPACE))
-    archive_sig = sshsig.sign_digest(whole.digest(), signer, namespace=sshsig.ARCHIVE_NAMESPACE)
+    archive_sig = sshsig.sign_digest(
+        whole.digest(), signer, namespace=sshsig.ARCHIVE_NAMESPACE, hash_algorithm=ARCHIVE_HASH
+    )
     write_atomic(Path(str(final) + ".sig"), archive_sig)
     return SplitIndex(index=index, signature_path=sig_path, parts=tuple(parts))
 

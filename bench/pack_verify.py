@@ -1,0 +1,131 @@
+"""Benchmark: ``airlock pack`` vs ``tar cf`` and ``airlock verify`` vs sha256sum / openssl.
+
+Generates N GiB of incompressible files, then times every tool on the same data (warm page
+cache for all), and prints ratios and each airlock command's peak RSS.
+
+    .venv/bin/python bench/pack_verify.py --gib 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = {"pack/tar": 1.10, "verify/openssl": 1.10, "rss_mib": 200}
+BIN = Path(sys.executable).parent
+
+
+def run(cmd: list[str], **kw) -> tuple[float, float]:
+    """Wall seconds and the child's peak RSS in MiB."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {cmd}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def best(cmd: list[str], repeat: int, before=None, **kw) -> tuple[float, float]:
+    results = []
+    for _ in range(repeat):
+        if before:
+            before()
+        results.append(run(cmd, **kw))
+    return min(r[0] for r in results), max(r[1] for r in results)
+
+
+def make_data(stage: Path, gib: float) -> int:
+    total = int(gib * (1 << 30))
+    sizes = [total // 2, total // 4, total // 8]
+    sizes.append(total - sum(sizes) - 4 * (1 << 20))
+    sizes += [1 << 20] * 4  # a few small files as well
+    for i, size in enumerate(sizes):
+        d = stage / ("models" if i < 2 else "wheels")
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"f{i}.bin", "wb") as f:
+            left = size
+            while left:
+                n = min(left, 1 << 24)
+                f.write(os.urandom(n))
+                left -= n
+    return total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gib", type=float, default=2.0, help="data size in GiB (default 2)")
+    parser.add_argument("--repeat", type=int, default=2, help="runs per tool; best is kept")
+    parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
+    args = parser.parse_args()
+    airlock = str(BIN / "airlock")
+    work = Path(tempfile.mkdtemp(prefix="airlock-bench-", dir=args.dir))
+    try:
+        stage = work / "stage"
+        total = make_data(stage, args.gib)
+        key = work / "key"
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(key)],
+            check=True,
+        )
+        (work / "allowed").write_text("bench " + (work / "key.pub").read_text())
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "1767225600"}
+        out = work / "out"
+        tar_out = work / "plain.tar"
+        bundle = out / "bench-1.tar"
+
+        def clean_pack() -> None:
+            shutil.rmtree(out, ignore_errors=True)
+
+        def clean_tar() -> None:
+            tar_out.unlink(missing_ok=True)
+
+        # Warm the page cache for the inputs once, so every tool sees the same state.
+        subprocess.run(["cat", *map(str, stage.rglob("*.bin"))], stdout=subprocess.DEVNULL)
+        t_tar, _ = best(["tar", "cf", str(tar_out), "-C", str(stage), "."], args.repeat, clean_tar)
+        # pack fsyncs before its atomic rename; the fair reference does too.
+        tar_sync = f"tar cf {tar_out} -C {stage} . && sync {tar_out}"
+        t_tar_sync, _ = best(["sh", "-c", tar_sync], args.repeat, clean_tar)
+        pack_cmd = [airlock, "pack", str(stage), "--name", "bench", "--version", "1",
+                    "--key", str(key), "--out", str(out), "--expires", "2036-01-01"]  # fmt: skip
+        t_pack, rss_pack = best(pack_cmd, args.repeat, clean_pack, env=env)
+        verify_cmd = [airlock, "verify", str(bundle), "--allowed-signers", str(work / "allowed")]
+        t_verify, rss_verify = best(verify_cmd, args.repeat)
+        t_sum, _ = best(["sha256sum", str(bundle)], args.repeat)
+        t_ossl, _ = best(["openssl", "dgst", "-sha256", str(bundle)], args.repeat)
+        gib = total / (1 << 30)
+        print(f"data: {gib:.2f} GiB incompressible, best of {args.repeat}, warm page cache")
+        print(f"  tar cf           {t_tar:7.2f} s  {gib / t_tar:6.2f} GiB/s")
+        print(f"  tar cf + fsync   {t_tar_sync:7.2f} s  {gib / t_tar_sync:6.2f} GiB/s")
+        print(
+            f"  airlock pack     {t_pack:7.2f} s  {gib / t_pack:6.2f} GiB/s  rss {rss_pack:.0f} MiB"
+        )
+        print(f"  sha256sum        {t_sum:7.2f} s  {gib / t_sum:6.2f} GiB/s")
+        print(f"  openssl sha256   {t_ossl:7.2f} s  {gib / t_ossl:6.2f} GiB/s")
+        print(
+            f"  airlock verify   {t_verify:7.2f} s  {gib / t_verify:6.2f} GiB/s  rss {rss_verify:.0f} MiB"
+        )
+        ratios = {
+            "pack/tar": t_pack / t_tar,
+            "pack/tar+fsync": t_pack / t_tar_sync,
+            "verify/openssl": t_verify / t_ossl,
+            "verify/sha256sum": t_verify / t_sum,
+            "rss_mib": max(rss_pack, rss_verify),
+        }
+        for name, value in ratios.items():
+            target = TARGETS.get(name)
+            mark = "" if target is None else ("  ok" if value <= target else f"  over {target}")
+            print(f"  {name:18} {value:6.2f}{mark}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -109,7 +109,8 @@ def main() -> int:
         print(f"  sha256sum        {t_sum:7.2f} s  {gib / t_sum:6.2f} GiB/s")
         print(f"  openssl sha256   {t_ossl:7.2f} s  {gib / t_ossl:6.2f} GiB/s")
         print(
-            f"  airlock verify   {t_verify:7.2f} s  {gib / t_verify:6.2f} GiB/s  rss {rss_verify:.0f} MiB"
+            f"  airlock verify   {t_verify:7.2f} s  {gib / t_verify:6.2f} GiB/s"
+            f"  rss {rss_verify:.0f} MiB"
         )
         ratios = {
             "pack/tar": t_pack / t_tar,

@@ -356,21 +356,34 @@ def _platform_runs_here(platform_tag: str) -> bool:
 
 
 def _install_in_venv(interp: str, dest: Path, req: Path, tmp: Path) -> tuple[bool, str]:
-    """The documented offline install, into a fresh venv of the target's interpreter."""
+    """The documented offline install, into a fresh venv of the target's interpreter.
+
+    Our own pip drives a bare venv of our interpreter (fast); another interpreter's venv
+    uses the pip it bundles (ours may not support that Python).
+    """
     venv = tmp / "venv"
+    ours = interp == sys.executable
     made = subprocess.run(
-        [interp, "-m", "venv", "--without-pip", str(venv)],
+        [interp, "-m", "venv", *(["--without-pip"] if ours else []), str(venv)],
         capture_output=True,
         text=True,
         check=False,
     )
     if made.returncode != 0:
         return False, made.stdout + made.stderr
+    pip = (
+        [*_pip(), "--python", str(venv / "bin" / "python")]
+        if ours
+        else [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "--disable-pip-version-check",
+        ]
+    )
     run = subprocess.run(
         [
-            *_pip(),
-            "--python",
-            str(venv / "bin" / "python"),
+            *pip,
             "install",
             "--no-index",
             "--find-links",

@@ -17,22 +17,12 @@ from pathlib import Path
 import pytest
 
 from bundler import llamacpp
-from bundler.buildcache import default_cache_dir
 from bundler.errors import BuildError
 from bundler.llamacpp import EngineBuild, SourceArchive
+from tests.integration.llamacpp_support import VERSION, engine_build
 
-VERSION = "0.3.36"
 # VEX/EVEX-encoded mnemonics all start with "v" (vmovups, vfmadd231ps, vpxor, vzeroupper...);
 # the only legacy "v" instructions are verr/verw.
-_INSN = re.compile(r"^\s*[0-9a-f]+:\t(?:[0-9a-f]{2} )+\s*\t(\S+)\s*(.*)$")
-
-
-def engine_build(log_dir: Path | None = None) -> EngineBuild:
-    cache = default_cache_dir()
-    source = llamacpp.fetch_sdist(VERSION, cache_dir=cache)
-    return llamacpp.build_engine(
-        source, variants=llamacpp.default_variants(), cuda=None, cache_dir=cache, log_dir=log_dir
-    )
 
 
 @pytest.fixture(scope="module")

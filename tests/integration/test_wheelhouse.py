@@ -1,0 +1,155 @@
+"""Real wheelhouses from the package index: per-target pins, offline closure, controller."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from bundler import llamacpp, wheelhouse
+from bundler.buildcache import default_cache_dir
+from bundler.errors import ClosureError
+from bundler.wheelhouse import Target
+from tests.integration.llamacpp_support import VERSION
+
+HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
+TARGETS = [Target(HERE, "manylinux_2_28_x86_64"), Target("3.9", "manylinux2014_x86_64")]
+
+
+@pytest.fixture(scope="module")
+def jinja_house(tmp_path_factory: pytest.TempPathFactory) -> wheelhouse.WheelhouseResult:
+    dest = tmp_path_factory.mktemp("bundle") / "wheels"
+    return wheelhouse.build_wheelhouse(
+        TARGETS, ["jinja2==3.1.4"], extra_wheels=[], dest=dest, cache_dir=default_cache_dir()
+    )
+
+
+def test_each_target_gets_its_own_binary_wheels_pinned_by_hash(
+    jinja_house: wheelhouse.WheelhouseResult,
+) -> None:
+    props = jinja_house.properties
+    assert [t["abi"] for t in props["targets"]] == [f"cp{HERE.replace('.', '')}", "cp39"]
+    assert (
+        props["targets"][1]["requirements"] == "wheels/requirements-cp39-manylinux2014_x86_64.txt"
+    )
+    files = [w["file"] for w in props["wheels"]]
+    assert any("markupsafe" in f.lower() and "cp39" in f for f in files)
+    assert any("markupsafe" in f.lower() and f"cp{HERE.replace('.', '')}" in f for f in files)
+    assert all(f.endswith(".whl") for f in files)  # binary only, no sdists
+    req39 = (jinja_house.dest / "requirements-cp39-manylinux2014_x86_64.txt").read_text()
+    assert "jinja2==3.1.4 --hash=sha256:" in req39.lower()
+    assert "markupsafe==" in req39.lower()
+    assert {w["license"] is not None for w in props["wheels"]} == {True}
+
+
+def test_closure_installs_every_target_offline(jinja_house: wheelhouse.WheelhouseResult) -> None:
+    wheelhouse.check_closure(jinja_house.dest, TARGETS)
+
+
+def test_closure_fails_when_a_wheel_is_removed(
+    jinja_house: wheelhouse.WheelhouseResult, tmp_path: Path
+) -> None:
+    import shutil
+
+    copy = tmp_path / "wheels"
+    shutil.copytree(jinja_house.dest, copy)
+    for whl in copy.glob("[Mm]arkup[Ss]afe-*cp39*.whl"):
+        whl.unlink()
+    with pytest.raises(ClosureError) as info:
+        wheelhouse.check_closure(copy, TARGETS)
+    assert len(info.value.problems) == 1
+    problem = info.value.problems[0]
+    assert "Python 3.9" in problem and "markupsafe" in problem.lower()
+
+
+@pytest.mark.slow
+def test_llama_cpp_python_wheel_is_portable_and_installs_offline(tmp_path: Path) -> None:
+    cache = default_cache_dir()
+    source = llamacpp.fetch_sdist(VERSION, cache_dir=cache)
+    wheel = llamacpp.build_llama_cpp_python_wheel(
+        source, variants=llamacpp.default_variants(), cache_dir=cache
+    )
+    assert wheel.name.endswith("-py3-none-linux_x86_64.whl"), wheel.name
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+    assert any(n.startswith("llama_cpp/lib/libllama.so") for n in names)
+    target = Target(HERE, "manylinux_2_28_x86_64")
+    house = wheelhouse.build_wheelhouse(
+        [target], [], extra_wheels=[wheel], dest=tmp_path / "wheels", cache_dir=cache
+    )
+    assert {w["name"].lower().replace("_", "-") for w in house.properties["wheels"]} >= {
+        "llama-cpp-python",
+        "numpy",
+        "diskcache",
+        "jinja2",
+        "typing-extensions",
+    }
+    wheelhouse.check_closure(house.dest, [target])
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(house.dest),
+            "--require-hashes",
+            "-r",
+            str(house.requirements[target]),
+        ],
+        check=True,
+    )
+    out = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import llama_cpp; print(llama_cpp.llama_cpp.llama_print_system_info().decode())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "AVX2 = 1" not in out  # built for the baseline, never native
+
+
+@pytest.mark.slow
+def test_controller_bootstraps_offline_with_the_documented_command(tmp_path: Path) -> None:
+    dest = tmp_path / "controller"
+    result = wheelhouse.build_controller_wheelhouse(dest, cache_dir=default_cache_dir())
+    names = {w["name"].lower().replace("_", "-") for w in result.properties["wheels"]}
+    assert {"airlock", "ansible-core", "cryptography"} <= names
+    assert result.properties["requirements"] == "controller/requirements.txt"
+    venv = tmp_path / "opt" / "airlock-controller"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run(
+        [
+            str(venv / "bin" / "pip"),
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            f"{dest}/",
+            "--require-hashes",
+            "-r",
+            str(dest / "requirements.txt"),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    assert (
+        subprocess.run(
+            [str(venv / "bin" / "ansible-playbook"), "--version"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )
+    assert (
+        subprocess.run(
+            [str(venv / "bin" / "airlock"), "--help"], capture_output=True, check=False
+        ).returncode
+        == 0
+    )

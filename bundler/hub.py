@@ -13,8 +13,10 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Optional
@@ -176,21 +178,57 @@ class _SilentTqdm(hf_tqdm):
 class HashingWriter:
     """The file object handed to ``http_get``: hashes every byte on its way to disk.
 
-    Why the digest is the digest of the stored bytes: ``write`` feeds the very ``bytes``
-    object it was given to the hashers and then to the underlying file, whose buffered
-    ``write`` either stores all of it or raises. Nobody else holds the file (it is our own
-    ``.airlock-partial`` name, under the Hub's per-file lock), and the only non-appending
+    Why the digest is the digest of the stored bytes: each ``bytes`` object ``http_get``
+    writes is handed, unchanged (``bytes`` are immutable), to one worker thread that feeds
+    it to the hashers and then to the file, whose buffered ``write`` stores all of it or
+    raises; the worker takes chunks strictly in order. Nobody else holds the file (our own
+    ``.airlock-partial`` name, under the Hub cache's per-file lock). The only non-appending
     operations ``http_get`` performs (``seek`` + ``truncate`` when a server ignores
-    ``Range``) go through here and reset the hashers to the bytes left in the file.
+    ``Range``) go through here: they wait for the worker, then rehash what the file holds.
+
+    The worker lets hashing and writing one chunk overlap with receiving the next; the
+    queue is bounded, so at most a few chunks are in memory. Use as a context manager.
     """
 
-    def __init__(self, f: BinaryIO, *, git_size: int, advance: Advance) -> None:
+    _DEPTH = 2
+
+    def __init__(
+        self, f: BinaryIO, *, git_size: int, advance: Advance, git_blob: bool = True
+    ) -> None:
         self._f = f
         self._git_size = git_size
+        self._git_blob = git_blob  # LFS files need no git blob id: skip that hash
         self._advance = advance
         self.sha256 = hashlib.sha256()
         self.sha1 = hashlib.sha1(usedforsecurity=False)
+        self.written = 0
         self._reset()
+        self._queue: queue.Queue[Optional[bytes]] = queue.Queue(maxsize=self._DEPTH)
+        self._error: Optional[BaseException] = None
+        self._worker = threading.Thread(target=self._run, name="airlock-hash-write", daemon=True)
+        self._worker.start()
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._worker.join()
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            try:
+                if data is None:
+                    return
+                if self._error is None:
+                    self._update(data)
+                    self._f.write(data)
+                    self._advance(len(data))
+            except BaseException as e:
+                self._error = e
+            finally:
+                self._queue.task_done()
 
     def _reset(self) -> None:
         self.sha256 = hashlib.sha256()
@@ -199,11 +237,20 @@ class HashingWriter:
 
     def _update(self, data: bytes) -> None:
         self.sha256.update(data)
-        self.sha1.update(data)
+        if self._git_blob:
+            self.sha1.update(data)
         self.written += len(data)
 
+    def _drain(self) -> None:
+        """Wait until every queued chunk is hashed and written; re-raise a worker error."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
+
     def seed(self) -> int:
-        """Hash what an earlier, interrupted run already stored (resume); returns its length."""
+        """Hash what the file already holds (an interrupted run's bytes); returns its length."""
+        self._drain()
+        self._f.flush()
         self._f.seek(0)
         self._reset()
         while chunk := self._f.read(CHUNK):
@@ -212,24 +259,28 @@ class HashingWriter:
         return self.written
 
     def write(self, data: bytes) -> int:
-        self._update(data)
-        self._f.write(data)
-        self._advance(len(data))
+        if self._error is not None:
+            raise self._error
+        data = bytes(data)  # a bytes object cannot change after it was queued
+        self._queue.put(data)
         return len(data)
 
     def tell(self) -> int:
+        self._drain()
         return self._f.tell()
 
     def seek(self, pos: int, whence: int = 0) -> int:
+        self._drain()
         return self._f.seek(pos, whence)
 
     def truncate(self, size: Optional[int] = None) -> int:
+        self._drain()
         result = self._f.truncate(size)
-        self._f.flush()
-        self.seed()  # the bytes on disk changed without passing through write(): rehash them
+        self.seed()  # the file changed without passing through write(): rehash it
         return result
 
     def flush(self) -> None:
+        self._drain()
         self._f.flush()
 
 
@@ -364,9 +415,13 @@ class HubClient:
         sha256: Optional[str],
     ) -> Optional[FetchedFile]:
         with blob.open("rb") as f, console.byte_progress(f"checking {path}", size) as advance:
-            w = HashingWriter(_NullSink(), git_size=size, advance=advance)  # type: ignore[arg-type]
-            while chunk := f.read(CHUNK):
-                w.write(chunk)
+            sink: Any = _NullSink()
+            with HashingWriter(
+                sink, git_size=size, advance=advance, git_blob=lfs_sha256 is None
+            ) as w:
+                while chunk := f.read(CHUNK):
+                    w.write(chunk)
+                w.flush()
         problems = _digest_problems(w, size, lfs_sha256, blob_id, sha256)
         if not problems:
             return FetchedFile(path=blob, size=size, sha256=w.sha256.hexdigest(), downloaded=False)
@@ -415,12 +470,16 @@ class HubClient:
         partial = blob.with_name(blob.name + ".airlock-partial")
         keep_partial = True
         try:
-            with _open_partial(partial) as f, console.byte_progress(path, size) as advance:
-                w = HashingWriter(f, git_size=size, advance=advance)
+            with ExitStack() as stack:
+                f = stack.enter_context(_open_partial(partial))
+                advance = stack.enter_context(console.byte_progress(path, size))
+                w = stack.enter_context(
+                    HashingWriter(f, git_size=size, advance=advance, git_blob=lfs_sha256 is None)
+                )
                 resume = w.seed()  # resume an interrupted run: hash what is already stored
                 if resume > size:
-                    f.truncate(0)
-                    resume = w.seed()
+                    w.truncate(0)
+                    resume = 0
                 advance(resume)
                 try:
                     http_get(
@@ -432,10 +491,11 @@ class HubClient:
                         displayed_filename=path,
                         tqdm_class=_SilentTqdm,
                     )
+                    # No fsync: a blob torn by a crash is caught, since every use of a
+                    # cached blob checks its digest again.
+                    w.flush()
                 except Exception as e:
                     raise hub_error(e, repo=repo, what=what, settings=s) from e
-                f.flush()
-                os.fsync(f.fileno())
             problems = _digest_problems(w, size, lfs_sha256, blob_id, sha256)
             if problems:
                 keep_partial = False
@@ -455,8 +515,13 @@ class HubClient:
 
 
 class _NullSink:
+    """Where a cached blob's bytes go while being checked: nowhere."""
+
     def write(self, data: bytes) -> int:
         return len(data)
+
+    def flush(self) -> None:
+        pass
 
 
 @contextmanager

@@ -182,7 +182,8 @@ def test_unpacked_files_get_manifest_modes(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("module", ["bundle", "unpack", "errors"])
 def test_runtime_modules_use_only_the_standard_library(repo_root: Path, module: str) -> None:
-    tree = ast.parse((repo_root / "runtime" / f"{module}.py").read_text())
+    # feature_version rejects syntax newer than the hosts' oldest Python (3.8).
+    tree = ast.parse((repo_root / "runtime" / f"{module}.py").read_text(), feature_version=(3, 8))
     for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.Import):

@@ -34,6 +34,7 @@ __all__ = [
 
 INPUTS_FILE = "inputs.json"
 LOG_FILE = "build.log"
+SECONDS_FILE = "build-seconds"
 TAIL_LINES = 40
 
 
@@ -76,6 +77,14 @@ class CacheEntry:
     @property
     def log(self) -> Path:
         return self.path / LOG_FILE
+
+    @property
+    def cold_seconds(self) -> float | None:
+        """How long the build that made this entry took (None if not recorded)."""
+        try:
+            return float((self.path / SECONDS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
 
 
 Builder = Callable[[Path, Path], None]
@@ -137,6 +146,7 @@ class BuildCache:
                     hint=f"see the full build log at {kept}",
                     problems=log_tail(kept).splitlines(),
                 ) from exc
+            (work / SECONDS_FILE).write_text(f"{time.monotonic() - start:.1f}\n")
             (work / INPUTS_FILE).write_bytes(canonical_json(inputs) + b"\n")
             if final.exists():  # a stale, unfinished entry from an older layout
                 shutil.rmtree(final)

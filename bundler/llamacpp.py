@@ -167,6 +167,7 @@ class EngineBuild:
     log: Path
     cached: bool = False
     seconds: float = 0.0
+    cold_seconds: float | None = None
     files: tuple[str, ...] = field(default=())
 
 
@@ -819,6 +820,7 @@ def _engine_result(
         log=entry.log,
         cached=entry.hit,
         seconds=entry.seconds,
+        cold_seconds=entry.cold_seconds,
         files=files,
     )
 

@@ -25,7 +25,7 @@ from bundler import __version__, console
 from bundler.errors import BuildError, FetchError, SpecError, UsageError
 from bundler.ggufinfo import GgufError, entrypoint_candidates, read_facts, shards_of, split_parts
 from bundler.hub import HubClient, HubSettings, select_files
-from bundler.licenses import card_license, license_facts
+from bundler.licenses import license_facts
 from bundler.lock import (
     Lock,
     LockedFile,

@@ -222,3 +222,35 @@ def test_lock_is_deterministic_and_unchanged_on_rerun(hub: HubServer, project: P
     _, again = lock(spec)
     assert changed and not again
     assert (project / "airlock.lock").read_bytes() == first
+
+
+def test_stage_copies_when_the_cache_is_on_another_file_system(
+    hub: HubServer, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bundler.build
+
+    def no_link(src: object, dst: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    spec_path = project / "airlock.yaml"
+    lock(load_spec(spec_path))
+    monkeypatch.setattr(bundler.build.os, "link", no_link)
+    result = build(spec_path, _options(project))
+    commit = hub.repos[REPO].refs["main"]
+    name = "hubmodel-00001-of-00002.gguf"
+    data = hub.repos[REPO].files_by_commit[commit][name]
+    assert _member(result.path, f"models/tiny/{name}") == data
+
+
+def test_cli_lock_and_build_json(
+    hub: HubServer, project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec_path = str(project / "airlock.yaml")
+    assert main(["lock", spec_path, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["changed"] is True and out["models"]["tiny"]["files"] == 4
+    argv = ["build", spec_path, "--out", str(project / "dist"), "--key", str(project / "key")]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Path(out["bundle"]).is_file() and len(out["manifest_sha256"]) == 64
+    assert out["lock_changed"] is False and out["warnings"] == []

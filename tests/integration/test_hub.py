@@ -263,3 +263,21 @@ def test_hub_metadata_disagreeing_with_lock_is_refused(hub: HubServer, model_byt
         client.fetch(
             REPO, commit, "tiny.gguf", size=len(model_bytes), lfs_sha256="1" * 64, blob_id=None
         )
+
+
+def test_reuses_blobs_the_hub_client_already_cached(hub: HubServer, model_bytes: bytes) -> None:
+    from huggingface_hub import hf_hub_download
+
+    client = _client()
+    commit = client.resolve(REPO, "main").commit
+    cached = hf_hub_download(
+        REPO,
+        "tiny.gguf",
+        revision=commit,
+        cache_dir=client.settings.cache_dir,
+        endpoint=hub.endpoint,
+    )
+    gets_before = len(_gets(hub, "tiny.gguf"))
+    blob = _fetch_gguf(client, commit, model_bytes)
+    assert Path(cached).resolve() == blob.resolve()
+    assert len(_gets(hub, "tiny.gguf")) == gets_before  # no second download

@@ -323,10 +323,6 @@ def stage_models(spec: Spec, lk: Lock, client: HubClient, stage: Path, st: _Stag
         else:
             record.update(repo=None, revision=None, commit=None, endpoint=None)
         records.append(record)
-        if card is not None and lic.license is None:
-            console.warn(
-                f"model {m.name}: the model card declares no license ({card_license(card)})"
-            )
     st.components["models"] = {"type": "model", "properties": {"models": records}}
 
 

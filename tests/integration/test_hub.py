@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
+from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 
 from bundler.errors import FetchError, IntegrityError
 from bundler.hub import HubClient, HubSettings, git_blob_id
@@ -281,3 +282,29 @@ def test_reuses_blobs_the_hub_client_already_cached(hub: HubServer, model_bytes:
     blob = _fetch_gguf(client, commit, model_bytes)
     assert Path(cached).resolve() == blob.resolve()
     assert len(_gets(hub, "tiny.gguf")) == gets_before  # no second download
+
+
+def test_server_answers_paths_info_and_tree_like_the_hub(
+    hub: HubServer, model_bytes: bytes
+) -> None:
+    from huggingface_hub import HfApi
+
+    commit = hub.commit(
+        REPO, {"tiny.gguf": model_bytes, "sub/config.json": b"{}", "README.md": CARD}
+    )
+    api = HfApi(endpoint=hub.endpoint, token=False)
+    info = {
+        p.path: p for p in api.get_paths_info(REPO, ["tiny.gguf", "README.md"], revision=commit)
+    }
+    assert info["tiny.gguf"].lfs is not None
+    assert info["tiny.gguf"].lfs.sha256 == hashlib.sha256(model_bytes).hexdigest()
+    assert info["README.md"].blob_id == git_blob_id(CARD) and info["README.md"].lfs is None
+    top = sorted(e.path for e in api.list_repo_tree(REPO, revision=commit))
+    assert top == ["README.md", "sub", "tiny.gguf"]
+    every = sorted(e.path for e in api.list_repo_tree(REPO, revision=commit, recursive=True))
+    assert every == ["README.md", "sub", "sub/config.json", "tiny.gguf"]
+    # Answered as a plain LFS repo: no Xet headers, so the client never takes the Xet path.
+    url = hf_hub_url(REPO, "tiny.gguf", revision=commit, endpoint=hub.endpoint)
+    meta = get_hf_file_metadata(url, token=False, endpoint=hub.endpoint)
+    assert meta.xet_file_data is None and meta.commit_hash == commit
+    assert meta.etag == hashlib.sha256(model_bytes).hexdigest() and meta.size == len(model_bytes)

@@ -40,6 +40,7 @@ from runtime.bundle import (
 
 SUMS_NAME = "SHA256SUMS"
 CHUNK = 1 << 20
+COPY_CHUNK = 4 << 20  # two of these are in flight while packing: one hashed, one copied
 SIGNATURE_ALLOWANCE = 1024  # header + padded armored Ed25519 SSHSIG (about 300 bytes)
 COSIGN_SLOTS = 16  # co-signatures that fit in place before a rewrite is needed
 REGION_ALIGN = 4096
@@ -230,6 +231,11 @@ def pack(
         source_date_epoch = int(os.environ["SOURCE_DATE_EPOCH"])
     mtime = int(time.time()) if source_date_epoch is None else source_date_epoch
     created = datetime.fromtimestamp(mtime, tz=timezone.utc)
+    if out_dir.resolve().is_relative_to(stage.resolve()):
+        raise UsageError(
+            f"the output directory {out_dir} is inside the stage {stage}",
+            hint="write the bundle outside the directory being packed",
+        )
     sources = scan_stage(stage)
     sums_size = sum(len(_sums_line(s.path, "0" * 64)) for s in sources)
     sources.append(_Source(SUMS_NAME, None, sums_size, "0644"))
@@ -265,6 +271,7 @@ def pack(
         sums_offset = 0
         payload = 0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airlock-hash")
+        buffers = (memoryview(bytearray(COPY_CHUNK)), memoryview(bytearray(COPY_CHUNK)))
         for s in sources:
             mode = 0o755 if s.mode == "0755" else 0o644
             out.write(member_header(s.path, s.size, mode, mtime))
@@ -273,7 +280,7 @@ def pack(
                 out.write(b"\0" * s.size)
             else:
                 try:
-                    digests[s.path] = _copy(s, out, pool, progress)
+                    digests[s.path] = _copy(s, out, pool, buffers, progress)
                 except BaseException:
                     pool.shutdown()
                     raise
@@ -342,7 +349,13 @@ def _region_size(manifest_len: int, signers: int) -> int:
     return (used + REGION_ALIGN - 1) // REGION_ALIGN * REGION_ALIGN
 
 
-def _copy(s: _Source, out: IO[bytes], pool: ThreadPoolExecutor, progress: Progress) -> str:
+def _copy(
+    s: _Source,
+    out: IO[bytes],
+    pool: ThreadPoolExecutor,
+    buffers: tuple[memoryview, memoryview],
+    progress: Progress,
+) -> str:
     """Stream one staged file into the archive while hashing it; returns its sha256.
 
     Hashing runs in ``pool`` on one buffer while the next is read and written (hashlib
@@ -350,7 +363,6 @@ def _copy(s: _Source, out: IO[bytes], pool: ThreadPoolExecutor, progress: Progre
     """
     assert s.src is not None
     digest = hashlib.sha256()
-    buffers = (memoryview(bytearray(CHUNK)), memoryview(bytearray(CHUNK)))
     pending: Optional[Future[None]] = None
     remaining = s.size
     turn = 0
@@ -358,7 +370,7 @@ def _copy(s: _Source, out: IO[bytes], pool: ThreadPoolExecutor, progress: Progre
         with open(s.src, "rb", buffering=0) as f:
             while remaining:
                 view = buffers[turn]
-                n = f.readinto(view[: min(remaining, CHUNK)])
+                n = f.readinto(view[: min(remaining, COPY_CHUNK)])
                 if not n:
                     break
                 out.write(view[:n])

@@ -170,3 +170,9 @@ def test_cosign_twice_with_the_same_key_is_refused(tmp_path: Path, alice) -> Non
     result = make_bundle(tmp_path, [alice])
     with pytest.raises(UsageError, match="already signed"):
         cosign(result.path, alice.signer)
+
+
+def test_output_inside_the_stage_is_refused(tmp_path: Path, alice) -> None:
+    stage = make_stage(tmp_path)
+    with pytest.raises(UsageError, match="inside the stage"):
+        make_bundle(tmp_path, [alice], stage=stage, out=stage / "out")

@@ -397,9 +397,19 @@ def stage_wheels(
             cache_dir=cache_dir,
         )
         st.components["wheels"] = {"type": "wheelhouse", "properties": dict(result.properties)}
+        _known_wheels(stage, st, result.properties)
     console.step("wheelhouse for the Ansible controller")
     ctl = wheelhouse.build_controller_wheelhouse(stage / "controller", cache_dir=cache_dir)
     st.components["controller"] = {"type": "wheelhouse", "properties": dict(ctl.properties)}
+    _known_wheels(stage, st, ctl.properties)
+
+
+def _known_wheels(stage: Path, st: _Staged, props: Mapping[str, Any]) -> None:
+    """Reuse the wheelhouse's checked digests for the evidence instead of hashing again."""
+    for w in props.get("wheels", []):
+        path = stage / str(w["file"])
+        if path.is_file():
+            st.digests[str(w["file"])] = (path.stat().st_size, str(w["sha256"]))
 
 
 def _payload_files(stage: Path, st: _Staged) -> list[dict[str, Any]]:

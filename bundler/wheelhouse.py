@@ -124,16 +124,47 @@ def download_argv(
         "abi3",
         "--abi",
         "none",
-        "--platform",
-        target.platform,
+        *_platform_args(target, machine),
+        "--dest",
+        str(dest),
     ]
-    argv += _local_platform(target, machine)
-    argv += ["--dest", str(dest)]
     for link in find_links:
         argv += ["--find-links", str(link)]
     if index_url:
         argv += ["--index-url", index_url]
     return [*argv, *requirements]
+
+
+_LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+
+
+def compatible_platforms(platform_tag: str) -> list[str]:
+    """Every platform tag a host of ``platform_tag`` accepts, newest first (pure).
+
+    pip's ``--platform`` takes tags literally, so ``manylinux_2_28_x86_64`` would skip the
+    many wheels published as ``manylinux_2_17`` (manylinux2014); a glibc 2.28 host installs
+    those fine, so the older manylinux tags are added explicitly.
+    """
+    m = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform_tag)
+    legacy = re.fullmatch(r"(manylinux2014|manylinux2010|manylinux1)_(\w+)", platform_tag)
+    if m:
+        minor, arch = int(m.group(1)), m.group(2)
+    elif legacy:
+        minor, arch = _LEGACY_MANYLINUX[legacy.group(1)], legacy.group(2)
+    else:
+        return [platform_tag]
+    tags = []
+    for y in range(minor, 4, -1):
+        tags.append(f"manylinux_2_{y}_{arch}")
+        tags += [f"{name}_{arch}" for name, v in _LEGACY_MANYLINUX.items() if v == y]
+    return tags
+
+
+def _platform_args(target: Target, machine: str) -> list[str]:
+    args = []
+    for tag in compatible_platforms(target.platform):
+        args += ["--platform", tag]
+    return args + _local_platform(target, machine)
 
 
 def _local_platform(target: Target, machine: str) -> list[str]:
@@ -419,10 +450,8 @@ def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, st
         "abi3",
         "--abi",
         "none",
-        "--platform",
-        target.platform,
+        *_platform_args(target, os.uname().machine),
     ]
-    argv += _local_platform(target, os.uname().machine)
     argv += [
         "--only-binary=:all:",
         "--no-index",

@@ -164,3 +164,17 @@ def test_closure_fails_without_a_requirements_file(wheelhouse: Path) -> None:
     with pytest.raises(ClosureError) as info:
         check_closure(wheelhouse, [Target("3.12", "manylinux_2_28_x86_64")])
     assert "no requirements file" in info.value.problems[0]
+
+
+def test_manylinux_target_accepts_older_manylinux_wheels() -> None:
+    from bundler.wheelhouse import compatible_platforms
+
+    tags = compatible_platforms("manylinux_2_28_x86_64")
+    assert tags[0] == "manylinux_2_28_x86_64"
+    assert "manylinux_2_17_x86_64" in tags and "manylinux2014_x86_64" in tags
+    assert "manylinux_2_31_x86_64" not in tags
+    assert compatible_platforms("manylinux2014_x86_64")[:2] == [
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+    ]
+    assert compatible_platforms("linux_x86_64") == ["linux_x86_64"]

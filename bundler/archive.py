@@ -455,6 +455,11 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
     copy when the reserve is exhausted. Raises UsageError (already signed by that key),
     IntegrityError / ArchiveFormatError (the bundle is damaged; nothing is changed).
     """
+    if bundle.name.endswith(".parts"):
+        raise UsageError(
+            f"{bundle} is a split bundle's index; co-signing rewrites the archive",
+            hint="airlock join it, co-sign the .tar, then split it again if needed",
+        )
     with open(bundle, "rb") as f:
         meta = read_metadata_stream(f)
     name = signature_name(signer)

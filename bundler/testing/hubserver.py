@@ -51,6 +51,7 @@ class Faults:
 
     tampered: dict[tuple[str, str], bytes] = field(default_factory=dict)
     drop_after: dict[tuple[str, str], int] = field(default_factory=dict)  # once, then healthy
+    ignore_range: set[tuple[str, str]] = field(default_factory=set)  # answer 200, whole body
 
 
 class HubServer:
@@ -324,7 +325,7 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             start = 0
             rng = self.headers.get("Range")
             status = 200
-            if rng and self.command == "GET":
+            if rng and self.command == "GET" and (repo, path) not in hub.faults.ignore_range:
                 m = re.match(r"bytes=(\d+)-(\d*)$", rng)
                 if not m:
                     self._send(416, b"", headers)

@@ -207,6 +207,20 @@ def test_interrupted_run_resumes_from_partial_and_hashes_it(
     assert [h.get("range") for h in _gets(hub, "tiny.gguf")] == [f"bytes={half}-"]
 
 
+def test_server_ignoring_range_restarts_and_rehashes(hub: HubServer, model_bytes: bytes) -> None:
+    # A partial whose bytes are wrong would poison the digest if the restart kept them.
+    client = _client()
+    commit = client.resolve(REPO, "main").commit
+    sha = hashlib.sha256(model_bytes).hexdigest()
+    blobs = _storage(client.settings) / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{sha}.airlock-partial").write_bytes(b"\xff" * 5000)
+    hub.faults.ignore_range.add((REPO, "tiny.gguf"))
+    blob = _fetch_gguf(client, commit, model_bytes)
+    assert blob.read_bytes() == model_bytes
+    assert [h.get("range") for h in _gets(hub, "tiny.gguf")] == ["bytes=5000-"]
+
+
 def test_corrupt_partial_from_earlier_run_is_caught(hub: HubServer, model_bytes: bytes) -> None:
     client = _client()
     commit = client.resolve(REPO, "main").commit

@@ -108,7 +108,8 @@ def _create(root: str, path: str, mode: int, made: Set[str]) -> IO[bytes]:
         current = os.path.join(current, part)
         if current not in made:
             try:
-                os.mkdir(current, 0o755)
+                os.mkdir(current)
+                os.chmod(current, 0o755)  # noqa: S103 - release trees are world-readable, umask or not
             except FileExistsError:
                 # Only directories this function made may exist; anything else is an attack.
                 if os.path.islink(current) or not os.path.isdir(current):

@@ -107,6 +107,13 @@ def test_cosign_then_threshold_two_verify_unpack_and_inspect(env, capsys) -> Non
     assert "1 of the required 2" in capsys.readouterr().err
     signed = run_json(["sign", str(tar), "--key", str(bob)], capsys)
     assert signed["in_place"] and len(signed["signatures"]) == 2
+    with open(tar, "rb") as f:  # the transfer station's check now names the co-signer
+        out = subprocess.run(
+            ["ssh-keygen", "-Y", "verify", "-f", str(allowed), "-I", "bob@site",
+             "-n", "airlock-archive-v1", "-s", signed["signature"]],
+            stdin=f, capture_output=True, text=True,
+        )  # fmt: skip
+    assert out.returncode == 0, out.stderr
     report = run_json(["verify", str(tar), *policy], capsys)
     assert sorted(s["principals"][0] for s in report["signers"]) == ["alice@site", "bob@site"]
     assert report["files"] == 7 and report["name"] == "demo"
@@ -120,8 +127,14 @@ def test_cosign_then_threshold_two_verify_unpack_and_inspect(env, capsys) -> Non
     assert [s["verified"] for s in checked["signers"]] == [True, True]
     dest = tmp / "releases" / "1.0.0"
     dest.parent.mkdir()
-    done = run_json(["unpack", str(tar), str(dest), *policy], capsys)
+    old_umask = os.umask(0o077)
+    try:
+        done = run_json(["unpack", str(tar), str(dest), *policy], capsys)
+    finally:
+        os.umask(old_umask)
     assert done["files"] == 7
+    assert (dest / "models/tiny").stat().st_mode & 0o777 == 0o755
+    assert dest.stat().st_mode & 0o777 == 0o755
     assert (dest / "engine/bin/llama-server").stat().st_mode & 0o777 == 0o755
 
 

@@ -151,6 +151,9 @@ def test_cosign_falls_back_to_a_rewrite_when_the_reserve_is_full(tmp_path: Path,
     from bundler.verify import verify_bundle
 
     verify_bundle(result.path, policy_for(tmp_path, [alice, *keys], threshold=5), now=DURING)
+    whole = result.path.read_bytes()
+    key = sshsig.verify(whole, result.signature_path.read_bytes(), namespace="airlock-archive-v1")
+    assert key.fingerprint == keys[-1].signer.public_key.fingerprint
 
 
 def test_cosign_refuses_a_tampered_bundle_and_changes_nothing(tmp_path: Path, alice) -> None:

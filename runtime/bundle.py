@@ -187,6 +187,8 @@ def manifest_problems(manifest: object) -> List[str]:
     if not isinstance(files, list):
         return [*problems, "manifest: files must be a list"]
     previous: Optional[bytes] = None
+    paths: Set[str] = set()
+    parents: Set[str] = set()
     for index, entry in enumerate(files):
         where = f"manifest: files[{index}]"
         if not isinstance(entry, dict) or set(entry) != {
@@ -210,6 +212,9 @@ def manifest_problems(manifest: object) -> List[str]:
         if previous is not None and key <= previous:
             problems.append(f"{where}: files are not sorted by path or the path repeats")
         previous = key
+        paths.add(path)
+        parts = path.split("/")
+        parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
         if not (_is_int(entry["size"]) and entry["size"] >= 0):
             problems.append(f"{where}: size must be a non-negative integer")
         if not isinstance(entry["sha256"], str) or not _HEX64.match(entry["sha256"]):
@@ -224,6 +229,8 @@ def manifest_problems(manifest: object) -> List[str]:
                     where, entry["component"]
                 )
             )
+    for clash in sorted(paths & parents):
+        problems.append(f"manifest: {clash} is both a file and a directory of other files")
     return problems
 
 

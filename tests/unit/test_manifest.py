@@ -195,3 +195,11 @@ def test_expires_parses_durations_and_dates() -> None:
 def test_expiry_must_follow_creation() -> None:
     with pytest.raises(UsageError):
         sample(expires=CREATED).to_bytes()
+
+
+def test_a_path_that_is_also_a_parent_directory_is_refused() -> None:
+    obj = json.loads(sample().to_bytes())
+    obj["files"].insert(1, dict(obj["files"][1], path="engine", component="bundle"))
+    with pytest.raises(ArchiveFormatError) as exc:
+        parse(canonical_json(obj))
+    assert exc.value.problems == ("manifest: engine is both a file and a directory of other files",)

@@ -28,7 +28,9 @@ __all__ = [
     "BuildCache",
     "CacheEntry",
     "cache_key",
+    "copy_log",
     "default_cache_dir",
+    "file_lock",
     "log_tail",
 ]
 
@@ -118,7 +120,7 @@ class BuildCache:
         key = cache_key(inputs)
         final = self.root / kind / key
         (self.root / kind).mkdir(parents=True, exist_ok=True)
-        with _locked(self.root / kind / f".{key}.lock"):
+        with file_lock(self.root / kind / f".{key}.lock"):
             found = self.lookup(kind, inputs)
             if found is not None:
                 return found
@@ -174,7 +176,8 @@ def copy_log(entry: CacheEntry, log_dir: Path | None, name: str) -> Path | None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (created if missing) for the with-block."""
     with open(path, "a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:

@@ -30,7 +30,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Literal
 
-from bundler.buildcache import BuildCache, CacheEntry, copy_log, log_tail
+from bundler.buildcache import BuildCache, CacheEntry, copy_log, file_lock, log_tail
 from bundler.errors import BuildError, FetchError, UsageError
 
 __all__ = [
@@ -522,9 +522,14 @@ def source_tree(source: SourceArchive, *, cache_dir: Path) -> Path:
     Extraction refuses links that leave the tree, absolute and ``..`` paths.
     """
     base = cache_dir / "src" / source.sha256
-    marker = base / ".complete"
-    if marker.is_file():
-        return _single_child(base)
+    (cache_dir / "src").mkdir(parents=True, exist_ok=True)
+    with file_lock(cache_dir / "src" / f".{source.sha256}.lock"):
+        if not (base / ".complete").is_file():
+            _extract(source, cache_dir, base)
+    return _single_child(base)
+
+
+def _extract(source: SourceArchive, cache_dir: Path, base: Path) -> None:
     tmp = cache_dir / "src" / f".{source.sha256}.{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -547,7 +552,6 @@ def source_tree(source: SourceArchive, *, cache_dir: Path) -> Path:
     if base.exists():
         shutil.rmtree(base)
     os.replace(tmp, base)
-    return _single_child(base)
 
 
 def _single_child(base: Path) -> Path:

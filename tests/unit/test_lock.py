@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from pathlib import Path
 
@@ -128,3 +129,18 @@ def test_reports_models_missing_from_lock_or_spec(tmp_path: Path) -> None:
 def test_rejects_malformed_lock(text: bytes) -> None:
     with pytest.raises(SpecError, match="malformed"):
         parse_lock(text)
+
+
+@pytest.mark.parametrize("path", ["../../etc/cron.d/x", "/etc/passwd", "a/../../b", "a\\..\\b", ""])
+def test_rejects_lock_file_paths_that_escape_the_model_directory(path: str) -> None:
+    doc = json.loads(_lock().to_bytes())
+    doc["models"]["tiny"]["files"][0]["path"] = path
+    with pytest.raises(SpecError, match="leaves the model directory"):
+        parse_lock(json.dumps(doc).encode())
+
+
+def test_rejects_lock_blob_id_that_is_not_hex() -> None:
+    doc = json.loads(_lock().to_bytes())
+    doc["models"]["tiny"]["files"][0]["blob_id"] = "../../x"
+    with pytest.raises(SpecError, match="blob_id"):
+        parse_lock(json.dumps(doc).encode())

@@ -378,13 +378,17 @@ def stage_wheels(
 ) -> None:
     """Hash-pinned wheelhouses for the targets and for the offline Ansible controller."""
     wheelhouse = _module("bundler.wheelhouse")
-    llamacpp = _module("bundler.llamacpp")
     targets = spec.targets
-    if targets is not None and spec.runtime is not None:
-        console.step("llama-cpp-python wheel (portable) and the targets' wheelhouse")
-        wheel = llamacpp.build_llama_cpp_python_wheel(
-            source, variants=spec.runtime.cpu_variants, cache_dir=cache_dir, log_dir=log_dir
-        )
+    if targets is not None:
+        extra: list[Path] = []
+        if spec.runtime is not None and source is not None:
+            console.step("llama-cpp-python wheel (portable, from the same pinned source)")
+            extra.append(
+                _module("bundler.llamacpp").build_llama_cpp_python_wheel(
+                    source, variants=spec.runtime.cpu_variants, cache_dir=cache_dir, log_dir=log_dir
+                )
+            )
+        console.step("wheelhouse for the targets")
         result = wheelhouse.build_wheelhouse(
             [
                 wheelhouse.Target(python=py, platform=pl)
@@ -392,7 +396,7 @@ def stage_wheels(
                 for pl in targets.platforms
             ],
             list(targets.requirements),
-            extra_wheels=[wheel],
+            extra_wheels=extra,
             dest=stage / "wheels",
             cache_dir=cache_dir,
         )
@@ -516,9 +520,9 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     try:
         stage_models(spec, lk, client, stage, st)
         stage_far_side(stage, st)
-        if spec.runtime is not None and not options.skip_runtime:
+        if (spec.runtime is not None or spec.targets is not None) and not options.skip_runtime:
             log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
-            source = stage_runtime(spec, stage, st, cache, log_dir)
+            source = stage_runtime(spec, stage, st, cache, log_dir) if spec.runtime else None
             stage_wheels(spec, source, stage, st, cache, log_dir)
         stage_evidence(spec, stage, st, epoch=epoch, lock_bytes=lock_bytes)
         if "engine" in st.components:

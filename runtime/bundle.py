@@ -326,9 +326,13 @@ class _Reader:
         self.observe: Optional[Callable[[Any], None]] = None
 
     def read(self, n: int) -> bytes:
-        data = self.stream.read(n)
-        if data is None:  # pragma: no cover - non-blocking streams are never used
-            data = b""
+        """Up to ``n`` bytes, fewer only at the end of the stream (short reads are retried)."""
+        data = self.stream.read(n) or b""
+        while 0 < len(data) < n:
+            more = self.stream.read(n - len(data))
+            if not more:
+                break
+            data += more
         self.offset += len(data)
         if self.observe is not None and data:
             self.observe(data)

@@ -99,3 +99,23 @@ def test_edited_index_fails_its_signature(tmp_path: Path, split_bundle) -> None:
         join(parts.index, tmp_path / "j", policy=policy_for(tmp_path, [key]))
     with pytest.raises(TrustError):
         verify_bundle(parts.index, policy_for(tmp_path, [key]), now=DURING)
+
+
+def test_parts_reader_handles_boundaries_anywhere(tmp_path: Path, split_bundle) -> None:
+    from bundler.split import PartsReader
+    from runtime.bundle import verify_stream
+
+    _, whole, _ = split_bundle
+    import tarfile
+
+    data = whole.path.read_bytes()
+    with tarfile.open(whole.path) as tf:  # cut inside every header and the trailer
+        cuts = sorted({m.offset + 100 for m in tf.getmembers()} | {len(data) - 700})
+    paths = []
+    for start, end in zip([0, *cuts], [*cuts, len(data)]):
+        p = tmp_path / f"p{start:09d}"
+        p.write_bytes(data[start:end])
+        paths.append(p)
+    with PartsReader(paths) as reader:
+        _, files, total = verify_stream(reader, whole.manifest_sha256)  # type: ignore[arg-type]
+    assert files == 8 and total > 3 << 20

@@ -352,6 +352,8 @@ def engine_cmake_flags(variants: Sequence[str], cuda: CudaOptions | None) -> lis
         flags += [
             "-DGGML_CUDA=ON",
             "-DCMAKE_CUDA_ARCHITECTURES=" + ";".join(cuda.architectures),
+            # the toolkit's own CUB, never a git clone of CCCL during the build
+            "-DGGML_CUDA_CUB_3DOT2=OFF",
         ]
         if cuda.nvcc:
             flags.append("-DCMAKE_CUDA_COMPILER=" + cuda.nvcc)

@@ -114,6 +114,7 @@ def test_cuda_flags_architectures_and_runtime_rpath() -> None:
     flags = engine_cmake_flags(["x64"], cuda)
     assert "-DGGML_CUDA=ON" in flags
     assert "-DCMAKE_CUDA_ARCHITECTURES=80;90" in flags
+    assert "-DGGML_CUDA_CUB_3DOT2=OFF" in flags  # no FetchContent of CCCL from GitHub
     assert "-DCMAKE_INSTALL_RPATH=$ORIGIN/../lib;$ORIGIN/cuda" in flags
     assert "ggml-cuda" in llamacpp.engine_targets(["x64"], cuda)
     assert cuda.wheel_requirements() == [

@@ -178,7 +178,7 @@ def resolve_lock(spec: Spec, client: HubClient) -> Lock:
 def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, bool]:
     """Write ``airlock.lock`` for ``spec``; returns the lock and whether the file changed."""
     settings = settings or HubSettings.from_env()
-    if settings.offline:
+    if settings.offline and any(m.source == "hub" for m in spec.models):
         raise UsageError(
             "cannot lock offline: resolving revisions needs the Hub",
             hint="unset HF_HUB_OFFLINE / drop --offline, or build with the existing lock",
@@ -506,8 +506,6 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     signers = _load_signers(options.keys)  # fail on a bad key before downloading gigabytes
     settings = HubSettings.from_env(offline=options.offline)
     if options.update_lock:
-        if settings.offline:
-            raise UsageError("--update-lock needs the Hub; it cannot run with --offline")
         lk, changed = lock(spec, settings=settings)
     else:
         lk, changed = check_lock(spec, load_lock(spec.lock_path)), False

@@ -254,3 +254,23 @@ def test_cli_lock_and_build_json(
     out = json.loads(capsys.readouterr().out)
     assert Path(out["bundle"]).is_file() and len(out["manifest_sha256"]) == 64
     assert out["lock_changed"] is False and out["warnings"] == []
+
+
+def test_update_lock_offline_refused_for_hub_models(
+    hub: HubServer, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bundler.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot lock offline"):
+        build(project / "airlock.yaml", _options(project, offline=True, update_lock=True))
+    assert hub.requests == []
+    # A spec with local models only needs no Hub to lock.
+    spec_path = project / "airlock.yaml"
+    text = spec_path.read_text()
+    spec_path.write_text(
+        text[: text.index("  - name: tiny")] + text[text.index("  - name: mine") :]
+    )
+    spec_path.write_text(spec_path.read_text().replace("model: tiny", "model: mine"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = build(spec_path, _options(project, update_lock=True))
+    assert result.lock_changed and hub.requests == []

@@ -274,3 +274,19 @@ def test_update_lock_offline_refused_for_hub_models(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = build(spec_path, _options(project, update_lock=True))
     assert result.lock_changed and hub.requests == []
+
+
+def test_local_split_model_takes_every_shard(hub: HubServer, project: Path) -> None:
+    shards = write_tiny_model(project / "split.gguf", TinyModelOptions(split=3))
+    spec_path = project / "airlock.yaml"
+    spec_path.write_text(spec_path.read_text().replace("./mine.gguf", f"./{shards[0].name}"))
+    lock(load_spec(spec_path))
+    result = build(spec_path, _options(project))
+    models = _manifest(result.path)["components"]["models"]["properties"]["models"]
+    mine = next(m for m in models if m["name"] == "mine")
+    assert mine["entrypoint"] == f"models/mine/{shards[0].name}"
+    assert sorted(f["hub_path"] for f in mine["files"]) == [p.name for p in shards]
+    assert mine["gguf"]["split_count"] == 3
+    shards[1].unlink()
+    with pytest.raises(GgufError, match="incomplete"):
+        lock(load_spec(spec_path))

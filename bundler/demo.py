@@ -244,14 +244,16 @@ def _run(workdir: Path, keep: bool, result: DemoResult, progress: _Progress) -> 
         files = make_model(workdir / "model")
         console.info(f"{workdir / 'model'}: {', '.join(sorted(files))}")
 
-    with (
-        HubServer() as hub,
-        _env(
-            HF_ENDPOINT=hub.endpoint,
-            HF_HOME=str(workdir / "hf-home"),
-            HF_HUB_DISABLE_TELEMETRY="1",
-        ),
-    ):
+    hub_env = contextlib.ExitStack()
+    with hub_env:
+        hub = hub_env.enter_context(HubServer())
+        hub_env.enter_context(
+            _env(
+                HF_ENDPOINT=hub.endpoint,
+                HF_HOME=str(workdir / "hf-home"),
+                HF_HUB_DISABLE_TELEMETRY="1",
+            )
+        )
         with progress.step("hub", f"serve it as the Hub repo {DEMO_REPO} on loopback"):
             commit = hub.add_repo(DEMO_REPO, files, card_data={"license": "apache-2.0"})
             console.info(f"{hub.endpoint}/{DEMO_REPO} at commit {commit}")

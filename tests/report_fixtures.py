@@ -13,13 +13,15 @@ from bundler.sbom import build_sbom
 from tests.evidence_fixtures import manifest as fixture_manifest
 
 
-def packed_bundle(tmp_path: Path, signer_names: tuple[str, ...]) -> tuple[Path, list[Any]]:
+def packed_bundle(
+    tmp_path: Path, signer_names: tuple[str, ...], *, model_size: int = 64 * 1024
+) -> tuple[Path, list[Any]]:
     """A real signed bundle (pack) with a model and an SBOM, signed by each named new key."""
     fixture = fixture_manifest()
     stage = tmp_path / "stage"
     (stage / "models" / "tiny").mkdir(parents=True)
     (stage / "evidence").mkdir()
-    (stage / "models" / "tiny" / "tiny.gguf").write_bytes(os.urandom(64 * 1024))
+    (stage / "models" / "tiny" / "tiny.gguf").write_bytes(os.urandom(model_size))
     sbom_bytes = build_sbom(
         name="demo",
         version="1.0.0",

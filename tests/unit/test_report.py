@@ -10,7 +10,7 @@ from typing import Any
 from bundler.cli import main
 from bundler.errors import IntegrityError
 from bundler.init import allowed_signers_line
-from bundler.report import Signer, build_report, render_html, stock_commands
+from bundler.report import Signer, build_report, render_html, stock_commands, write_report
 from tests.report_fixtures import packed_bundle
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
@@ -243,3 +243,19 @@ def test_report_without_trust_file_says_so(tmp_path: Path) -> None:
     html = out.read_text()
     assert "valid signature, trust not checked" in html
     assert pub.fingerprint in html
+
+
+def _bytes_read() -> int:
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_report_reads_metadata_and_small_members_never_the_model(tmp_path: Path) -> None:
+    model_size = 24 * 1024 * 1024
+    bundle, _ = packed_bundle(tmp_path, ("release",), model_size=model_size)
+    write_report(bundle, tmp_path / "warm.html")  # imports and templates loaded once
+    before = _bytes_read()
+    write_report(bundle, tmp_path / "report.html")
+    assert _bytes_read() - before < model_size // 8

@@ -253,8 +253,13 @@ def build_wheelhouse(
     dest: Path,
     cache_dir: Path,
     index_url: str | None = None,
+    check: bool = True,
 ) -> WheelhouseResult:
     """Download binary wheels for every target into ``dest`` and pin them per target.
+
+    With ``check`` (the default) the result is proven installable offline for every
+    target (:func:`check_closure`) before it is returned, so the pipeline never signs a
+    wheelhouse that cannot install.
 
     ``extra_wheels`` are local wheels (the llama-cpp-python wheel the pipeline built with
     :func:`bundler.llamacpp.build_llama_cpp_python_wheel`); their dependencies come from
@@ -263,6 +268,7 @@ def build_wheelhouse(
     Raises:
         FetchError: pip cannot resolve a target (the message names the target and pip's
             reason).
+        ClosureError: a target cannot install offline from the result.
     """
     dest.mkdir(parents=True, exist_ok=True)
     prefix = dest.name
@@ -302,6 +308,8 @@ def build_wheelhouse(
         path = dest / target.requirements_name()
         _atomic_write(path, requirements_text(infos))
         req_files[target] = path
+    if check:
+        check_closure(dest, targets)
     wheels = tuple(sorted(all_wheels.values(), key=lambda w: w.file))
     properties = {
         "targets": [

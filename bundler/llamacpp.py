@@ -736,6 +736,10 @@ def _collect(bin_dir: Path, out: Path, variants: Sequence[str], cuda: CudaOption
         if so.is_symlink() or not so.is_file():
             continue
         name = _soname(so) or so.name
+        if name.startswith(("libggml-cpu-", "libggml-cuda")):
+            # backend modules are dlopen()ed by file name: ggml looks for
+            # libggml-<backend>-*.so exactly, never a versioned name
+            name = name.split(".so")[0] + ".so"
         if (
             name.startswith("libggml-cpu-")
             and name.removeprefix("libggml-cpu-").split(".so")[0] not in variants

@@ -809,6 +809,18 @@ def check_relocatable(root: Path) -> None:
         )
 
 
+def glibc_min(elves: Iterable[Path]) -> str | None:
+    """The newest ``GLIBC_x.y`` symbol version the files need: the oldest glibc they run on."""
+    best: tuple[int, ...] = ()
+    for elf in elves:
+        out = subprocess.run(
+            ["objdump", "-T", str(elf)], capture_output=True, text=True, check=False
+        ).stdout
+        for m in re.finditer(r"\bGLIBC_(\d+(?:\.\d+)+)\b", out):
+            best = max(best, tuple(int(x) for x in m.group(1).split(".")))
+    return ".".join(map(str, best)) if best else None
+
+
 def _engine_result(
     entry: CacheEntry,
     source: SourceArchive,
@@ -824,9 +836,11 @@ def _engine_result(
             if p.is_file() and p.parts[len(entry.path.parts)] in ("bin", "lib")
         )
     )
+    props = engine_properties(source, variants, flags, cuda, tools, files)
+    props["glibc_min"] = glibc_min(entry.path / f for f in files if not f.startswith("lib/cuda/"))
     return EngineBuild(
         root=entry.path,
-        properties=engine_properties(source, variants, flags, cuda, tools, files),
+        properties=props,
         log=entry.log,
         cached=entry.hit,
         seconds=entry.seconds,

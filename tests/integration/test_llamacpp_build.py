@@ -70,6 +70,7 @@ def test_engine_records_the_pinned_source_and_variants(built: EngineBuild) -> No
     assert "-DGGML_NATIVE=OFF" in p["cmake_flags"]
     assert p["server"] == "engine/bin/llama-server"
     assert p["cuda"] is None
+    assert re.fullmatch(r"2\.\d+", p["glibc_min"])
 
 
 @pytest.mark.slow
@@ -80,6 +81,15 @@ def test_only_the_requested_variant_modules_are_built(built: EngineBuild) -> Non
     for lib in ("libllama.so", "libggml.so", "libggml-base.so"):
         assert any(f.startswith(f"lib/{lib}") for f in built.files), lib
     assert not any(Path(built.root, f).is_symlink() for f in built.files)
+
+
+@pytest.mark.slow
+def test_engine_needs_no_openmp_runtime_on_the_host(staged: Path) -> None:
+    for elf in [staged / "bin" / "llama-server", *sorted((staged / "lib").glob("*.so*"))]:
+        dyn = subprocess.run(
+            ["readelf", "-d", str(elf)], capture_output=True, text=True, check=True
+        ).stdout
+        assert "libgomp" not in dyn, elf.name
 
 
 @pytest.mark.slow

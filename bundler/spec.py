@@ -240,7 +240,7 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
     license_ = _str(p, raw, "license", where, required=False)
     if source == "local":
         path = _str(p, raw, "path", where, required=True)
-        for key in ("repo", "revision", "files", "allow"):
+        for key in ("repo", "revision", "files", "allow", "entrypoint"):
             if key in raw:
                 p.add(where + key, "not used by a local source", "remove it or use source: hub")
         if path is None or name is None:

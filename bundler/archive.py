@@ -307,8 +307,14 @@ def pack(
         out.seek(0)
         out.write(region)
         out.flush()
-        os.fsync(out.fileno())
-        if split:
+        if not split:
+            # Hash the finished archive (from the page cache) while fsync pushes it to disk.
+            with ThreadPoolExecutor(max_workers=1) as reader:
+                digest = reader.submit(archive_digest, tmp, region=region)
+                os.fsync(out.fileno())
+                sig_path = write_archive_signature(final, signers[-1], digest.result())
+        else:
+            os.fsync(out.fileno())
             from bundler.split import write_parts
 
             index = write_parts(tmp, final, split, signer=signers[-1], region=region)
@@ -324,7 +330,6 @@ def pack(
                 parts=index.parts,
                 index=index.index,
             )
-        sig_path = write_archive_signature(tmp, final, signers[-1], region=region)
     return PackResult(
         path=final,
         signature_path=sig_path,
@@ -431,11 +436,8 @@ def archive_digest(tar: Path, *, region: bytes, progress: Progress = None) -> by
     return h.digest()
 
 
-def write_archive_signature(
-    tar: Path, final: Path, signer: Signer, *, region: bytes, progress: Progress = None
-) -> Path:
-    """Write ``<final>.sig``: SSHSIG (airlock-archive-v1) over the whole tar at ``tar``."""
-    digest = archive_digest(tar, region=region, progress=progress)
+def write_archive_signature(final: Path, signer: Signer, digest: bytes) -> Path:
+    """Write ``<final>.sig``: SSHSIG (airlock-archive-v1) given the tar's ARCHIVE_HASH digest."""
     armored = sshsig.sign_digest(
         digest, signer, namespace=sshsig.ARCHIVE_NAMESPACE, hash_algorithm=ARCHIVE_HASH
     )
@@ -502,11 +504,7 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
             out.write(region)
             out.flush()
             os.fsync(out.fileno())
-    armored = sshsig.sign_digest(
-        h.digest(), signer, namespace=sshsig.ARCHIVE_NAMESPACE, hash_algorithm=ARCHIVE_HASH
-    )
-    sig_path = Path(str(bundle) + ".sig")
-    write_atomic(sig_path, armored)
+    sig_path = write_archive_signature(bundle, signer, h.digest())
     return CosignResult(
         path=bundle,
         signature_path=sig_path,

@@ -146,11 +146,14 @@ def build_region(
     head = _member(MANIFEST_NAME, manifest_bytes, mtime)
     for name, sig in sorted(signatures, key=lambda s: s[0].encode()):
         head += _member(name, sig, mtime)
-    reserve = size - len(head) - BLOCK
-    if reserve < 0:
-        return None
-    head += member_header(RESERVE_NAME, reserve, 0o644, mtime) + b"\0" * reserve
-    return head
+    for header_len in (BLOCK, 3 * BLOCK):  # a plain ustar header, or one with a PAX size
+        reserve = size - len(head) - header_len
+        if reserve < 0:
+            return None
+        header = member_header(RESERVE_NAME, reserve, 0o644, mtime)
+        if len(header) == header_len:
+            return head + header + b"\0" * reserve
+    return None
 
 
 def signature_name(signer: Signer) -> str:
@@ -349,7 +352,8 @@ def _component(name: str, components: Mapping[str, Mapping[str, Any]]) -> Compon
 
 
 def _region_size(manifest_len: int, signers: int) -> int:
-    used = BLOCK + manifest_len + BLOCK + BLOCK  # manifest header and padding, reserve header
+    # manifest header (with room for a PAX header) and padding, reserve header
+    used = 3 * BLOCK + manifest_len + BLOCK + BLOCK
     used += (signers + COSIGN_SLOTS) * SIGNATURE_ALLOWANCE
     return (used + REGION_ALIGN - 1) // REGION_ALIGN * REGION_ALIGN
 

@@ -178,3 +178,20 @@ def test_verify_without_a_readable_policy_fails_closed(env, capsys) -> None:
     tar = run_json(pack_args(tmp, stage, alice), capsys)["path"]
     assert main(["verify", tar, "--allowed-signers", str(tmp / "missing")]) == 11
     assert "missing" in capsys.readouterr().err
+
+
+def test_pax_size_records_round_trip_through_gnu_tar(env, capsys, monkeypatch) -> None:
+    """Members of 8 GiB or more carry a PAX size; exercise that path on small files by
+    lowering the threshold, and check GNU tar, sha256sum and airlock all agree."""
+    import bundler.archive as archive
+
+    tmp, alice, _, allowed, stage = env
+    monkeypatch.setattr(archive, "_MAX_OCTAL_SIZE", 1000)
+    tar = Path(run_json(pack_args(tmp, stage, alice), capsys)["path"])
+    assert b"size=179200\n" in tar.read_bytes()  # models/tiny/tiny.gguf
+    x = tmp / "x"
+    x.mkdir()
+    subprocess.run(["tar", "-xf", str(tar), "-C", str(x)], check=True)
+    sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=x, capture_output=True, text=True)
+    assert sums.returncode == 0, sums.stdout
+    assert run_json(["verify", str(tar), "--allowed-signers", str(allowed)], capsys)["files"] == 7

@@ -177,12 +177,14 @@ def record_release(
         "name": name,
     }
     previous = state.get("current")
+    floor_before = int(state.get("floor", 0))
     state["current"] = version
-    state["floor"] = max(int(state.get("floor", 0)), sequence)
+    state["floor"] = max(floor_before, sequence)
     detail = f"from {previous}" if previous else "first install"
     if downgrade:
         detail += "; downgrade allowed by the operator"
     _event(state, "switch", version, detail)
+    state["history"][-1]["floor_before"] = floor_before
 
 
 def previous_release(state: Dict[str, Any]) -> Optional[str]:
@@ -252,12 +254,6 @@ def read_manifest(bundle: str, expected_sha256: str) -> bytes:
             hint="the bundle changed after verification; transfer it again",
         )
     return data
-
-
-def install_manifest(layout: Layout, data: bytes, digest: str) -> str:
-    path = layout.manifest_file(digest)
-    atomic_write(path, data, 0o644)
-    return path
 
 
 # ---------------------------------------------------------------- drift
@@ -402,6 +398,12 @@ def health_gate(
             api_key = f.read().strip()
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     started = time.monotonic()
+    if not os.path.isdir(cwd) or not os.access(argv[0], os.X_OK):
+        raise InstallError(
+            f"health gate failed for {release_dir}: {argv[0]} is not executable or the "
+            f"working directory {cwd} does not exist",
+            hint="the release is incomplete; reinstall it with install.yml",
+        )
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(
             argv,
@@ -444,21 +446,47 @@ def _tail(path: str, lines: int = 15) -> str:
 # ---------------------------------------------------------------- failure recovery
 
 
-def discard(layout: Layout, version: str, *, first_install: bool) -> List[str]:
-    """Undo a failed install of ``version``: what a failed install must not leave behind.
+def discard(
+    layout: Layout,
+    version: str,
+    *,
+    first_install: bool,
+    fresh: bool,
+    previous: Optional[str],
+) -> List[str]:
+    """Undo a failed install of ``version``; returns what was removed or restored.
 
-    A release that is recorded in the state (installed before) is kept. A failed first
-    install removes everything airlock created. Returns the removed paths.
+    A failed first install removes everything airlock created. Otherwise ``current`` and the
+    state go back to ``previous`` (also when the switch already happened), and a ``fresh``
+    release (one not installed before this run) is removed with its settings.
     """
     removed: List[str] = []
     state = load_state(layout)
-    if first_install and not state["releases"]:
+    others = [v for v in state["releases"] if v != version]
+    if first_install and not others:
         for path in (layout.root, layout.config, layout.state):
             if os.path.lexists(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
         return removed
-    if version not in state["releases"]:
+    if state.get("current") == version and previous and previous != version:
+        floor = state.get("floor", 0)
+        for entry in reversed(state["history"]):
+            if entry.get("event") == "switch" and entry.get("version") == version:
+                floor = entry.get("floor_before", floor)
+                break
+        switch_current(layout, previous)
+        state["current"] = previous
+        if fresh:
+            state["releases"].pop(version, None)
+            state["floor"] = floor
+        _event(state, "rollback", previous, f"failed install of {version}")
+        save_state(layout, state)
+        removed.append(f"{layout.current} (back to {previous})")
+    elif state.get("current") and current_target(layout) != state["current"]:
+        switch_current(layout, state["current"])
+        removed.append(f"{layout.current} (back to {state['current']})")
+    if fresh and version not in state["releases"]:
         for path in (layout.release_dir(version), layout.env_file(version)):
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path, ignore_errors=True)
@@ -466,10 +494,6 @@ def discard(layout: Layout, version: str, *, first_install: bool) -> List[str]:
             elif os.path.lexists(path):
                 os.unlink(path)
                 removed.append(path)
-    current = state.get("current")
-    if current and current_target(layout) != current:
-        switch_current(layout, current)
-        removed.append(f"{layout.current} (pointed back to {current})")
     return removed
 
 
@@ -497,6 +521,41 @@ def rollback(layout: Layout, to: Optional[str]) -> Dict[str, Any]:
     return {"changed": True, "current": target, "previous": before}
 
 
+# ---------------------------------------------------------------- shipping this package
+
+
+def zip_self(out: str) -> bool:
+    """Write the ``runtime`` package's sources to ``out`` as a byte-stable zip.
+
+    Hosts import it from the zip (``PYTHONPATH=.../runtime.zip``): one file to copy, and
+    the same bytes for the same sources so a second install run changes nothing.
+    Returns whether ``out`` changed.
+    """
+    import io
+    import zipfile
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in sorted(os.listdir(here)):
+            if not name.endswith(".py"):
+                continue
+            info = zipfile.ZipInfo("runtime/" + name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(os.path.join(here, name), "rb") as f:
+                z.writestr(info, f.read())
+    data = buf.getvalue()
+    try:
+        with open(out, "rb") as f:
+            if f.read() == data:
+                return False
+    except OSError:
+        pass
+    atomic_write(out, data, 0o644)
+    return True
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -521,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", help="copy the verified manifest out of a bundle")
     p.add_argument("bundle")
     p.add_argument("--sha256", required=True)
+    p.add_argument("--out", default=None, help="write here instead of the state directory")
 
     p = sub.add_parser("gate", help="health gate: serve the release, /health and a completion")
     p.add_argument("--version", required=True)
@@ -536,16 +596,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-downgrade", action="store_true")
 
     p = sub.add_parser("health", help="wait until the running service answers /health")
-    p.add_argument("--url", required=True)
+    p.add_argument("--url", default=None, help="default: AIRLOCK_HEALTH_URL of current")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--completion", action="store_true", help="also require one completion")
 
     p = sub.add_parser("discard", help="undo a failed install of a release")
     p.add_argument("--version", required=True)
     p.add_argument("--first-install", action="store_true")
+    p.add_argument("--fresh", action="store_true", help="the release was new in this run")
+    p.add_argument("--previous", default=None, help="the release current before this run")
 
     p = sub.add_parser("rollback", help="switch current to the previous or a named release")
     p.add_argument("--to", default=None)
+
+    p = sub.add_parser("zip-self", help="write this package as a deterministic zip (for hosts)")
+    p.add_argument("out")
 
     p = sub.add_parser("verify", help="re-hash installed files against the signed manifest")
     p.add_argument("--all", action="store_true", help="every installed release, not current")
@@ -566,13 +631,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         )
         return {"changed": False, "message": message}
     if cmd == "manifest":
-        path = layout.manifest_file(args.sha256)
+        path = args.out or layout.manifest_file(args.sha256)
         if os.path.isfile(path) and file_sha256(path) == args.sha256:
             return {"changed": False, "path": path}
-        return {
-            "changed": True,
-            "path": install_manifest(layout, read_manifest(args.bundle, args.sha256), args.sha256),
-        }
+        atomic_write(path, read_manifest(args.bundle, args.sha256), 0o644)
+        return {"changed": True, "path": path}
     if cmd == "gate":
         result = health_gate(
             layout.release_dir(args.version),
@@ -600,14 +663,31 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         save_state(layout, state)
         return {"changed": True, "current": args.version}
     if cmd == "health":
-        wait_healthy(args.url, timeout=args.timeout)
-        text = check_completion(args.url, timeout=args.timeout) if args.completion else None
-        return {"changed": False, "url": args.url, "completion": text}
+        from runtime.supervise import settings_value
+
+        url = args.url
+        if url is None:
+            version = current_target(layout)
+            if version is None:
+                raise InstallError(f"{layout.current} does not point to a release")
+            url = settings_value(layout.env_file(version), "AIRLOCK_HEALTH_URL")
+        url = url or "http://127.0.0.1:8080"
+        wait_healthy(url, timeout=args.timeout)
+        text = check_completion(url, timeout=args.timeout) if args.completion else None
+        return {"changed": False, "url": url, "completion": text}
     if cmd == "discard":
-        removed = discard(layout, args.version, first_install=args.first_install)
+        removed = discard(
+            layout,
+            args.version,
+            first_install=args.first_install,
+            fresh=args.fresh,
+            previous=args.previous,
+        )
         return {"changed": bool(removed), "removed": removed}
     if cmd == "rollback":
         return rollback(layout, args.to)
+    if cmd == "zip-self":
+        return {"changed": zip_self(args.out), "path": args.out}
     if cmd == "verify":
         state = load_state(layout)
         versions = sorted(state["releases"]) if args.all else [state.get("current")]

@@ -48,9 +48,9 @@ def parse_env_file(text: str) -> Dict[str, str]:
 def launch_spec(release_dir: str, env_file: str) -> Tuple[List[str], Dict[str, str], str]:
     """``(argv, environment, cwd)`` to run the server of the release in ``release_dir``.
 
-    Relative paths in the settings (the server binary, LD_LIBRARY_PATH parts) are resolved
-    against the release directory, which is also the working directory, so the same settings
-    serve a release under ``releases/<v>`` (health gate) and under ``current`` (service).
+    Relative paths in the settings (the server binary, ``--model``, LD_LIBRARY_PATH parts,
+    ``AIRLOCK_CWD``) are resolved against the release directory, so the same settings serve
+    a release under ``releases/<v>`` (health gate) and under ``current`` (service).
     """
     try:
         with open(env_file, encoding="utf-8") as f:
@@ -65,8 +65,12 @@ def launch_spec(release_dir: str, env_file: str) -> Tuple[List[str], Dict[str, s
     if not argv:
         raise InstallError(f"{env_file} has no AIRLOCK_ARGV", hint="rerun install.yml")
     base = os.path.realpath(release_dir)
-    if not os.path.isabs(argv[0]):
-        argv[0] = os.path.join(base, argv[0])
+    argv[0] = os.path.join(base, argv[0])  # a no-op for absolute paths
+    for i in range(1, len(argv) - 1):
+        if argv[i] == "--model":
+            argv[i + 1] = os.path.join(base, argv[i + 1])
+    # ggml loads CPU variant modules from the executable's dir or the working directory.
+    cwd = os.path.join(base, settings.pop("AIRLOCK_CWD", ".") or ".")
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HF_HUB_OFFLINE": "1"}
     for key, value in settings.items():
         if key.startswith("AIRLOCK_"):
@@ -76,7 +80,7 @@ def launch_spec(release_dir: str, env_file: str) -> Tuple[List[str], Dict[str, s
                 p if os.path.isabs(p) else os.path.join(base, p) for p in value.split(":") if p
             )
         env[key] = value
-    return argv, env, base
+    return argv, env, os.path.normpath(cwd)
 
 
 def settings_value(env_file: str, key: str) -> Optional[str]:

@@ -1,0 +1,198 @@
+"""Helpers for the playbook tests: real signed bundles, the real engine, ansible-playbook runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from bundler import llamacpp
+from bundler.archive import pack
+from bundler.ggufinfo import read_facts
+from bundler.sshkeys import generate_keypair, load_signer
+from bundler.testing.hosts import TestFleet
+from bundler.testing.tinymodel import write_tiny_model
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LLAMA_CPP_PYTHON = "0.3.36"
+PORT = 8080
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("AIRLOCK_CACHE", "~/.cache/airlock")).expanduser()
+
+
+def real_engine() -> llamacpp.EngineBuild:
+    """The real llama-server with CPU variant modules (built once, then from the cache)."""
+    source = llamacpp.fetch_sdist(LLAMA_CPP_PYTHON, cache_dir=cache_dir())
+    return llamacpp.build_engine(
+        source, variants=llamacpp.default_variants(), cuda=None, cache_dir=cache_dir()
+    )
+
+
+@dataclass
+class Signer:
+    key: Path
+    allowed_signers: Path
+
+
+def make_signer(directory: Path, name: str = "release") -> Signer:
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory / f"{name}_ed25519"
+    pub = generate_keypair(key, comment=f"{name}@airlock-test", passphrase=None)
+    allowed = directory / f"{name}.allowed_signers"
+    allowed.write_text(f'{name}@airlock-test namespaces="airlock-manifest-v1" {pub.openssh()}\n')
+    return Signer(key=key, allowed_signers=allowed)
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest_sha256: str
+    version: str
+    sequence: int
+
+
+def make_bundle(
+    workdir: Path,
+    engine: llamacpp.EngineBuild,
+    signer: Signer,
+    *,
+    version: str,
+    sequence: int,
+    filler_bytes: int = 0,
+    seed: int = 0,
+) -> Bundle:
+    """A real signed bundle: the engine, a generated tiny GGUF, runtime/, playbooks/, templates/."""
+    stage = workdir / f"stage-{version}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    shutil.copytree(engine.root, stage / "engine", ignore=shutil.ignore_patterns("_*", "*.log"))
+    model_dir = stage / "models" / "tiny"
+    model_dir.mkdir(parents=True)
+    from bundler.testing.tinymodel import TinyModelOptions
+
+    shards = write_tiny_model(model_dir / "tiny.gguf", TinyModelOptions(seed=seed))
+    facts = read_facts(shards)
+    if filler_bytes:
+        with open(model_dir / "filler.bin", "wb") as f:
+            block = os.urandom(1 << 20)
+            for _ in range(filler_bytes >> 20):
+                f.write(block)
+    for part in ("runtime", "playbooks", "templates"):
+        shutil.copytree(
+            REPO / part, stage / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    engine_props: dict[str, Any] = dict(engine.properties)
+    engine_props["server_defaults"] = {
+        "port": PORT,
+        "host": "0.0.0.0",
+        "ctx_size": 256,
+        "parallel": 1,
+        "model": "tiny",
+        "api_key_file": None,
+    }
+    components = {
+        "engine": {"type": "runtime", "properties": engine_props},
+        "models": {
+            "type": "model",
+            "properties": {
+                "models": [
+                    {
+                        "name": "tiny",
+                        "source": "local",
+                        "entrypoint": "models/tiny/tiny.gguf",
+                        "files": [],
+                        "gguf": facts.properties(),
+                    }
+                ]
+            },
+        },
+    }
+    out = workdir / f"out-{version}"
+    result = pack(
+        stage,
+        name="demo",
+        version=version,
+        sequence=sequence,
+        expires=datetime.now(timezone.utc) + timedelta(days=30),
+        components=components,
+        signers=[load_signer(signer.key)],
+        out_dir=out,
+    )
+    shutil.rmtree(stage)
+    return Bundle(
+        path=Path(result.path),
+        manifest_sha256=result.manifest_sha256,
+        version=version,
+        sequence=sequence,
+    )
+
+
+@dataclass
+class PlaybookRun:
+    rc: int
+    output: str
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """Per host PLAY RECAP counters (ok, changed, failed, ...)."""
+        recap: dict[str, dict[str, int]] = {}
+        tail = self.output.split("PLAY RECAP", 1)[-1]
+        for line in tail.splitlines():
+            m = re.match(r"^(\S+)\s+:\s+(.*)$", line.strip())
+            if m:
+                recap[m.group(1)] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", m.group(2))}
+        return recap
+
+    def changed(self, host: str) -> int:
+        return self.recap()[host]["changed"]
+
+
+def run_playbook(
+    fleet: TestFleet,
+    workdir: Path,
+    playbook: str,
+    *extra: str,
+    bundle: Bundle | None = None,
+    signer: Signer | None = None,
+    timeout: float = 600,
+) -> PlaybookRun:
+    inventory = workdir / "inventory.ini"
+    inventory.write_text(fleet.inventory())
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook)]
+    if bundle is not None:
+        argv += ["-e", f"airlock_bundle={bundle.path}"]
+    if signer is not None:
+        argv += [
+            "-e",
+            f"airlock_allowed_signers={signer.allowed_signers}",
+            "-e",
+            "airlock_threshold=1",
+        ]
+    argv += [
+        "-e",
+        f"airlock_cli={BIN / 'airlock'}",
+        "-e",
+        f"airlock_controller_workdir={workdir / 'controller-state'}",
+        "-e",
+        "airlock_health_timeout=60",
+        *extra,
+    ]
+    env = fleet.ansible_env()
+    env["ANSIBLE_CONFIG"] = str(REPO / "playbooks" / "ansible.cfg")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )
+    output = proc.stdout + proc.stderr
+    log = workdir / "ansible.log"
+    with open(log, "a") as f:
+        f.write(f"\n\n$ {' '.join(argv)}\n{output}")
+    return PlaybookRun(rc=proc.returncode, output=output)

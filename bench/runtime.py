@@ -34,20 +34,19 @@ TARGET_RATIO = 0.95
 
 
 def native_build(source: llamacpp.SourceArchive, cache: Path, jobs: int) -> Path:
-    """The CPU backend built with GGML_NATIVE=ON (-march=native), bench only.
+    """ggml built with GGML_NATIVE=ON (-march=native) and the CPU backend linked in; bench only.
 
     GGML_NATIVE only changes how ggml's CPU backend is compiled (ggml-cpu/CMakeLists.txt
-    adds -march=native to that target alone), so the native build is the same source's
-    ``libggml-cpu.so`` module with -march=native, served by the same llama-server binary:
-    the comparison isolates exactly what the variant modules trade away.
-    Returns the path of the native ``libggml-cpu.so``.
+    adds -march=native to that target alone) and cannot be combined with GGML_BACKEND_DL,
+    so the native build is the same source's ggml libraries (libggml, libggml-base,
+    libggml-cpu) built with -march=native and no backend modules; the bench runs the same
+    llama-server binary against them. Returns the directory holding those libraries.
     """
     flags = [
         "-DCMAKE_BUILD_TYPE=Release",
         "-DBUILD_SHARED_LIBS=ON",
         "-DGGML_NATIVE=ON",
-        "-DGGML_BACKEND_DL=ON",
-        "-DGGML_CPU_ALL_VARIANTS=OFF",
+        "-DGGML_BACKEND_DL=OFF",
         "-DGGML_OPENMP=OFF",
         "-DGGML_CCACHE=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
@@ -77,16 +76,18 @@ def native_build(source: llamacpp.SourceArchive, cache: Path, jobs: int) -> Path
                 check=True,
             )
             subprocess.run(
-                ["cmake", "--build", str(b), "-j", str(jobs), "--target", "ggml-cpu"],
+                ["cmake", "--build", str(b), "-j", str(jobs), "--target", "ggml"],
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 check=True,
             )
         (out / "lib").mkdir()
-        shutil.copy2(b / "bin" / "libggml-cpu.so", out / "lib" / "libggml-cpu.so")
+        for so in (b / "bin").glob("libggml*.so*"):
+            if so.is_file() and not so.is_symlink():
+                shutil.copy2(so, out / "lib" / (llamacpp._soname(so) or so.name))
         shutil.rmtree(b)
 
-    return BuildCache(cache).build("bench-native", inputs, builder).path / "lib" / "libggml-cpu.so"
+    return BuildCache(cache).build("bench-native", inputs, builder).path / "lib"
 
 
 def tokens_per_second(server: Path, cwd: Path, model: Path, tokens: int) -> float:
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cached = time.monotonic() - t0
     cold = engine.cold_seconds if engine.cached else first
-    native_so = native_build(source, cache, args.jobs)
+    native_libs = native_build(source, cache, args.jobs)
 
     with tempfile.TemporaryDirectory(prefix="airlock-bench-") as tmp:
         stage = Path(tmp) / "engine"
@@ -178,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(stage, native)
         for mod in (native / "lib").glob("libggml-cpu-*.so"):
             mod.unlink()
-        shutil.copy2(native_so, native / "lib" / "libggml-cpu.so")
+        for lib in native_libs.iterdir():
+            shutil.copy2(lib, native / "lib" / lib.name)
         opts = TinyModelOptions(dim=512, layers=8, heads=8, kv_heads=8, ff=1536, name="bench")
         model = write_tiny_model(Path(tmp) / "bench.gguf", opts)[0]
         bundled: list[float] = []

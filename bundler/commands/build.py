@@ -51,7 +51,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="leave out the llama.cpp runtime and wheelhouses (models and code only)",
     )
-    b.add_argument("--split", type=int, metavar="BYTES", help="also split into parts of BYTES")
+    b.add_argument("--split", metavar="SIZE", help="also cut into parts of this size (4G, 700M)")
     b.add_argument("--json", action="store_true", help="print a JSON summary")
     b.set_defaults(func=_build)
 
@@ -84,6 +84,7 @@ def _lock(args: argparse.Namespace) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     from bundler.build import BuildOptions, build
+    from bundler.split import parse_size
 
     result = build(
         args.spec,
@@ -93,7 +94,7 @@ def _build(args: argparse.Namespace) -> int:
             offline=args.offline,
             update_lock=args.update_lock,
             skip_runtime=args.skip_runtime,
-            split=args.split,
+            split=parse_size(args.split) if args.split else None,
         ),
     )
     if args.json:

@@ -290,3 +290,14 @@ def test_local_split_model_takes_every_shard(hub: HubServer, project: Path) -> N
     shards[1].unlink()
     with pytest.raises(GgufError, match="incomplete"):
         lock(load_spec(spec_path))
+
+
+def test_build_split_into_parts_verifies(hub: HubServer, project: Path) -> None:
+    spec_path = str(project / "airlock.yaml")
+    assert main(["lock", spec_path]) == 0
+    out = project / "dist"
+    argv = ["build", spec_path, "--out", str(out), "--key", str(project / "key")]
+    assert main([*argv, "--split", "1M"]) == 0
+    index = next(out.glob("*.parts*"))
+    allowed = str(project / "allowed_signers")
+    assert main(["verify", "--allowed-signers", allowed, str(index)]) == 0

@@ -179,3 +179,43 @@ def test_output_inside_the_stage_is_refused(tmp_path: Path, alice) -> None:
     stage = make_stage(tmp_path)
     with pytest.raises(UsageError, match="inside the stage"):
         make_bundle(tmp_path, [alice], stage=stage, out=stage / "out")
+
+
+def test_every_staged_byte_is_read_exactly_once(tmp_path: Path, alice, monkeypatch) -> None:
+    import builtins
+
+    import bundler.archive as archive
+
+    stage = make_stage(tmp_path)
+    reads: dict[str, int] = {}
+    real_open = builtins.open
+
+    class Counting:
+        def __init__(self, f, key: str) -> None:
+            self._f, self._key = f, key
+
+        def readinto(self, b) -> int:
+            n = self._f.readinto(b)
+            reads[self._key] = reads.get(self._key, 0) + (n or 0)
+            return n
+
+        def read(self, n: int = -1) -> bytes:
+            data = self._f.read(n)
+            reads[self._key] = reads.get(self._key, 0) + len(data)
+            return data
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self._f.close()
+
+    def counting_open(path, *args, **kwargs):
+        f = real_open(path, *args, **kwargs)
+        p = Path(path)
+        return Counting(f, str(p.relative_to(stage))) if p.is_relative_to(stage) else f
+
+    monkeypatch.setattr(archive, "open", counting_open, raising=False)
+    make_bundle(tmp_path, [alice], stage=stage)
+    sizes = {str(p.relative_to(stage)): p.stat().st_size for p in stage.rglob("*") if p.is_file()}
+    assert {k: v for k, v in reads.items() if v} == {k: v for k, v in sizes.items() if v}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import get_session
 
 from bundler.hub import HubClient, HubSettings
@@ -45,7 +46,7 @@ def main() -> int:
         with HubServer() as hub:
             commit = hub.add_repo(REPO, {NAME: data})
             url = f"{hub.endpoint}/{REPO}/resolve/{commit}/{NAME}"
-            curl_times, fetch_times, floor_times = [], [], []
+            curl_times, fetch_times, floor_times, hfdl_times = [], [], [], []
             for i in range(args.rounds):
                 out = work / f"curl-{i}"
                 t = time.perf_counter()
@@ -64,6 +65,14 @@ def main() -> int:
                 fetch_times.append(time.perf_counter() - t)
                 assert got.sha256 == sha
                 shutil.rmtree(settings.cache_dir)
+
+                # huggingface_hub's own download into a fresh cache: no digest check at all.
+                t = time.perf_counter()
+                hf_hub_download(
+                    REPO, NAME, revision=commit, cache_dir=work / f"hfdl-{i}", endpoint=hub.endpoint
+                )
+                hfdl_times.append(time.perf_counter() - t)
+                shutil.rmtree(work / f"hfdl-{i}")
 
                 # The floor: huggingface_hub's own HTTP session streaming the body to nowhere.
                 t = time.perf_counter()
@@ -92,8 +101,14 @@ def main() -> int:
         f"hf_hub session only  best {floor_best:.3f}s ({mib / floor_best:.0f} MiB/s), "
         "no hashing, no disk: the Python HTTP client's floor"
     )
+    hfdl_best = min(hfdl_times)
+    print(
+        f"hf_hub_download      best {hfdl_best:.3f}s ({mib / hfdl_best:.0f} MiB/s), "
+        "the client's own download, unverified"
+    )
     ratio = fetch_best / curl_best
     print(f"ratio (airlock / curl): {ratio:.2f}  (target <= 1.20)")
+    print(f"ratio (airlock / hf_hub_download): {fetch_best / hfdl_best:.2f}")
     print(f"ratio (airlock / hf_hub session floor): {fetch_best / floor_best:.2f}")
     return 0
 

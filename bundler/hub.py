@@ -2,7 +2,10 @@
 
 Resolution (revision -> commit, file list with LFS sha256 / git blob ids) uses the real
 client's ``HfApi``; downloads use its ``get_hf_file_metadata`` (HEAD, redirects, auth) and
-``http_get`` (streaming, retries and in-run resume with ``Range``). Files land in the
+its HTTP session (``http_stream_backoff``, ``hf_raise_for_status``), streamed straight
+into :class:`HashingWriter`, resuming with ``Range`` from the exact byte where a
+connection dropped (``http_get`` re-chunks into 10 MiB pieces and resumes only from the
+last whole piece, and that re-chunking costs more time than the hashing). Files land in the
 standard Hub cache layout under ``HF_HUB_CACHE``/``HF_HOME`` (``blobs/<etag>``,
 ``snapshots/<commit>/<path>`` links, ``refs/<revision>``), so an existing cache is reused
 and a cache this module filled serves other tools too.
@@ -16,6 +19,7 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -25,6 +29,7 @@ from urllib.parse import urlparse
 
 import httpx2
 from huggingface_hub import HfApi
+from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -32,13 +37,13 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
+from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.utils._fixes import WeakFileLock
 from huggingface_hub.utils._headers import build_hf_headers
-from huggingface_hub.utils.tqdm import tqdm as hf_tqdm
+from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
 
 from bundler import console
-from bundler.errors import FetchError, IntegrityError
+from bundler.errors import AirlockError, FetchError, IntegrityError
 from bundler.lock import safe_relpath
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -182,30 +187,22 @@ def hub_error(e: BaseException, *, repo: str, what: str, settings: HubSettings) 
     return FetchError(f"{what}: {e}")
 
 
-class _SilentTqdm(hf_tqdm):
-    """``http_get`` draws tqdm bars; airlock shows its own rich bar instead."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-
 class HashingWriter:
-    """The file object handed to ``http_get``: hashes every byte on its way to disk.
+    """The download's file object: hashes every byte on its way to disk.
 
-    Why the digest is the digest of the stored bytes: each ``bytes`` object ``http_get``
+    Why the digest is the digest of the stored bytes: each ``bytes`` object the download
     writes is handed, unchanged (``bytes`` are immutable), to one worker thread that feeds
     it to the hashers and then to the file, whose buffered ``write`` stores all of it or
     raises; the worker takes chunks strictly in order. Nobody else holds the file (our own
     ``.airlock-partial`` name, under the Hub cache's per-file lock). The only non-appending
-    operations ``http_get`` performs (``seek`` + ``truncate`` when a server ignores
-    ``Range``) go through here: they wait for the worker, then rehash what the file holds.
+    operation (``truncate``, when a server ignores ``Range``) goes through here: it waits
+    for the worker, then rehashes what the file holds.
 
     The worker lets hashing and writing one chunk overlap with receiving the next; the
     queue is bounded, so at most a few chunks are in memory. Use as a context manager.
     """
 
-    _DEPTH = 2
+    _DEPTH = 128  # chunks (the client yields up to 64 KiB at a time)
 
     def __init__(
         self, f: BinaryIO, *, git_size: int, advance: Advance, git_blob: bool = True
@@ -510,18 +507,12 @@ class HubClient:
                     resume = 0
                 advance(resume)
                 try:
-                    http_get(
-                        location,
-                        w,  # type: ignore[arg-type]
-                        resume_size=resume,
-                        headers=headers,
-                        expected_size=size,
-                        displayed_filename=path,
-                        tqdm_class=_SilentTqdm,
-                    )
+                    _stream(location, w, headers=headers, start=resume, size=size, name=path)
                     # No fsync: a blob torn by a crash is caught, since every use of a
                     # cached blob checks its digest again.
                     w.flush()
+                except AirlockError:
+                    raise
                 except Exception as e:
                     raise hub_error(e, repo=repo, what=what, settings=s) from e
             problems = _digest_problems(w, size, lfs_sha256, blob_id, sha256)
@@ -540,6 +531,63 @@ class HubClient:
         finally:
             if not keep_partial:
                 partial.unlink(missing_ok=True)
+
+
+_RETRYABLE = (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError)
+
+
+def _stream(
+    url: str,
+    w: HashingWriter,
+    *,
+    headers: dict[str, str],
+    start: int,
+    size: int,
+    name: str,
+    retries: int = 5,
+) -> None:
+    """GET ``url`` into ``w`` from byte ``start``; on a dropped connection resume with Range.
+
+    Gives up after ``retries`` attempts in a row that brought no new bytes.
+    """
+    pos = start
+    failures = 0
+    while pos < size or (pos == 0 and size == 0):
+        h = dict(headers)
+        h["Accept-Encoding"] = "identity"  # Range offsets must count stored bytes
+        if pos:
+            h["Range"] = f"bytes={pos}-"
+        before = pos
+        try:
+            with http_stream_backoff(
+                "GET",
+                url,
+                headers=h,
+                timeout=hf_constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                retry_on_exceptions=(),
+                retry_on_status_codes=(408, 429),
+            ) as r:
+                hf_raise_for_status(r)
+                if pos and r.status_code == 200:
+                    w.truncate(0)  # the server ignored Range and sends everything again
+                    pos = 0
+                for chunk in r.iter_bytes():
+                    if pos + len(chunk) > size:
+                        raise IntegrityError(
+                            f"{name}: the server sent more than the {size} bytes pinned",
+                            hint="check HF_ENDPOINT; the lock pins every file's size",
+                        )
+                    w.write(chunk)
+                    pos += len(chunk)
+            if pos < size:
+                raise httpx2.RemoteProtocolError(f"body ended after {pos} of {size} bytes")
+            return
+        except _RETRYABLE as e:
+            failures = 0 if pos > before else failures + 1
+            if failures >= retries:
+                raise
+            console.warn(f"{name}: connection lost at byte {pos} ({e}); resuming")
+            time.sleep(1)
 
 
 class _NullSink:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from huggingface_hub import constants
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 
 from bundler.errors import FetchError, IntegrityError
@@ -167,29 +165,42 @@ def test_missing_repo_and_missing_file(hub: HubServer) -> None:
         _client().fetch(REPO, commit, "gone.gguf", size=1, lfs_sha256="0" * 64, blob_id=None)
 
 
-def test_dropped_connection_is_resumed_with_range(hub: HubServer) -> None:
-    # http_get hands over bytes in DOWNLOAD_CHUNK_SIZE (10 MiB) chunks: drop the connection
-    # past the first chunk so the client has bytes on disk to resume from.
-    chunk = constants.DOWNLOAD_CHUNK_SIZE
-    data = random.Random(1).randbytes(2 * chunk + 12345)
-    commit = hub.commit(REPO, {"big.bin": data})
-    hub.faults.drop_after[(REPO, "big.bin")] = chunk + 999
-    sha = hashlib.sha256(data).hexdigest()
-    got = _client().fetch(REPO, commit, "big.bin", size=len(data), lfs_sha256=sha, blob_id=None)
-    assert got.path.read_bytes() == data and got.sha256 == sha
-    ranges = [h.get("range") for h in _gets(hub, "big.bin")]
-    assert ranges == [None, f"bytes={chunk}-"]
-
-
-def test_connection_dropped_inside_first_chunk_restarts_cleanly(
+def test_dropped_connection_is_resumed_from_the_exact_byte(
     hub: HubServer, model_bytes: bytes
 ) -> None:
     client = _client()
     commit = client.resolve(REPO, "main").commit
-    hub.faults.drop_after[(REPO, "tiny.gguf")] = len(model_bytes) // 3
+    cut = len(model_bytes) // 3 + 7
+    hub.faults.drop_after[(REPO, "tiny.gguf")] = cut
     blob = _fetch_gguf(client, commit, model_bytes)
     assert blob.read_bytes() == model_bytes
-    assert len(_gets(hub, "tiny.gguf")) == 2
+    assert [h.get("range") for h in _gets(hub, "tiny.gguf")] == [None, f"bytes={cut}-"]
+
+
+def test_gives_up_after_repeated_drops_and_keeps_the_partial(
+    hub: HubServer, model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bundler.hub.time.sleep", lambda s: None)
+    client = _client()
+    commit = client.resolve(REPO, "main").commit
+    cut = 1000
+    hub.faults.drop_after[(REPO, "tiny.gguf")] = cut
+    # After the first drop, every resume is dropped before its first byte.
+    original = hub.faults.drop_after
+
+    class AlwaysDrop(dict):  # type: ignore[type-arg]
+        def pop(self, key: object, default: object = None) -> object:
+            return original.pop(key, 0)  # type: ignore[call-overload]
+
+    hub.faults.drop_after = AlwaysDrop()
+    with pytest.raises(FetchError, match="cannot download"):
+        _fetch_gguf(client, commit, model_bytes)
+    sha = hashlib.sha256(model_bytes).hexdigest()
+    partial = _storage(client.settings) / "blobs" / f"{sha}.airlock-partial"
+    assert partial.read_bytes() == model_bytes[:cut]  # the next run resumes from here
+    hub.faults.drop_after = {}
+    assert _fetch_gguf(client, commit, model_bytes).read_bytes() == model_bytes
+    assert _gets(hub, "tiny.gguf")[-1].get("range") == f"bytes={cut}-"
 
 
 def test_interrupted_run_resumes_from_partial_and_hashes_it(

@@ -344,3 +344,13 @@ def test_rejects_mirror_listing_paths_that_escape_the_repo(
     assert e.value.problems == ("'../../../.bashrc'",)
     with pytest.raises(FetchError, match="unsafe path"):
         _client().fetch(REPO, "c" * 40, "../x", size=1, lfs_sha256="0" * 64, blob_id=None)
+
+
+def test_card_data_license_and_gated_flag_from_the_api(
+    monkeypatch: pytest.MonkeyPatch, model_bytes: bytes
+) -> None:
+    with HubServer() as server:
+        server.add_repo("org/l", {"m.gguf": model_bytes}, card_data={"license": "Llama3.1"})
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        snap = _client().resolve("org/l", "main")
+        assert snap.card_license == "llama3.1" and snap.gated is False

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from bundler import console
-from bundler.diff import diff_manifests, fingerprints, render
 from bundler.errors import AirlockError, ArchiveFormatError, UsageError
-from bundler.sbom import SBOM_PATH, summarize
 from bundler.verify import open_bundle
 from runtime.bundle import BundleMetadata, read_member, read_metadata_stream
 
+# bundler.sbom and bundler.diff pull in cyclonedx and jsonschema (about a second to
+# import): they are imported inside the commands so every other command starts fast.
 _UNVERIFIED = "note: signatures not checked; 'airlock verify' checks who signed a bundle"
 
 
@@ -69,6 +69,8 @@ def _metadata(path: Path) -> BundleMetadata:
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
+    from bundler.sbom import SBOM_PATH, summarize
+
     if args.bundle.name.endswith(".parts"):
         raise UsageError(
             f"{args.bundle} is a split bundle's index; 'airlock sbom' reads a whole bundle",
@@ -110,6 +112,8 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from bundler.diff import diff_manifests, fingerprints, render
+
     old = _metadata(args.old)
     new = _metadata(args.new)
     diff = diff_manifests(

@@ -337,6 +337,12 @@ def _choose_backend(
             problem = f"{len(nvidia)} NVIDIA GPU(s) present but the bundle has no CUDA module"
     elif not nvidia:
         problem = "no NVIDIA GPU found (PCI class 0x03, vendor 0x10de)"
+        amd = [g for g in facts.get("gpus") or [] if g.get("vendor") == "amd"]
+        if amd:
+            problem += (
+                "; the AMD GPU at {} needs a ROCm/Vulkan backend, which airlock does "
+                "not bundle".format(amd[0].get("pci"))
+            )
     elif cuda.get("module") and paths and cuda["module"] not in paths:
         problem = "the CUDA module {} is not in the bundle's files".format(cuda["module"])
     elif not driver:

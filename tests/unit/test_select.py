@@ -505,3 +505,22 @@ def test_cli_detect_on_this_host_with_release_dir(
     assert d["argv"][0] == str(server)
     assert "--offline" in d["argv"] and "--no-webui" not in d["argv"]
     assert d["cpu_variant"] == "x64"
+
+
+def test_amd_gpu_is_named_in_the_cpu_reason() -> None:
+    f = facts("i7-8700-desktop")
+    f["gpus"].append(
+        {
+            "pci": "0000:03:00.0",
+            "vendor": "amd",
+            "vendor_id": "0x1002",
+            "device_id": "0x744c",
+            "class": "0x030000",
+            "vram_bytes": 24 * GIB,
+        }
+    )
+    d = s.select(f, manifest(variants=ALL_X86, cuda=CUDA))
+    assert d["backend"] == "cpu"
+    assert (
+        "the AMD GPU at 0000:03:00.0 needs a ROCm/Vulkan backend" in (reasons(d, "backend cpu:")[0])
+    )

@@ -18,21 +18,23 @@ COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 DURATION_RE = re.compile(r"^(\d+)d$")
+# ggml's x86 CPU backend variants in its order (bundler.llamacpp.ALL_X86_VARIANTS; a test
+# keeps the two equal without making the spec import the build code).
 CPU_VARIANTS = (
     "x64",
     "sse42",
     "sandybridge",
-    "haswell",
-    "skylakex",
-    "icelake",
-    "alderlake",
-    "sapphirerapids",
-    "cannonlake",
-    "cascadelake",
-    "cooperlake",
-    "zen4",
     "ivybridge",
     "piledriver",
+    "haswell",
+    "skylakex",
+    "cannonlake",
+    "cascadelake",
+    "icelake",
+    "cooperlake",
+    "zen4",
+    "alderlake",
+    "sapphirerapids",
 )
 DEFAULT_EXPIRY_DAYS = 180
 

@@ -156,3 +156,10 @@ def test_example_spec_in_templates_is_valid(repo_root: Path) -> None:
     spec = parse_spec(data, base_dir=example.parent, now=NOW)
     assert spec.runtime is not None and spec.targets is not None
     assert spec.lock_path.name == "airlock.lock"
+
+
+def test_cpu_variant_names_are_the_ones_the_engine_build_knows() -> None:
+    from bundler.llamacpp import ALL_X86_VARIANTS
+    from bundler.spec import CPU_VARIANTS
+
+    assert CPU_VARIANTS == ALL_X86_VARIANTS

@@ -180,7 +180,7 @@ def test_dropped_connection_is_resumed_from_the_exact_byte(
 def test_gives_up_after_repeated_drops_and_keeps_the_partial(
     hub: HubServer, model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bundler.hub.time.sleep", lambda s: None)
+    monkeypatch.setattr("bundler.download.time.sleep", lambda s: None)
     client = _client()
     commit = client.resolve(REPO, "main").commit
     cut = 1000

@@ -1,0 +1,232 @@
+"""HTTP download into a file, hashed while written, resumed with ``Range`` (hub.py's I/O edge).
+
+The request goes through ``huggingface_hub``'s own HTTP session (``http_stream_backoff``:
+its proxies, headers and backoff; ``hf_raise_for_status``: its error kinds), and every
+byte of the body passes through :class:`HashingWriter` on its way to disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Optional
+
+import httpx2
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.utils._http import hf_raise_for_status, http_stream_backoff
+
+from bundler import console
+from bundler.errors import IntegrityError
+
+CHUNK = 1024 * 1024
+
+Advance = Callable[[int], None]
+
+
+class HashingWriter:
+    """The download's file object: hashes every byte on its way to disk.
+
+    Why the digest is the digest of the stored bytes: each ``bytes`` object the download
+    writes is handed, unchanged (``bytes`` are immutable), to one worker thread that feeds
+    it to the hashers and then to the file, whose buffered ``write`` stores all of it or
+    raises; the worker takes chunks strictly in order. Nobody else holds the file (our own
+    ``.airlock-partial`` name, under the Hub cache's per-file lock). The only non-appending
+    operation (``truncate``, when a server ignores ``Range``) goes through here: it waits
+    for the worker, then rehashes what the file holds.
+
+    The worker lets hashing and writing one chunk overlap with receiving the next; the
+    queue is bounded, so at most a few chunks are in memory. Use as a context manager.
+    """
+
+    _DEPTH = 128  # chunks (the client yields up to 64 KiB at a time)
+
+    def __init__(
+        self, f: BinaryIO, *, git_size: int, advance: Advance, git_blob: bool = True
+    ) -> None:
+        self._f = f
+        self._git_size = git_size
+        self._git_blob = git_blob  # LFS files need no git blob id: skip that hash
+        self._advance = advance
+        self.sha256 = hashlib.sha256()
+        self.sha1 = hashlib.sha1(usedforsecurity=False)
+        self.written = 0
+        self._reset()
+        self._queue: queue.Queue[Optional[bytes]] = queue.Queue(maxsize=self._DEPTH)
+        self._error: Optional[BaseException] = None
+        self._worker = threading.Thread(target=self._run, name="airlock-hash-write", daemon=True)
+        self._worker.start()
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue.put(None)
+        self._worker.join()
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            try:
+                if data is None:
+                    return
+                if self._error is None:
+                    self._update(data)
+                    self._f.write(data)
+                    self._advance(len(data))
+            except BaseException as e:
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _reset(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.sha1 = hashlib.sha1(b"blob %d\0" % self._git_size, usedforsecurity=False)
+        self.written = 0
+
+    def _update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        if self._git_blob:
+            self.sha1.update(data)
+        self.written += len(data)
+
+    def _drain(self) -> None:
+        """Wait until every queued chunk is hashed and written; re-raise a worker error."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
+
+    def seed(self) -> int:
+        """Hash what the file already holds (an interrupted run's bytes); returns its length."""
+        self._drain()
+        self._f.flush()
+        self._f.seek(0)
+        self._reset()
+        while chunk := self._f.read(CHUNK):
+            self._update(chunk)
+        self._f.seek(self.written)
+        return self.written
+
+    def write(self, data: bytes) -> int:
+        if self._error is not None:
+            raise self._error
+        data = bytes(data)  # a bytes object cannot change after it was queued
+        self._queue.put(data)
+        return len(data)
+
+    def tell(self) -> int:
+        self._drain()
+        return self._f.tell()
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._drain()
+        return self._f.seek(pos, whence)
+
+    def truncate(self, size: Optional[int] = None) -> int:
+        self._drain()
+        result = self._f.truncate(size)
+        self.seed()  # the file changed without passing through write(): rehash it
+        return result
+
+    def flush(self) -> None:
+        self._drain()
+        self._f.flush()
+
+
+_RETRYABLE = (httpx2.ConnectError, httpx2.TimeoutException, httpx2.RemoteProtocolError)
+
+
+def stream(
+    url: str,
+    w: HashingWriter,
+    *,
+    headers: dict[str, str],
+    start: int,
+    size: int,
+    name: str,
+    retries: int = 5,
+) -> None:
+    """GET ``url`` into ``w`` from byte ``start``; on a dropped connection resume with Range.
+
+    Gives up after ``retries`` attempts in a row that brought no new bytes.
+    """
+    pos = start
+    failures = 0
+    while pos < size or (pos == 0 and size == 0):
+        h = dict(headers)
+        h["Accept-Encoding"] = "identity"  # Range offsets must count stored bytes
+        if pos:
+            h["Range"] = f"bytes={pos}-"
+        before = pos
+        try:
+            with http_stream_backoff(
+                "GET",
+                url,
+                headers=h,
+                timeout=hf_constants.HF_HUB_DOWNLOAD_TIMEOUT,
+                retry_on_exceptions=(),
+                retry_on_status_codes=(408, 429),
+            ) as r:
+                hf_raise_for_status(r)
+                if pos and r.status_code == 200:
+                    w.truncate(0)  # the server ignored Range and sends everything again
+                    pos = 0
+                for chunk in r.iter_bytes():
+                    if pos + len(chunk) > size:
+                        raise IntegrityError(
+                            f"{name}: the server sent more than the {size} bytes pinned",
+                            hint="check HF_ENDPOINT; the lock pins every file's size",
+                        )
+                    w.write(chunk)
+                    pos += len(chunk)
+            if pos < size:
+                raise httpx2.RemoteProtocolError(f"body ended after {pos} of {size} bytes")
+            return
+        except _RETRYABLE as e:
+            failures = 0 if pos > before else failures + 1
+            if failures >= retries:
+                raise
+            console.warn(f"{name}: connection lost at byte {pos} ({e}); resuming")
+            time.sleep(1)
+
+
+class NullSink:
+    """Where a cached blob's bytes go while being checked: nowhere."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextmanager
+def open_partial(path: Path) -> Iterator[BinaryIO]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+b") as f:
+        yield f
+
+
+def digest_problems(
+    w: HashingWriter,
+    size: int,
+    lfs_sha256: Optional[str],
+    blob_id: Optional[str],
+    sha256: Optional[str],
+) -> list[str]:
+    problems = []
+    if w.written != size:
+        problems.append(f"size: expected {size}, got {w.written}")
+    got_sha256 = w.sha256.hexdigest()
+    if lfs_sha256 is not None and got_sha256 != lfs_sha256:
+        problems.append(f"sha256: expected {lfs_sha256} (Hub LFS), got {got_sha256}")
+    elif sha256 is not None and got_sha256 != sha256:
+        problems.append(f"sha256: expected {sha256} (lock), got {got_sha256}")
+    if lfs_sha256 is None and blob_id is not None and w.sha1.hexdigest() != blob_id:
+        problems.append(f"git blob id: expected {blob_id}, got {w.sha1.hexdigest()}")
+    return problems

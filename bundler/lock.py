@@ -1,7 +1,7 @@
 """``airlock.lock``: every model revision resolved to a commit, every file to size and sha256.
 
 The lock is plain data (pure core): resolving it needs the Hub and lives in
-:mod:`bundler.build`; this module reads, writes and compares it with the spec.
+:mod:`bundler.resolve`; this module reads, writes and compares it with the spec.
 It is written as canonical, indented JSON (sorted keys), so the same resolution
 always gives the same bytes and a diff in review shows exactly what moved.
 """

@@ -57,7 +57,7 @@ def register(sub: Any) -> None:
 
 
 def _lock(args: argparse.Namespace) -> int:
-    from bundler.build import lock
+    from bundler.resolve import lock
     from bundler.spec import load_spec
 
     spec = load_spec(args.spec)

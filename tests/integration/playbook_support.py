@@ -21,20 +21,14 @@ from bundler.testing.tinymodel import write_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-LLAMA_CPP_PYTHON = "0.3.36"
 PORT = 8080
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("AIRLOCK_CACHE", "~/.cache/airlock")).expanduser()
 
 
 def real_engine() -> llamacpp.EngineBuild:
     """The real llama-server with CPU variant modules (built once, then from the cache)."""
-    source = llamacpp.fetch_sdist(LLAMA_CPP_PYTHON, cache_dir=cache_dir())
-    return llamacpp.build_engine(
-        source, variants=llamacpp.default_variants(), cuda=None, cache_dir=cache_dir()
-    )
+    from .llamacpp_support import engine_build
+
+    return engine_build()
 
 
 @dataclass

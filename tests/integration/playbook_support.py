@@ -63,6 +63,7 @@ def make_bundle(
     sequence: int,
     filler_bytes: int = 0,
     seed: int = 0,
+    break_model: bool = False,
 ) -> Bundle:
     """A real signed bundle: the engine, a generated tiny GGUF, runtime/, playbooks/, templates/."""
     stage = workdir / f"stage-{version}"
@@ -75,6 +76,9 @@ def make_bundle(
 
     shards = write_tiny_model(model_dir / "tiny.gguf", TinyModelOptions(seed=seed))
     facts = read_facts(shards)
+    if break_model:  # signed and intact, but llama-server cannot load it
+        with open(shards[0], "r+b") as f:
+            f.write(b"XXXX")
     if filler_bytes:
         with open(model_dir / "filler.bin", "wb") as f:
             block = os.urandom(1 << 20)
@@ -149,6 +153,38 @@ class PlaybookRun:
         return self.recap()[host]["changed"]
 
 
+def playbook_command(
+    fleet: TestFleet,
+    workdir: Path,
+    playbook: str,
+    *extra: str,
+    bundle: Bundle | None = None,
+    signer: Signer | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of one ansible-playbook run against ``fleet``."""
+    inventory = workdir / "inventory.ini"
+    inventory.write_text(fleet.inventory())
+    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook)]
+    if bundle is not None:
+        argv += ["-e", f"airlock_bundle={bundle.path}"]
+    if signer is not None:
+        argv += ["-e", f"airlock_allowed_signers={signer.allowed_signers}"]
+        argv += ["-e", "airlock_threshold=1"]
+    argv += [
+        "-e",
+        f"airlock_cli={BIN / 'airlock'}",
+        "-e",
+        f"airlock_controller_workdir={workdir / 'controller-state'}",
+        "-e",
+        "airlock_health_timeout=90",
+        *extra,
+    ]
+    env = fleet.ansible_env()
+    env["ANSIBLE_CONFIG"] = str(REPO / "playbooks" / "ansible.cfg")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return argv, env
+
+
 def run_playbook(
     fleet: TestFleet,
     workdir: Path,
@@ -156,37 +192,13 @@ def run_playbook(
     *extra: str,
     bundle: Bundle | None = None,
     signer: Signer | None = None,
-    timeout: float = 600,
+    timeout: float = 900,
 ) -> PlaybookRun:
-    inventory = workdir / "inventory.ini"
-    inventory.write_text(fleet.inventory())
-    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook)]
-    if bundle is not None:
-        argv += ["-e", f"airlock_bundle={bundle.path}"]
-    if signer is not None:
-        argv += [
-            "-e",
-            f"airlock_allowed_signers={signer.allowed_signers}",
-            "-e",
-            "airlock_threshold=1",
-        ]
-    argv += [
-        "-e",
-        f"airlock_cli={BIN / 'airlock'}",
-        "-e",
-        f"airlock_controller_workdir={workdir / 'controller-state'}",
-        "-e",
-        "airlock_health_timeout=60",
-        *extra,
-    ]
-    env = fleet.ansible_env()
-    env["ANSIBLE_CONFIG"] = str(REPO / "playbooks" / "ansible.cfg")
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    argv, env = playbook_command(fleet, workdir, playbook, *extra, bundle=bundle, signer=signer)
     proc = subprocess.run(
         argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
     output = proc.stdout + proc.stderr
-    log = workdir / "ansible.log"
-    with open(log, "a") as f:
+    with open(workdir / "ansible.log", "a") as f:
         f.write(f"\n\n$ {' '.join(argv)}\n{output}")
     return PlaybookRun(rc=proc.returncode, output=output)

@@ -57,6 +57,19 @@ def _unpack_pid(host: TestHost) -> int | None:
     return None
 
 
+def test_check_mode_on_a_fresh_host_changes_nothing(
+    fleet: TestFleet, work: Path, signer: Signer
+) -> None:
+    bundle = make_bundle(work, real_engine(), signer, version="0.1.0", sequence=1)
+    run = run_playbook(
+        fleet, work, "install.yml", "--check", "--diff", bundle=bundle, signer=signer
+    )
+    assert run.rc == 0, run.output[-4000:]
+    assert "would transfer" in run.output
+    assert run.changed(fleet.hosts[0].name) > 0  # it does say what would change
+    assert _clean(fleet.hosts[0])
+
+
 def test_failed_first_install_leaves_the_host_clean(
     fleet: TestFleet, work: Path, signer: Signer
 ) -> None:

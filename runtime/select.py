@@ -747,10 +747,11 @@ def _command(
         str(par),
         "--threads",
         str(threads),
-        "--n-gpu-layers",
-        str(gpu_layers),
         "--metrics",
     ]
+    if engine.get("cuda"):
+        # Without a GPU backend in the bundle the option only earns a warning.
+        argv += ["--n-gpu-layers", str(gpu_layers)]
     if api_key_file:
         argv += ["--api-key-file", api_key_file]
     lib_dir = str(engine.get("lib_dir") or "engine/lib")
@@ -764,13 +765,10 @@ def _command(
     # LLAMA_ARG_NO_WEBUI=1). A server honours the names it knows and ignores the others,
     # while an unknown command-line flag makes it exit: so the env forms are always set and
     # the flags only when the server's --help lists them.
-    env = {
-        "LD_LIBRARY_PATH": ":".join(ld),
-        "HF_HUB_OFFLINE": "1",
-        "LLAMA_ARG_OFFLINE": "1",
-        "LLAMA_OFFLINE": "1",
-        "LLAMA_ARG_UI": "0",
-        "LLAMA_ARG_NO_WEBUI": "1",
+    env = {"LD_LIBRARY_PATH": ":".join(ld), "HF_HUB_OFFLINE": "1"}
+    env_forms = {
+        "--offline": {"LLAMA_ARG_OFFLINE": "1", "LLAMA_OFFLINE": "1"},
+        "--no-webui": {"LLAMA_ARG_UI": "0", "LLAMA_ARG_NO_WEBUI": "1"},
     }
     reasons = []
     known = (
@@ -782,6 +780,7 @@ def _command(
         if flag in known:
             argv.append(flag)
         else:
+            env.update(env_forms[flag])
             reasons.append(
                 f"{flag} not passed: this llama-server's --help was not checked or does not "
                 f"list it ({what} through the environment instead)"

@@ -373,6 +373,7 @@ def test_argv_env_and_cwd_for_the_launcher() -> None:
     assert pairs["--alias"] == "tiny"
     assert pairs["--host"] == "0.0.0.0" and pairs["--port"] == "8080"
     assert "--metrics" in argv
+    assert "--n-gpu-layers" not in argv  # no GPU backend in this bundle: only a warning
     # --help was not probed: only the env forms, which older servers ignore.
     assert "--offline" not in argv and "--no-webui" not in argv
     assert d["env"]["HF_HUB_OFFLINE"] == "1"
@@ -390,6 +391,8 @@ def test_flags_listed_by_the_server_are_passed() -> None:
     )
     assert d["argv"][-2:] == ["--offline", "--no-webui"]
     assert not reasons(d, "--offline not passed")
+    # The flag wins; the env forms would only make llama-server warn.
+    assert not {"LLAMA_ARG_OFFLINE", "LLAMA_OFFLINE", "LLAMA_ARG_UI"} & set(d["env"])
 
 
 def test_api_key_file_and_named_model() -> None:

@@ -173,7 +173,9 @@ def test_cgroup_v1_mount_root_inside_container_is_stripped(tmp_path: Path) -> No
         tmp_path,
         {
             "proc/self/cgroup": "4:memory:/docker/abc\n",
-            "proc/self/mountinfo": "40 31 0:29 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n",
+            "proc/self/mountinfo": (
+                "40 31 0:29 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,memory\n"
+            ),
             "sys/fs/cgroup/memory/memory.limit_in_bytes": "1073741824\n",
         },
     )

@@ -74,6 +74,7 @@ def server_argv(
     offline_flag: bool,
     threads: int = 2,
     no_webui_flag: bool = True,
+    log_verbosity_flag: bool = False,
 ) -> list[str]:
     """The llama-server command line for the smoke test (pure)."""
     argv = [
@@ -93,6 +94,9 @@ def server_argv(
     ]
     if no_webui_flag:
         argv.append("--no-webui")
+    if log_verbosity_flag:
+        # level 4 logs which CPU variant module ggml loaded ("load_backend: loaded ...")
+        argv += ["--log-verbosity", "4"]
     if offline_flag:
         argv.append("--offline")
     return argv
@@ -155,7 +159,12 @@ def smoke_test(engine_dir: Path, model_path: Path, *, timeout: float = 120) -> S
     offline = "--offline" in helptext
     port = free_port()
     argv = server_argv(
-        server, model_path, port, offline_flag=offline, no_webui_flag="--no-webui" in helptext
+        server,
+        model_path,
+        port,
+        offline_flag=offline,
+        no_webui_flag="--no-webui" in helptext,
+        log_verbosity_flag="--log-verbosity" in helptext,
     )
     with tempfile.TemporaryDirectory(prefix="airlock-smoke-") as tmp:
         log_path = Path(tmp) / "llama-server.log"

@@ -585,6 +585,18 @@ def _compiler_id(cc: str) -> str:
     return f"{name} {m.group(1)}" if m else out
 
 
+def compiler_display(compiler_id: str) -> str:
+    """``gcc 12.2.0`` for Debian's ``cc 12.2.0`` (the cache key keeps the raw id)."""
+    name, _, version = compiler_id.partition(" ")
+    if name in ("cc", "c++", "g++") and version:
+        probe = subprocess.run(
+            [name, "--version"], capture_output=True, text=True, check=False
+        ).stdout
+        if "Free Software Foundation" in probe:
+            return f"gcc {version}"
+    return compiler_id
+
+
 def _first_line(argv: list[str]) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
@@ -874,7 +886,7 @@ def engine_properties(
         "cmake_flags": list(flags),
         "cpu_variants": list(variants),
         "cuda": cuda_props,
-        "compiler": tools["compiler"],
+        "compiler": compiler_display(tools["compiler"]),
         "cmake": tools["cmake"],
         "arch": tools["arch"],
         "server": "engine/bin/llama-server",

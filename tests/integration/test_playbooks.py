@@ -235,7 +235,7 @@ def test_verify_passes_then_reports_a_modified_file(fleet: TestFleet, work: Path
     assert run.rc == 0, run.output[-4000:]
     assert all(run.changed(h.name) == 0 for h in fleet.hosts)
     host = fleet.hosts[0]
-    target = f"/opt/airlock/releases/{V2}/engine/bin/llama-server"
+    target = f"/opt/airlock/releases/{V2}/templates/server.env.j2"
     host.run(f"printf 'implant' >> {target}")
     run = run_playbook(fleet, work, "verify.yml")
     assert run.rc != 0

@@ -567,7 +567,10 @@ def _pip_env(cache_dir: Path) -> dict[str, str]:
 
 
 def _offline_env() -> dict[str, str]:
+    """pip sees the wheelhouse and nothing else: no PIP_* settings, no pip.conf (a
+    configured find-links or extra index would let a missing wheel slip through)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
     env["PIP_NO_INDEX"] = "1"
     env["PIP_NO_CACHE_DIR"] = "1"
     return env

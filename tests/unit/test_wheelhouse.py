@@ -178,3 +178,19 @@ def test_manylinux_target_accepts_older_manylinux_wheels() -> None:
         "manylinux2014_x86_64",
     ]
     assert compatible_platforms("linux_x86_64") == ["linux_x86_64"]
+
+
+def test_closure_ignores_wheels_that_pip_config_would_find_elsewhere(
+    wheelhouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    targets = [Target(HERE, "manylinux_2_28_x86_64")]
+    _pin(wheelhouse, targets)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (wheelhouse / "beta-2.1-py3-none-any.whl").rename(elsewhere / "beta-2.1-py3-none-any.whl")
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nfind-links = {elsewhere}\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(elsewhere))
+    with pytest.raises(ClosureError, match="cannot install offline"):
+        check_closure(wheelhouse, targets)

@@ -188,9 +188,11 @@ def test_closure_ignores_wheels_that_pip_config_would_find_elsewhere(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (wheelhouse / "beta-2.1-py3-none-any.whl").rename(elsewhere / "beta-2.1-py3-none-any.whl")
-    conf = tmp_path / "pip.conf"
+    # a user-level pip.conf (as on a build machine with a local wheel mirror)
+    conf = tmp_path / "xdg" / "pip" / "pip.conf"
+    conf.parent.mkdir(parents=True)
     conf.write_text(f"[global]\nfind-links = {elsewhere}\n")
-    monkeypatch.setenv("PIP_CONFIG_FILE", str(conf))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("PIP_FIND_LINKS", str(elsewhere))
     with pytest.raises(ClosureError, match="cannot install offline"):
         check_closure(wheelhouse, targets)

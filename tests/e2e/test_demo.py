@@ -1,0 +1,70 @@
+"""The README's main job, exactly as the README says to run it, answers from the test host."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.netns]
+
+
+def readme_main_job(repo_root: Path) -> list[str]:
+    """The demo command from README.md's first code block (comments stripped)."""
+    text = (repo_root / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"^```[a-z]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    assert block, "README.md lost its first code block (the two main commands)"
+    commands = [line.split("#", 1)[0].strip() for line in block.group(1).splitlines()]
+    commands = [c for c in commands if c]
+    assert commands == ["bash .ci/demo", "bash .ci/test"], commands
+    return shlex.split(commands[0])
+
+
+def test_readme_demo_answers_from_the_installed_server_on_the_test_host(
+    repo_root: Path, tmp_path: Path
+) -> None:
+    argv = readme_main_job(repo_root)
+    env = dict(os.environ, AIRLOCK_DEMO_DIR=str(tmp_path))
+    proc = subprocess.run(
+        argv, cwd=repo_root, env=env, capture_output=True, text=True, timeout=1800, check=False
+    )
+    assert proc.returncode == 0, f"{argv} failed:\n{proc.stderr[-6000:]}"
+
+    (result_file,) = tmp_path.glob("*/result.json")
+    result = json.loads(result_file.read_text())
+    workdir = Path(result["workdir"])
+    assert workdir.parent == tmp_path
+
+    # The server that answered listens on the test host's own address, in its own network
+    # namespace, which has no route beyond its link to the controller.
+    host = ipaddress.ip_address(result["host_address"])
+    controller = ipaddress.ip_address(result["controller_address"])
+    assert host.is_private and host != controller
+    assert ipaddress.ip_network(f"{controller}/30", strict=False) == ipaddress.ip_network(
+        f"{host}/30", strict=False
+    )
+    assert result["server_url"].startswith(f"http://{host}:")
+    assert not any(r.startswith("default") for r in result["host_routes"]), result["host_routes"]
+    assert any("llama-server" in line for line in result["host_listeners"]), result
+    # The server serves the model from the bundle it was installed from.
+    assert result["bundle_model"] == "tiny"
+    assert result["model_id"] in (
+        result["bundle_model"],
+        result["bundle_entrypoint"].rsplit("/")[-1],
+    )
+    assert result["completion_tokens"] >= 1
+    assert isinstance(result["answer"], str)
+    # The bundle verified and the reviewer's page was written.
+    assert re.fullmatch(r"[0-9a-f]{64}", result["manifest_sha256"])
+    assert (workdir / "report.html").is_file()
+    # Human output names the host the answer came from; cleanup left no host behind.
+    assert f"on {host}" in proc.stdout
+    assert result["kept"] is False
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    assert result["host_netns"] not in netns.stdout

@@ -12,6 +12,7 @@ from runtime.errors import (
     HostError,
     InstallError,
     IntegrityError,
+    RollbackError,
     UsageError,
 )
 
@@ -63,12 +64,6 @@ class ExpiredError(AirlockError):
     """The bundle's expiry has passed at the time verification started."""
 
     exit_code = 12
-
-
-class RollbackError(AirlockError):
-    """The bundle's sequence is below a floor already installed."""
-
-    exit_code = 13
 
 
 class FetchError(AirlockError):

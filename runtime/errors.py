@@ -58,6 +58,12 @@ class ArchiveFormatError(AirlockError):
     exit_code = 21
 
 
+class RollbackError(AirlockError):
+    """The bundle's sequence is below the floor already installed (a rollback attack)."""
+
+    exit_code = 13
+
+
 class HostError(AirlockError):
     """A target host cannot run the bundle (hardware, memory, disk, Python)."""
 

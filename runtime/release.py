@@ -25,18 +25,12 @@ import tarfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from runtime.errors import AirlockError, InstallError, IntegrityError, UsageError
+from runtime.errors import AirlockError, InstallError, IntegrityError, RollbackError, UsageError
 
 STATE_SCHEMA = 1
 MANIFEST_MEMBER = "airlock/manifest.json"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _CHUNK = 1024 * 1024
-
-
-class SequenceFloorError(InstallError):
-    """The bundle's sequence is below the highest one already installed (rollback attack)."""
-
-    exit_code = 13  # the same number as bundler.errors.RollbackError
 
 
 class Layout:
@@ -139,14 +133,14 @@ def _event(state: Dict[str, Any], event: str, version: Optional[str], detail: st
 def check_sequence(state: Dict[str, Any], sequence: int, *, allow_downgrade: bool) -> str:
     """Refuse a sequence below the floor unless a downgrade is explicitly allowed.
 
-    Returns a message describing the decision; raises :class:`SequenceFloorError`.
+    Returns a message describing the decision; raises :class:`RollbackError`.
     """
     floor = int(state.get("floor", 0))
     if sequence >= floor:
         return f"sequence {sequence} is at or above the floor {floor}"
     if allow_downgrade:
         return f"DOWNGRADE allowed by the operator: sequence {sequence} is below the floor {floor}"
-    raise SequenceFloorError(
+    raise RollbackError(
         f"bundle sequence {sequence} is lower than sequence {floor} already installed on this host",
         hint=f"install a bundle with sequence >= {floor}, or set airlock_allow_downgrade=true "
         "if you really mean to go back (it is logged)",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from runtime import release
-from runtime.errors import InstallError, IntegrityError
+from runtime.errors import InstallError, IntegrityError, RollbackError
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def _install(layout: release.Layout, version: str, files: dict[str, bytes], seq:
 def test_rejects_rollback_below_floor() -> None:
     state = release.empty_state()
     state["floor"] = 5
-    with pytest.raises(release.SequenceFloorError) as e:
+    with pytest.raises(RollbackError) as e:
         release.check_sequence(state, 4, allow_downgrade=False)
     assert e.value.exit_code == 13
     assert "airlock_allow_downgrade" in (e.value.hint or "")

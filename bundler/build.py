@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bundler import __version__, console
-from bundler.errors import BuildError, FetchError, SpecError, UsageError
-from bundler.ggufinfo import GgufError, read_facts, shards_of
+from bundler.errors import BuildError, FetchError, GgufError, SpecError, UsageError
+from bundler.ggufinfo import read_facts, shards_of
 from bundler.hub import HubClient, HubSettings
 from bundler.licenses import license_facts
 from bundler.lock import (

@@ -23,6 +23,7 @@ __all__ = [
     "ClosureError",
     "ExpiredError",
     "FetchError",
+    "GgufError",
     "HostError",
     "InstallError",
     "IntegrityError",
@@ -76,6 +77,10 @@ class BuildError(AirlockError):
     """Building the runtime or the wheelhouse failed."""
 
     exit_code = 40
+
+
+class GgufError(BuildError):
+    """A model file for the llama.cpp runtime is not a readable GGUF (or a split is incomplete)."""
 
 
 class SmokeTestError(AirlockError):

@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from bundler.errors import BuildError
+from bundler.errors import GgufError
 
 GGUF_MAGIC = b"GGUF"
 SPLIT_RE = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-
-
-class GgufError(BuildError):
-    """A model file for the llama.cpp runtime is not a readable GGUF (or a split is incomplete)."""
 
 
 @dataclass(frozen=True)

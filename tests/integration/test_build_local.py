@@ -14,8 +14,7 @@ import pytest
 
 from bundler.build import BuildOptions, build, lock
 from bundler.cli import main
-from bundler.errors import IntegrityError, SpecError
-from bundler.ggufinfo import GgufError
+from bundler.errors import GgufError, IntegrityError, SpecError
 from bundler.spec import load_spec
 from bundler.sshkeys import generate_keypair
 from bundler.testing.hubserver import HubServer

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from bundler.errors import GgufError
 from bundler.ggufinfo import (
-    GgufError,
     entrypoint_candidates,
     read_facts,
     shards_of,

@@ -333,7 +333,7 @@ def stage_evidence(spec: Spec, stage: Path, st: _Staged, *, epoch: int, lock_byt
         spec_bytes=spec_bytes,
         lock_bytes=lock_bytes,
         resolved=provenance.resolved_dependencies(comps),
-        builder_id=f"airlock {__version__}",
+        builder_id=f"https://airlock.dev/builders/airlock-cli@{__version__}",
         started=created,
         finished=created,
     )

@@ -460,6 +460,16 @@ def _plans(
     return plans
 
 
+def _fixed(ov: Dict[str, Any], defaults: Dict[str, Any], key: str) -> Optional[int]:
+    """A fixed value for ``key``: the operator's override, else the bundle's integer default."""
+    if ov.get(key) is not None:
+        return int(ov[key])
+    value = defaults.get(key)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
 # --------------------------------------------------------------------------- select
 
 
@@ -514,7 +524,11 @@ def select(
     vram = sum(int(g.get("vram_free_bytes") or g.get("vram_bytes") or 0) for g in gpus)
     vram_usable = int(vram * MEMORY_SHARE)
 
-    plans = _plans(model, ov.get("ctx_size"), ov.get("parallel"))
+    # The operator's override wins over the bundle's spec default; "auto" (or no default)
+    # lets the memory planner choose.
+    ctx_fixed = _fixed(ov, defaults, "ctx_size")
+    par_fixed = _fixed(ov, defaults, "parallel")
+    plans = _plans(model, ctx_fixed, par_fixed)
     chosen = None
     for ctx, par in plans:
         layers_gpu = 0
@@ -542,11 +556,15 @@ def select(
             "quantization of the model",
         )
     ctx, par, layers_gpu, host_weights, host_kv, need = chosen
-    if ov.get("ctx_size") is not None or ov.get("parallel") is not None:
-        both = ov.get("ctx_size") is not None and ov.get("parallel") is not None
+    if ctx_fixed is not None or par_fixed is not None:
+        origin = (
+            "operator override"
+            if ov.get("ctx_size") is not None or ov.get("parallel") is not None
+            else "bundle default"
+        )
+        both = ctx_fixed is not None and par_fixed is not None
         reasons.append(
-            f"ctx {ctx}, {par} slot(s): operator override"
-            + ("" if both else " (the other one auto)")
+            f"ctx {ctx}, {par} slot(s): {origin}" + ("" if both else " (the other one auto)")
         )
     else:
         reasons.append(

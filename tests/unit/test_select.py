@@ -355,6 +355,17 @@ def test_ctx_override_is_honoured_and_a_too_large_one_refused() -> None:
         s.select(f, manifest(variants=ALL_X86, models=[MISTRAL]), {"ctx_size": 131072})
 
 
+def test_bundle_default_ctx_and_slots_are_used_and_overridable() -> None:
+    f = facts("container-cgroup2-2cpu-4g")
+    defaults = {"port": 9000, "host": "0.0.0.0", "ctx_size": 256, "parallel": 1, "model": "tiny"}
+    d = s.select(f, manifest(variants=ALL_X86, defaults=defaults))
+    assert (d["ctx_size"], d["parallel"], d["port"]) == (256, 1, 9000)
+    assert "ctx 256, 1 slot(s): bundle default" in d["reasons"]
+    d = s.select(f, manifest(variants=ALL_X86, defaults=defaults), {"ctx_size": 512})
+    assert (d["ctx_size"], d["parallel"]) == (512, 1)
+    assert "ctx 512, 1 slot(s): operator override" in d["reasons"]
+
+
 def test_memory_available_is_used_when_no_cgroup_limit() -> None:
     d = s.select(facts("i7-8700-desktop"), manifest(variants=ALL_X86, models=[MISTRAL]))
     assert d["memory"]["effective_source"] == "MemAvailable"

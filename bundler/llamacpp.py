@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from bundler.buildcache import BuildCache, CacheEntry, copy_log, file_lock, log_tail
 from bundler.errors import BuildError, FetchError, UsageError
+from runtime import select
 
 __all__ = [
     "ALL_X86_VARIANTS",
@@ -188,17 +189,13 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 
 
 def best_variant(flags: Iterable[str]) -> str:
-    """The x86 variant ggml would pick among all 14 for a CPU with ``flags``.
+    """The x86 variant ggml would load among all 14 for a CPU with ``/proc/cpuinfo`` flags.
 
-    The variant with the most required features, all present, wins; ties go to the one
-    listed later by ggml (same order as ggml's own scoring).
+    Uses ggml's own feature-bit scoring, shared with the far side's selection
+    (``runtime.select``), so the build machine and the hosts agree on what "best" means.
     """
-    have = set(flags)
-    best, best_n = "x64", -1
-    for name, need in X86_VARIANT_FLAGS.items():
-        if set(need) <= have and len(set(need)) >= best_n:
-            best, best_n = name, len(set(need))
-    return best
+    features = select.cpu_features("x86_64", list(flags))
+    return max(ALL_X86_VARIANTS, key=lambda v: select.variant_score("x86_64", v, features) or 0)
 
 
 def default_variants() -> list[str]:

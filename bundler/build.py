@@ -224,6 +224,21 @@ def stage_far_side(stage: Path, st: _Staged) -> None:
         st.components[name] = {"type": "code", "properties": {"source": f"airlock {__version__}"}}
 
 
+def stage_readme(spec: Spec, stage: Path, st: _Staged) -> None:
+    """The bundle's top-level README.md: what the person holding the tarball reads first."""
+    from bundler.bundle_readme import render_bundle_readme
+
+    models = st.components.get("models", {}).get("properties", {}).get("models", [])
+    text = render_bundle_readme(
+        name=spec.name,
+        version=spec.version,
+        sequence=spec.sequence,
+        expires=spec.expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        models=models,
+    )
+    (stage / "README.md").write_text(text, encoding="utf-8")
+
+
 # --- runtime, evidence, smoke test (other areas' modules) ------------------------------------
 
 
@@ -400,6 +415,7 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     try:
         stage_models(spec, lk, client, stage, st)
         stage_far_side(stage, st)
+        stage_readme(spec, stage, st)
         if (spec.runtime is not None or spec.targets is not None) and not options.skip_runtime:
             log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
             source = stage_runtime(spec, stage, st, cache, log_dir) if spec.runtime else None

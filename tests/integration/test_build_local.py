@@ -121,6 +121,9 @@ def test_bundle_with_hub_and_local_models_passes_verify(hub: HubServer, project:
         assert all(m.isfile() for m in tar.getmembers())
         names = tar.getnames()
     assert "evidence/sbom.cdx.json" in names and "evidence/provenance.intoto.json" in names
+    readme = _member(result.path, "README.md").decode()
+    assert readme.startswith(f"# {manifest['name']} {manifest['version']}: an airlock bundle")
+    assert entries["README.md"]["component"] == "bundle"
     assert "runtime/unpack.py" in names or any(n.startswith("runtime/") for n in names)
     assert not [d for d in (project / "dist").iterdir() if d.name.startswith(".airlock-stage")]
 

@@ -17,7 +17,8 @@ def test_names_the_bundle_models_and_the_commands_with_the_right_file_names() ->
     assert f"- `tiny`: org/tiny at commit `{'a' * 40}`, license mit\n" in text
     assert "-n airlock-archive-v1 \\\n  -s demo-1.2.0.tar.sig < demo-1.2.0.tar" in text
     assert "-n airlock-manifest-v1" in text
-    assert "python3 -m runtime.unpack demo-1.2.0.tar demo-1.2.0" in text
+    assert "tar -xf demo-1.2.0.tar -C ctl SHA256SUMS controller playbooks runtime templates" in text
+    assert "sha256sum --check --ignore-missing --quiet --strict SHA256SUMS" in text
     assert "-e airlock_threshold=1" in text
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -18,20 +19,22 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-err = Console(stderr=True, highlight=False)
+# Messages carry file names, Ansible output and model text: never interpret them as rich
+# markup (escape), and never re-wrap them when stderr is a file or a pipe (soft_wrap).
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def step(message: str) -> None:
     """Announce one step of a longer job on stderr."""
-    err.print(f"[bold cyan]==>[/] {message}")
+    err.print(f"[bold cyan]==>[/] {escape(message)}")
 
 
 def info(message: str) -> None:
-    err.print(f"    {message}")
+    err.print(f"    {escape(message)}")
 
 
 def warn(message: str) -> None:
-    err.print(f"[bold yellow]warning:[/] {message}")
+    err.print(f"[bold yellow]warning:[/] {escape(message)}")
 
 
 def emit_json(data: Any) -> None:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
-from rich.markup import escape
 
 from bundler import console
 from bundler.build import BuildOptions, build, lock
@@ -334,7 +333,7 @@ def _install_and_ask(
             listeners = host.run(["ss", "-Htlnp"], check=False).stdout.splitlines()
             result.host_listeners = [line for line in listeners if f":{port} " in line]
             console.info(f"model {result.model_id} answered from {result.server_url}:")
-            console.info(escape(f"  {result.answer!r}"))
+            console.info(f"  {result.answer!r}")
     finally:
         if keep:
             console.step(
@@ -383,7 +382,7 @@ def _ansible_install(
         for line in proc.stdout:
             out.write(line)
             if line.startswith(("TASK [", "PLAY [", "PLAY RECAP")) or "failed=" in line:
-                console.info(escape(line.rstrip().rstrip("*").rstrip()))
+                console.info(line.rstrip().rstrip("*").rstrip())
         rc = proc.wait()
     if rc != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]

@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import IO, Any, Optional
 
 from bundler import sshsig
 from bundler.errors import IntegrityError, UsageError
+from bundler.fsio import atomic_file, write_atomic
 from bundler.manifest import Builder, Component, FileEntry, Manifest, check_path
 from bundler.sshkeys import Signer
 from runtime.bundle import (
@@ -269,7 +268,7 @@ def pack(
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}.tar"
     digests: dict[str, str] = {}
-    with _atomic(final) as (tmp, out):
+    with atomic_file(final) as (tmp, out):
         out.seek(region_size)
         sums_offset = 0
         payload = 0
@@ -402,30 +401,6 @@ def _copy(
     return digest.hexdigest()
 
 
-@contextmanager
-def _atomic(final: Path) -> Iterator[tuple[Path, IO[bytes]]]:
-    """A temp file beside ``final``; renamed over it only when the block succeeds."""
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "w+b") as out:
-            yield tmp, out
-        if tmp.exists():
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and a rename."""
-    with _atomic(path) as (_, out):
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
 def archive_digest(tar: Path, *, region: bytes, progress: Progress = None) -> bytes:
     """ARCHIVE_HASH of the whole archive: the (in-memory) region, then the file after it."""
     h = hashlib.new(ARCHIVE_HASH, region)
@@ -493,7 +468,7 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
         if in_place:
             check_payload(f, meta.manifest, offset=meta.payload_offset, observe=h.update)
         else:
-            with _atomic(bundle) as (_tmp, out):
+            with atomic_file(bundle) as (_tmp, out):
                 out.write(region)
 
                 def tee(chunk: Any) -> None:

@@ -26,6 +26,7 @@ import yaml
 from bundler import console
 from bundler.build import BuildOptions, build, lock
 from bundler.errors import AirlockError, InstallError, UsageError
+from bundler.fsio import write_atomic
 from bundler.init import Project, init_project
 from bundler.report import write_report
 from bundler.spec import load_spec
@@ -402,16 +403,14 @@ def _write_demo_spec(project: Project) -> None:
     text = demo_spec(
         project.spec.read_text(encoding="utf-8"), variants=list(default_variants()), python=python
     )
-    tmp = project.spec.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, project.spec)
+    write_atomic(project.spec, text)
     console.info(f"spec {project.spec}")
 
 
 def _write_result(workdir: Path, result: DemoResult) -> None:
-    tmp = workdir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, workdir / RESULT_FILE)
+    write_atomic(
+        workdir / RESULT_FILE, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n"
+    )
 
 
 __all__ = ["AirlockError", "DemoResult", "ask", "default_workdir", "demo_spec", "run_demo"]

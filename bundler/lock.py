@@ -9,15 +9,14 @@ always gives the same bytes and a diff in review shows exactly what moved.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from bundler.errors import SpecError
+from bundler.fsio import write_atomic
 from bundler.spec import ModelSpec, Spec
 
 LOCK_VERSION = 1
@@ -194,18 +193,7 @@ def load_lock(path: Path) -> Optional[Lock]:
 
 def write_lock(path: Path, lock: Lock) -> None:
     """Write atomically: a temp file in the same directory, then ``os.replace``."""
-    data = lock.to_bytes()
-    fd, tmp = tempfile.mkstemp(prefix=".airlock.lock.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lock.to_bytes())
 
 
 def local_path_text(spec: Spec, model: ModelSpec) -> str:

@@ -10,8 +10,6 @@ Nothing here trusts a payload byte the manifest did not pin: members come throug
 from __future__ import annotations
 
 import datetime as dt
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import jinja2
 
 from bundler import __version__, sbom, sshsig, trust
 from bundler.errors import AirlockError
+from bundler.fsio import write_atomic
 from runtime.bundle import read_member, read_metadata
 
 TEMPLATE = "report.html.j2"
@@ -317,19 +316,6 @@ def render_html(report: Report, *, directory: Path | None = None) -> str:
     return env.get_template(TEMPLATE).render(r=report)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # --- the edge: read a bundle, check its signatures, write the page -------------------------
 
 
@@ -406,5 +392,6 @@ def write_report(
         sbom_summary=sbom_summary,
         now=now,
     )
+    out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, render_html(report))
     return report

@@ -15,6 +15,7 @@ from typing import Optional
 
 from bundler import sshsig, trust
 from bundler.errors import IntegrityError, UsageError
+from bundler.fsio import atomic_file, write_atomic
 from bundler.sshkeys import Signer
 from bundler.trust import TrustPolicy
 
@@ -63,7 +64,7 @@ def write_parts(
     One read: each part's sha256 and the whole archive's digest (for ``<final>.sig``) are
     computed while copying. ``region`` is the archive's first bytes, already in memory.
     """
-    from bundler.archive import ARCHIVE_HASH, write_atomic
+    from bundler.archive import ARCHIVE_HASH
 
     whole = hashlib.new(ARCHIVE_HASH)
     parts: list[Path] = []
@@ -161,7 +162,6 @@ def join(index: Path, out_dir: Path, *, policy: Optional[TrustPolicy] = None) ->
     Every bad or missing part is named (re-send only those). Raises IntegrityError; nothing
     is left at the destination on failure.
     """
-    from bundler.archive import _atomic
 
     if policy is not None:
         check_index_signature(index, policy)
@@ -173,7 +173,7 @@ def join(index: Path, out_dir: Path, *, policy: Optional[TrustPolicy] = None) ->
     problems: list[str] = []
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with _atomic(final) as (_tmp, out):
+    with atomic_file(final) as (_tmp, out):
         for expected, part in pairs:
             digest = hashlib.sha256()
             try:
@@ -196,8 +196,6 @@ def join(index: Path, out_dir: Path, *, policy: Optional[TrustPolicy] = None) ->
         os.fsync(out.fileno())
     sig = Path(str(index)[: -len(".parts")] + ".sig")
     if sig.exists() and sig.parent.resolve() != out_dir.resolve():
-        from bundler.archive import write_atomic
-
         write_atomic(Path(str(final) + ".sig"), sig.read_bytes())
     return final
 

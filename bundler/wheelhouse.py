@@ -26,6 +26,7 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from bundler.errors import BuildError, ClosureError, FetchError
+from bundler.fsio import write_atomic
 
 __all__ = [
     "CONTROLLER_PLATFORM",
@@ -306,7 +307,7 @@ def build_wheelhouse(
     req_files = {}
     for target, infos in per_target.items():
         path = dest / target.requirements_name()
-        _atomic_write(path, requirements_text(infos))
+        write_atomic(path, requirements_text(infos))
         req_files[target] = path
     if check:
         check_closure(dest, targets)
@@ -589,10 +590,3 @@ def _atomic_copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, tmp)
     os.chmod(tmp, 0o644)
     os.replace(tmp, dst)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from bundler import console
 from bundler.errors import AirlockError, ArchiveFormatError, UsageError
+from bundler.fsio import write_atomic
 from bundler.verify import open_bundle
 from runtime.bundle import BundleMetadata, read_member, read_metadata_stream
 
@@ -87,7 +86,7 @@ def cmd_sbom(args: argparse.Namespace) -> int:
     )
     summary = summarize(data)
     if args.out is not None:
-        _write_atomic(args.out, data)
+        write_atomic(args.out, data)
     elif not args.json:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -130,24 +129,3 @@ def cmd_diff(args: argparse.Namespace) -> int:
         sys.stdout.write(render(diff))
     console.err.print(_UNVERIFIED)
     return 0
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UsageError(
-            f"cannot write {path}: {e.strerror}",
-            hint="choose an --out path in an existing, writable directory",
-        ) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

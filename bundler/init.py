@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -14,7 +12,7 @@ from typing import Optional
 import jinja2
 
 from bundler import sshkeys
-from bundler.errors import KeyFileError, SpecError, UsageError
+from bundler.errors import SpecError, UsageError
 from bundler.report import templates_dir
 from bundler.sshsig import ARCHIVE_NAMESPACE, MANIFEST_NAMESPACE
 
@@ -58,25 +56,6 @@ def allowed_signers_line(principal: str, pub: sshkeys.PublicKey) -> str:
     """One OpenSSH ``allowed_signers`` line trusting ``pub`` for airlock's two namespaces."""
     namespaces = f"{MANIFEST_NAMESPACE},{ARCHIVE_NAMESPACE}"
     return f'{principal} namespaces="{namespaces}" {pub.key_type} {pub.openssh().split()[1]}'
-
-
-def passphrase_from_env_or_prompt(
-    prompt: Callable[[str], str] = getpass.getpass,
-) -> bytes:
-    """AIRLOCK_KEY_PASSPHRASE when set, else asked twice on the terminal. Raises KeyFileError."""
-    env = os.environ.get(sshkeys.PASSPHRASE_ENV)
-    if env:
-        return env.encode("utf-8")
-    first = prompt("passphrase for the new signing key: ")
-    if not first:
-        raise KeyFileError(
-            "no passphrase given for the new signing key",
-            hint=f"type one, set {sshkeys.PASSPHRASE_ENV}, or pass --no-passphrase "
-            "(only for test keys)",
-        )
-    if prompt("same passphrase again: ") != first:
-        raise KeyFileError("the two passphrases differ", hint="run airlock init again")
-    return first.encode("utf-8")
 
 
 def init_project(

@@ -371,3 +371,52 @@ def fingerprint_line(pub: PublicKey) -> str:
     """Exactly what ``ssh-keygen -l -f`` prints: ``256 SHA256:... comment (ED25519)``."""
     comment = pub.comment or "no comment"
     return f"{_key_bits(pub)} {pub.fingerprint} {comment} ({_KNOWN_TYPES[pub.key_type]})"
+
+
+def new_key_passphrase(
+    label: str,
+    *,
+    no_passphrase: bool = False,
+    prompt: Optional[Callable[[str], str]] = None,
+) -> Optional[bytes]:
+    """The passphrase for a new private key: AIRLOCK_KEY_PASSPHRASE, else asked twice.
+
+    ``prompt`` defaults to getpass when stdin is a terminal. ``no_passphrase`` returns None
+    (an unencrypted key, asked for on purpose). Raises UsageError when --no-passphrase and
+    the variable are both given, KeyFileError when there is no source or the two typed
+    passphrases differ or are empty.
+    """
+    from bundler.errors import UsageError
+
+    env = os.environ.get(PASSPHRASE_ENV)
+    if no_passphrase:
+        if env is not None:
+            raise UsageError(
+                f"--no-passphrase was given but {PASSPHRASE_ENV} is set",
+                hint=f"unset {PASSPHRASE_ENV} for an unencrypted key, or drop --no-passphrase",
+            )
+        return None
+    if env is not None:
+        if not env:
+            raise KeyFileError(
+                f"{PASSPHRASE_ENV} is set but empty",
+                hint="set a passphrase, or pass --no-passphrase for an unencrypted key",
+            )
+        return env.encode("utf-8")
+    if prompt is None and sys.stdin is not None and sys.stdin.isatty():
+        prompt = getpass.getpass
+    if prompt is None:
+        raise KeyFileError(
+            "no passphrase for the new key and no terminal to ask on",
+            hint=f"set {PASSPHRASE_ENV}, run interactively, or pass --no-passphrase "
+            "to write an unencrypted key on purpose",
+        )
+    first = prompt(f"Passphrase for {label}: ")
+    if not first:
+        raise KeyFileError(
+            f"no passphrase typed for {label}",
+            hint="type one, or pass --no-passphrase for an unencrypted key",
+        )
+    if prompt("Same passphrase again: ") != first:
+        raise KeyFileError("the two passphrases differ; no key was written")
+    return first.encode("utf-8")

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import socket
-import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from bundler import console
-from bundler.errors import KeyFileError, UsageError
 from bundler.sshkeys import (
     PASSPHRASE_ENV,
     fingerprint_line,
     generate_keypair,
+    new_key_passphrase,
     refuse_existing_key,
 )
 from bundler.sshsig import signature_id
@@ -53,37 +51,13 @@ def _register_keygen(sub: Any) -> None:
     p.set_defaults(func=_keygen)
 
 
-def _keygen_passphrase(out: Path, no_passphrase: bool) -> Optional[bytes]:
-    env = os.environ.get(PASSPHRASE_ENV)
-    if no_passphrase:
-        if env is not None:
-            raise UsageError(
-                f"--no-passphrase was given but {PASSPHRASE_ENV} is set",
-                hint=f"unset {PASSPHRASE_ENV} for an unencrypted key, or drop --no-passphrase",
-            )
-        return None
-    if env is not None:
-        return env.encode("utf-8")
-    if sys.stdin is not None and sys.stdin.isatty():
-        first = getpass.getpass(f"Passphrase for {out}: ")
-        second = getpass.getpass("Same passphrase again: ")
-        if first != second:
-            raise KeyFileError("the two passphrases differ; no key was written")
-        return first.encode("utf-8")
-    raise KeyFileError(
-        "no passphrase for the new key and no terminal to ask on",
-        hint=f"set {PASSPHRASE_ENV}, run interactively, or pass --no-passphrase "
-        "to write an unencrypted key on purpose",
-    )
-
-
 def _keygen(args: argparse.Namespace) -> int:
     out: Path = args.out
     comment = args.comment
     if comment is None:
         comment = f"{getpass.getuser()}@{socket.gethostname()}"
     refuse_existing_key(out)
-    passphrase = _keygen_passphrase(out, args.no_passphrase)
+    passphrase = new_key_passphrase(str(out), no_passphrase=args.no_passphrase)
     pub = generate_keypair(out, comment=comment, passphrase=passphrase)
     # `ssh-keygen -l -f PATH` shows the .pub file's name when the comment is empty.
     line = fingerprint_line(pub if pub.comment else replace(pub, comment=f"{out}.pub"))

@@ -65,9 +65,12 @@ def register(sub: Any) -> None:
 
 
 def _init(args: argparse.Namespace) -> int:
-    from bundler.init import init_project, passphrase_from_env_or_prompt
+    from bundler.init import init_project
+    from bundler.sshkeys import new_key_passphrase
 
-    passphrase = None if args.no_passphrase else passphrase_from_env_or_prompt()
+    passphrase = new_key_passphrase(
+        f"the signing key in {args.directory}", no_passphrase=args.no_passphrase
+    )
     project = init_project(
         args.directory, name=args.name, principal=args.principal, passphrase=passphrase
     )

@@ -13,7 +13,8 @@ import yaml
 from bundler import sshkeys, sshsig
 from bundler.cli import main
 from bundler.errors import KeyFileError, UsageError
-from bundler.init import init_project, passphrase_from_env_or_prompt, project_name, render_spec
+from bundler.init import init_project, project_name, render_spec
+from bundler.sshkeys import new_key_passphrase
 
 TEMPLATE = "# The bundle's name.\nname: {{ name }}\nversion: 1.0.0  # keep me\n"
 
@@ -92,14 +93,20 @@ def test_project_name_is_spec_safe(tmp_path: Path) -> None:
 
 def test_passphrase_comes_from_env_first(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRLOCK_KEY_PASSPHRASE", "from-env")
-    assert passphrase_from_env_or_prompt(lambda _: pytest.fail("prompted")) == b"from-env"
+    assert new_key_passphrase("k", prompt=lambda _: pytest.fail("prompted")) == b"from-env"
 
 
 def test_prompted_passphrases_must_match(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AIRLOCK_KEY_PASSPHRASE", raising=False)
     answers = iter(["one", "two"])
     with pytest.raises(KeyFileError, match="differ"):
-        passphrase_from_env_or_prompt(lambda _: next(answers))
+        new_key_passphrase("k", prompt=lambda _: next(answers))
+
+
+def test_empty_passphrase_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRLOCK_KEY_PASSPHRASE", "")
+    with pytest.raises(KeyFileError, match="set but empty"):
+        new_key_passphrase("k", prompt=lambda _: pytest.fail("prompted"))
 
 
 def test_cli_init_uses_the_shipped_example_spec(

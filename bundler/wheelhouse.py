@@ -310,7 +310,7 @@ def build_wheelhouse(
         write_atomic(path, requirements_text(infos))
         req_files[target] = path
     if check:
-        check_closure(dest, targets)
+        check_closure(dest, targets, cache_dir=cache_dir)
     wheels = tuple(sorted(all_wheels.values(), key=lambda w: w.file))
     properties = {
         "targets": [
@@ -353,8 +353,13 @@ def _interpreter(python: str) -> str | None:
     return None
 
 
-def check_closure(dest: Path, targets: Sequence[Target]) -> None:
+def check_closure(dest: Path, targets: Sequence[Target], *, cache_dir: Path | None = None) -> None:
     """Prove every target installs offline from ``dest`` alone; report all, raise once.
+
+    With ``cache_dir``, a target whose proof already passed for byte-identical inputs
+    (the interpreter, the hash-pinned requirements file and the sha256 of every wheel in
+    ``dest``) is not installed again: the same inputs give the same answer, and an
+    unchanged rebuild stays fast. A failure is never cached.
 
     Raises:
         ClosureError: one problem per target that cannot install, naming the missing
@@ -367,13 +372,21 @@ def check_closure(dest: Path, targets: Sequence[Target]) -> None:
             problems.append(f"{target.slug}: no requirements file {req.name}")
             continue
         interp = _interpreter(target.python)
+        installs = bool(interp and _platform_runs_here(target.platform))
+        how = "offline install in a fresh venv" if installs else "offline resolver dry run"
+        proof = None
+        if cache_dir is not None:
+            proof = cache_dir / "closure" / _closure_key(target, interp, how, req, dest)
+            if proof.is_file():
+                continue
         with tempfile.TemporaryDirectory(prefix="airlock-closure-") as tmp:
-            if interp and _platform_runs_here(target.platform):
+            if installs and interp:
                 ok, out = _install_in_venv(interp, dest, req, Path(tmp))
-                how = "offline install in a fresh venv"
             else:
                 ok, out = _dry_run(target, dest, req, Path(tmp))
-                how = "offline resolver dry run"
+        if ok and proof is not None:
+            proof.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(proof, f"{target.slug}: {how} passed\n")
         if not ok:
             missing = missing_packages(out)
             what = (
@@ -388,6 +401,19 @@ def check_closure(dest: Path, targets: Sequence[Target]) -> None:
             hint="add the missing wheels (rebuild the wheelhouse) or drop the target",
             problems=problems,
         )
+
+
+def _closure_key(target: Target, interp: str | None, how: str, req: Path, dest: Path) -> str:
+    """Digest of everything a closure proof depends on."""
+    h = hashlib.sha256(b"airlock-closure-v1\0")
+    h.update(f"{target.slug}\0{how}\0{interp}\0".encode())
+    if interp:
+        st = os.stat(interp)
+        h.update(f"{os.path.realpath(interp)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    h.update(req.read_bytes())
+    for whl in sorted(dest.glob("*.whl")):
+        h.update(f"\0{whl.name}\0{_sha256(whl)}".encode())
+    return h.hexdigest()
 
 
 def _platform_runs_here(platform_tag: str) -> bool:

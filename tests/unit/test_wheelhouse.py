@@ -7,6 +7,7 @@ import hashlib
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -158,6 +159,32 @@ def test_closure_fails_when_a_wheel_was_swapped(wheelhouse: Path, tmp_path: Path
     make_wheel(wheelhouse, "beta", "2.1", license_expr="GPL-3.0-only")  # other bytes
     with pytest.raises(ClosureError, match="cannot install offline"):
         check_closure(wheelhouse, targets)
+
+
+def test_closure_proof_is_reused_only_for_identical_wheels(
+    wheelhouse: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bundler.wheelhouse as wh
+
+    targets = [Target("3.9", "manylinux2014_aarch64")]
+    _pin(wheelhouse, targets)
+    cache = tmp_path / "cache"
+    runs = []
+    real = wh._dry_run
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        runs.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(wh, "_dry_run", counting)
+    check_closure(wheelhouse, targets, cache_dir=cache)
+    check_closure(wheelhouse, targets, cache_dir=cache)
+    assert len(runs) == 1  # the second, identical check reused the proof
+    (wheelhouse / "beta-2.1-py3-none-any.whl").unlink()
+    make_wheel(wheelhouse, "beta", "2.1", license_expr="GPL-3.0-only")  # same name, other bytes
+    with pytest.raises(ClosureError, match="cannot install offline"):
+        check_closure(wheelhouse, targets, cache_dir=cache)
+    assert len(runs) == 2
 
 
 def test_closure_fails_without_a_requirements_file(wheelhouse: Path) -> None:

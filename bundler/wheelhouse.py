@@ -518,12 +518,22 @@ def build_airlock_wheel(out_dir: Path, *, cache_dir: Path) -> Path:
             hint="run airlock build from a source checkout (pip install -e .)",
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Keyed by every file that goes into the wheel, and built with a fixed zip timestamp, so
+    # an unchanged checkout gives the same wheel bytes (and a cached closure proof) every time.
+    cached = cache_dir / "selfwheel" / _source_key(root)
+    hits = sorted(cached.glob("airlock-*.whl")) if cached.is_dir() else []
+    if len(hits) == 1:
+        final = out_dir / hits[0].name
+        _atomic_copy(hits[0], final)
+        return final
     with tempfile.TemporaryDirectory(prefix="airlock-selfwheel-") as tmp:
+        env = _pip_env(cache_dir)
+        env["SOURCE_DATE_EPOCH"] = str(_WHEEL_EPOCH)
         run = subprocess.run(
             [*_pip(), "wheel", "--no-deps", "--wheel-dir", tmp, str(root)],
             capture_output=True,
             text=True,
-            env=_pip_env(cache_dir),
+            env=env,
             check=False,
         )
         if run.returncode != 0:
@@ -537,7 +547,25 @@ def build_airlock_wheel(out_dir: Path, *, cache_dir: Path) -> Path:
             raise BuildError(f"pip wheel produced {len(built)} airlock wheels, expected 1")
         final = out_dir / built[0].name
         _atomic_copy(built[0], final)
+        cached.mkdir(parents=True, exist_ok=True)
+        _atomic_copy(built[0], cached / built[0].name)
     return final
+
+
+_WHEEL_EPOCH = 315532800  # 1980-01-01, the earliest time a zip member can carry
+
+
+def _source_key(root: Path) -> str:
+    """Digest of the files setuptools puts into airlock's wheel (and the pip doing it)."""
+    h = hashlib.sha256(b"airlock-selfwheel-v1\0")
+    h.update(subprocess.run([*_pip(), "--version"], capture_output=True, check=False).stdout)
+    files = [root / n for n in ("pyproject.toml", "VERSION", "README.md")]
+    for pkg in ("bundler", "runtime"):
+        files += [p for p in (root / pkg).rglob("*.py") if "__pycache__" not in p.parts]
+    for f in sorted(files):
+        if f.is_file():
+            h.update(f"\0{f.relative_to(root).as_posix()}\0{_sha256(f)}".encode())
+    return h.hexdigest()
 
 
 def build_controller_wheelhouse(

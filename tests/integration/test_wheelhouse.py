@@ -153,3 +153,17 @@ def test_controller_bootstraps_offline_with_the_documented_command(tmp_path: Pat
         ).returncode
         == 0
     )
+
+
+def test_airlock_wheel_is_reproducible_and_rebuilt_only_when_sources_change(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    first = wheelhouse.build_airlock_wheel(tmp_path / "a", cache_dir=cache)
+    (cache / "selfwheel").rename(tmp_path / "kept")  # force a second real build
+    second = wheelhouse.build_airlock_wheel(tmp_path / "b", cache_dir=cache)
+    assert first.read_bytes() == second.read_bytes()  # fixed zip timestamps: same bytes
+    [entry] = list((cache / "selfwheel").iterdir())
+    assert entry.name == wheelhouse._source_key(wheelhouse.repo_root())
+    third = wheelhouse.build_airlock_wheel(tmp_path / "c", cache_dir=cache)
+    assert third.read_bytes() == first.read_bytes()

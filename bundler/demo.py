@@ -12,6 +12,8 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -125,9 +127,26 @@ class _Progress:
         console.info(f"done in {took:.1f} s")
 
 
+_RUN_DIR = re.compile(r"^\d{8}T\d{6}Z(-\d+)?$")
+KEEP_RUNS = 2
+
+
+def prune_old_runs(base: Path, keep: int = KEEP_RUNS) -> list[Path]:
+    """Remove all but the newest ``keep`` earlier demo runs under ``base`` (each holds a
+    bundle of a few hundred MB); only directories named like a run are touched."""
+    runs = sorted(p for p in base.iterdir() if p.is_dir() and _RUN_DIR.match(p.name))
+    old = runs[: max(0, len(runs) - keep)]
+    for p in old:
+        shutil.rmtree(p, ignore_errors=True)
+    return old
+
+
 def default_workdir() -> Path:
-    """A fresh directory under $AIRLOCK_DEMO_DIR (default ~/.cache/airlock/demo)."""
+    """A fresh directory under $AIRLOCK_DEMO_DIR (default ~/.cache/airlock/demo); earlier
+    runs beyond the newest two are removed."""
     base = Path(os.environ.get("AIRLOCK_DEMO_DIR") or Path.home() / ".cache" / "airlock" / "demo")
+    if base.is_dir():
+        prune_old_runs(base)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     candidate = base / stamp
     n = 1

@@ -12,7 +12,14 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from bundler.demo import DEMO_REPO, LLAMA_CPP_PYTHON, ask, default_workdir, demo_spec
+from bundler.demo import (
+    DEMO_REPO,
+    LLAMA_CPP_PYTHON,
+    ask,
+    default_workdir,
+    demo_spec,
+    prune_old_runs,
+)
 from bundler.init import render_spec
 from bundler.report import templates_dir
 from bundler.spec import parse_spec
@@ -93,3 +100,15 @@ def test_default_workdir_is_fresh_under_airlock_demo_dir(
     second = default_workdir()
     assert first.parent == second.parent == tmp_path
     assert first != second and not second.exists()
+
+
+def test_only_the_newest_runs_are_kept_and_nothing_else_is_touched(tmp_path: Path) -> None:
+    for name in ("20261101T000000Z", "20261102T000000Z", "20261103T000000Z-2", "notes"):
+        (tmp_path / name).mkdir()
+    removed = prune_old_runs(tmp_path, keep=2)
+    assert [p.name for p in removed] == ["20261101T000000Z"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "20261102T000000Z",
+        "20261103T000000Z-2",
+        "notes",
+    ]

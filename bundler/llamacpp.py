@@ -910,7 +910,7 @@ def stage_engine(build: EngineBuild, dest_dir: Path) -> None:
 
 
 def wheel_cmake_args() -> str:
-    """``CMAKE_ARGS`` for a portable llama-cpp-python wheel (never -march=native).
+    """``CMAKE_ARGS`` for a portable llama-cpp-python wheel (never tuned to the build CPU).
 
     This sdist's CMakeLists installs a single ``ggml-cpu`` target into the wheel, not the
     ``ggml-cpu-<variant>`` modules of GGML_CPU_ALL_VARIANTS (they would be left out of the

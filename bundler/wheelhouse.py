@@ -115,17 +115,7 @@ def download_argv(
         *_pip(),
         "download",
         "--only-binary=:all:",
-        "--implementation",
-        "cp",
-        "--python-version",
-        target.python,
-        "--abi",
-        target.abi,
-        "--abi",
-        "abi3",
-        "--abi",
-        "none",
-        *_platform_args(target, machine),
+        *_target_args(target, machine),
         "--dest",
         str(dest),
     ]
@@ -159,6 +149,19 @@ def compatible_platforms(platform_tag: str) -> list[str]:
         tags.append(f"manylinux_2_{y}_{arch}")
         tags += [f"{name}_{arch}" for name, v in _LEGACY_MANYLINUX.items() if v == y]
     return tags
+
+
+def _target_args(target: Target, machine: str) -> list[str]:
+    """pip's options that make it resolve for ``target`` rather than for this interpreter."""
+    abis = [target.abi, "abi3", "none"]
+    return [
+        "--implementation",
+        "cp",
+        "--python-version",
+        target.python,
+        *(a for abi in abis for a in ("--abi", abi)),
+        *_platform_args(target, machine),
+    ]
 
 
 def _platform_args(target: Target, machine: str) -> list[str]:
@@ -475,17 +478,7 @@ def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, st
         "--ignore-installed",
         "--target",
         str(tmp / "t"),
-        "--implementation",
-        "cp",
-        "--python-version",
-        target.python,
-        "--abi",
-        target.abi,
-        "--abi",
-        "abi3",
-        "--abi",
-        "none",
-        *_platform_args(target, os.uname().machine),
+        *_target_args(target, os.uname().machine),
     ]
     argv += [
         "--only-binary=:all:",

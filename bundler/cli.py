@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from collections.abc import Sequence
@@ -38,6 +39,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(e.render(), file=sys.stderr)
+        if getattr(args, "json", False):
+            # Scripts asked for JSON: they get the failure as JSON too, same shape as the
+            # far-side tools (python3 -m runtime.unpack/select --json).
+            json.dump(
+                {
+                    "error": e.message,
+                    "problems": list(e.problems),
+                    "hint": e.hint,
+                    "exit_code": e.exit_code,
+                },
+                sys.stdout,
+                indent=2,
+                sort_keys=True,
+            )
+            sys.stdout.write("\n")
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; nothing was left half-written", file=sys.stderr)

@@ -36,3 +36,15 @@ def test_error_render_lists_every_problem_and_the_fix() -> None:
         "hint: re-sign",
     ]
     assert isinstance(err, AirlockError) and err.exit_code == 10
+
+
+def test_json_callers_get_the_failure_as_json(tmp_path, capsys) -> None:
+    import json
+
+    missing = tmp_path / "nope.tar"
+    code = main(["inspect", str(missing), "--json"])
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert code == doc["exit_code"] != 0
+    assert str(missing) in doc["error"] + " ".join(doc["problems"])
+    assert out.err.startswith("error: ")

@@ -278,7 +278,7 @@ def stage_wheels(
     targets = spec.targets
     if targets is not None:
         extra: list[Path] = []
-        if spec.runtime is not None and source is not None:
+        if spec.runtime is not None and source is not None and targets.llama_cpp_python:
             console.step("llama-cpp-python wheel (portable, from the same pinned source)")
             extra.append(
                 _module("bundler.llamacpp").build_llama_cpp_python_wheel(

@@ -45,6 +45,7 @@ RESULT_FILE = "result.json"
 # The runtime's tests build this same version with the same variants, so they share one
 # cached build (keyed by its inputs) with the demo.
 LLAMA_CPP_PYTHON = "0.3.36"
+DEMO_REQUIREMENTS = ("openai==1.109.1",)
 STEPS = 12
 
 MODEL_CARD = """---
@@ -195,6 +196,11 @@ def demo_spec(template_spec: str, *, variants: list[str], python: str) -> str:
     data["runtime"] = runtime
     targets = data.get("targets") or {}
     targets["python"] = [python]
+    # The demo serves with llama-server; its far-side Python users get the OpenAI client.
+    # The llama-cpp-python binding would compile llama.cpp a second time (most of a cold
+    # run); the tests build and check it (tests/integration/test_wheelhouse.py).
+    targets["llama_cpp_python"] = False
+    targets["requirements"] = list(DEMO_REQUIREMENTS)
     data["targets"] = targets
     server = data.get("server") or {}
     server["model"] = MODEL_NAME

@@ -77,6 +77,9 @@ class TargetsSpec:
     python: tuple[str, ...] = ("3.11",)
     platforms: tuple[str, ...] = ("manylinux_2_28_x86_64",)
     requirements: tuple[str, ...] = ()
+    # The portable llama-cpp-python wheel built from the runtime's pinned source (a second
+    # llama.cpp compile); off for wheelhouses that only need the server's clients.
+    llama_cpp_python: bool = True
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ _MODEL_KEYS = (
 )
 _RUNTIME_KEYS = ("llama_cpp_python", "cpu_variants", "cuda")
 _CUDA_KEYS = ("enabled", "architectures")
-_TARGET_KEYS = ("python", "platforms", "requirements")
+_TARGET_KEYS = ("python", "platforms", "requirements", "llama_cpp_python")
 _SERVER_KEYS = ("port", "host", "ctx_size", "parallel", "model", "api_key_file")
 
 
@@ -332,10 +335,19 @@ def _targets(p: _Problems, raw: Any) -> Optional[TargetsSpec]:
         if not re.match(r"^3\.\d{1,2}$", v):
             p.add("targets.python", f"{v!r} is not a Python version", "e.g. '3.11' (quote it)")
     platforms = _str_list(p, raw, "platforms", "targets.") or TargetsSpec().platforms
+    binding = raw.get("llama_cpp_python", True)
+    if not isinstance(binding, bool):
+        p.add(
+            "targets.llama_cpp_python",
+            f"expected true/false, got {binding!r}",
+            "true ships the llama-cpp-python wheel, false leaves it out",
+        )
+        binding = True
     return TargetsSpec(
         python=pythons,
         platforms=platforms,
         requirements=_str_list(p, raw, "requirements", "targets."),
+        llama_cpp_python=binding,
     )
 
 

@@ -191,3 +191,19 @@ def test_bad_key_fails_before_any_work(fake: FakeRuntime, project: Path) -> None
     with pytest.raises(KeyFileError):
         build(project / "airlock.yaml", opts)
     assert fake.calls == [] and not (project / "dist").exists()
+
+
+def test_targets_without_the_binding_skip_the_second_llama_cpp_compile(
+    fake: FakeRuntime, project: Path
+) -> None:
+    spec = project / "airlock.yaml"
+    spec.write_text(
+        spec.read_text().replace(
+            'targets: {python: ["3.11"], requirements: ["numpy==1.0"]}',
+            'targets: {python: ["3.11"], requirements: ["numpy==1.0"], llama_cpp_python: false}',
+        )
+    )
+    lock(load_spec(spec))
+    _build(project)
+    assert "wheel" not in fake.calls
+    assert any(c.startswith("build_wheelhouse") and c.endswith("[]") for c in fake.calls)

@@ -64,6 +64,16 @@ def test_full_spec_with_runtime_targets_server_and_local_model(tmp_path: Path) -
     assert spec.expires == dt.datetime(2027, 5, 26, tzinfo=dt.timezone.utc)
 
 
+def test_targets_ship_the_binding_unless_told_not_to(tmp_path: Path) -> None:
+    data = _base()
+    data["targets"] = {"python": ["3.11"]}
+    assert _parse(data, tmp_path).targets.llama_cpp_python is True
+    data["targets"]["llama_cpp_python"] = False
+    assert _parse(data, tmp_path).targets.llama_cpp_python is False
+    data["targets"]["llama_cpp_python"] = "no"
+    assert any(p.startswith("targets.llama_cpp_python") for p in _problems(data, tmp_path))
+
+
 def test_commit_revision_counts_as_pinned(tmp_path: Path) -> None:
     data = _base()
     data["models"][0]["revision"] = "a" * 40

@@ -249,14 +249,10 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         def _api(
             self, repo: str, kind: str, rev: str, sub: str, form: Optional[dict[str, list[str]]]
         ) -> None:
-            r = self._repo_or_error(repo)
-            if r is None:
+            found = self._snapshot_or_error(repo, rev)
+            if found is None:
                 return
-            commit = hub.resolve(repo, rev)
-            if commit is None:
-                self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-                return
-            files = r.files_by_commit[commit]
+            r, commit, files = found
             if kind == "revision":
                 info: dict[str, Any] = {
                     "id": repo,
@@ -300,15 +296,22 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                     entries[p] = hub.entry(repo, p, files[p])
             self._json(200, [entries[k] for k in sorted(entries)])
 
-        def _resolve(self, repo: str, rev: str, path: str) -> None:
+        def _snapshot_or_error(self, repo: str, rev: str) -> Optional[tuple[Any, str, Any]]:
+            """(repo, commit, files at that commit), or None after answering 401/404."""
             r = self._repo_or_error(repo)
             if r is None:
-                return
+                return None
             commit = hub.resolve(repo, rev)
             if commit is None:
                 self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+                return None
+            return r, commit, r.files_by_commit[commit]
+
+        def _resolve(self, repo: str, rev: str, path: str) -> None:
+            found = self._snapshot_or_error(repo, rev)
+            if found is None:
                 return
-            files = r.files_by_commit[commit]
+            _, commit, files = found
             if path not in files:
                 self._error(404, "EntryNotFound", f"{path} does not exist", commit)
                 return

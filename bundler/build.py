@@ -259,7 +259,7 @@ def stage_runtime(spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir
     rt = spec.runtime
     console.step(f"runtime: llama-cpp-python {rt.llama_cpp_python}")
     source = llamacpp.fetch_sdist(rt.llama_cpp_python, cache_dir=cache_dir)
-    cuda = llamacpp.CudaOptions(architectures=rt.cuda.architectures) if rt.cuda.enabled else None
+    cuda = llamacpp.cuda_options(rt.cuda.architectures) if rt.cuda.enabled else None
     engine = llamacpp.build_engine(
         source, variants=rt.cpu_variants, cuda=cuda, cache_dir=cache_dir, log_dir=log_dir
     )

@@ -43,9 +43,11 @@ __all__ = [
     "build_engine",
     "build_llama_cpp_python_wheel",
     "cpu_flags",
+    "cuda_options",
     "default_variants",
     "engine_cmake_flags",
     "fetch_sdist",
+    "find_nvcc",
     "min_driver",
     "source_tree",
     "stage_engine",
@@ -115,6 +117,8 @@ endif()
 """
 
 _OUR_LIBS = re.compile(r"^lib(llama|ggml|mtmd)[\w.-]*\.so")
+# the CUDA runtime libraries the bundle carries (the driver, libcuda.so.1, is the host's)
+_CUDA_RUNTIME_LIBS = re.compile(r"^lib(cudart|cublas|cublasLt)\.so")
 
 
 # --------------------------------------------------------------------------- records
@@ -141,21 +145,36 @@ class SourceArchive:
 
 @dataclass(frozen=True)
 class CudaOptions:
-    """A CUDA backend module: target GPU architectures and the toolkit's version."""
+    """A CUDA backend module: target GPU architectures and the toolkit that compiles it.
+
+    ``cuda_version`` is the toolkit's ``MAJOR.MINOR`` (``nvcc --version``): the runtime
+    wheels carried in the bundle are pinned to the same minor release, so the module never
+    meets an older ``libcudart`` than it was compiled against. :func:`cuda_options` finds
+    the toolkit and fills it in.
+    """
 
     architectures: tuple[str, ...] = ("80",)
     cuda_version: str = "12.4"
     nvcc: str | None = None
     runtime_wheels: tuple[str, ...] = ()
+    # ggml's virtual-memory pool links libcuda directly, which needs the toolkit's driver
+    # stub (lib64/stubs/libcuda.so) at link time; toolkits without one build the legacy pool
+    vmm: bool = True
 
     def wheel_requirements(self) -> list[str]:
-        """The NVIDIA PyPI wheels that carry the runtime libraries the module needs."""
+        """The NVIDIA PyPI wheels that carry the runtime libraries the module needs.
+
+        CUDA 11 and 12 wheels carry the major version in their name
+        (``nvidia-cublas-cu12``); from CUDA 13 on NVIDIA publishes them unsuffixed
+        (``nvidia-cublas``, files under ``nvidia/cu13/lib``).
+        """
         if self.runtime_wheels:
             return list(self.runtime_wheels)
         major, minor = _cuda_major_minor(self.cuda_version)
+        suffix = f"-cu{major}" if int(major) < 13 else ""
         return [
-            f"nvidia-cuda-runtime-cu{major}=={major}.{minor}.*",
-            f"nvidia-cublas-cu{major}=={major}.{minor}.*",
+            f"nvidia-cuda-runtime{suffix}=={major}.{minor}.*",
+            f"nvidia-cublas{suffix}=={major}.{minor}.*",
         ]
 
 
@@ -247,6 +266,129 @@ def min_driver(cuda_version: str) -> str:
     return _MIN_DRIVER[major]
 
 
+def find_nvcc(env: Mapping[str, str] | None = None) -> str | None:
+    """The CUDA compiler a build would use: ``$CUDACXX``, ``nvcc`` on PATH, then the newest
+    ``/usr/local/cuda*/bin/nvcc`` (where NVIDIA's packages install it, off PATH)."""
+    env = os.environ if env is None else env
+    if env.get("CUDACXX"):
+        return env["CUDACXX"]
+    on_path = shutil.which("nvcc", path=env.get("PATH"))
+    if on_path:
+        return on_path
+    candidates = [Path("/usr/local/cuda/bin/nvcc")]
+    candidates += sorted(
+        Path("/usr/local").glob("cuda-*/bin/nvcc"),
+        key=lambda p: _version_key(p.parent.parent.name.removeprefix("cuda-")),
+        reverse=True,
+    )
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    return None
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)) or (0,)
+
+
+def parse_nvcc_version(output: str) -> str:
+    """``13.0`` from ``nvcc --version`` (its ``release 13.0, V13.0.88`` line).
+
+    Raises:
+        BuildError: the output names no release.
+    """
+    m = re.search(r"release (\d+)\.(\d+)", output)
+    if not m:
+        raise BuildError(
+            "could not read the CUDA toolkit version from nvcc --version",
+            hint="check that CUDACXX points at a working nvcc",
+            problems=output.splitlines()[-5:],
+        )
+    return f"{m.group(1)}.{m.group(2)}"
+
+
+def cuda_options(architectures: Sequence[str], *, nvcc: str | None = None) -> CudaOptions:
+    """CUDA options for ``architectures`` with the toolkit found on this machine.
+
+    Raises:
+        BuildError: no CUDA toolkit, or one whose version cannot be read.
+        UsageError: a toolkit whose major version has no minimum-driver entry.
+    """
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise BuildError(
+            "the spec enables CUDA (runtime.cuda.enabled) but no CUDA toolkit was found",
+            hint="install NVIDIA's CUDA toolkit, or set CUDACXX=/path/to/nvcc; "
+            "or set runtime.cuda.enabled: false",
+        )
+    try:
+        run = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise BuildError(f"cannot run the CUDA compiler {nvcc}: {e}") from e
+    version = parse_nvcc_version(run.stdout + run.stderr)
+    min_driver(version)  # refuse a toolkit we cannot state a driver floor for, before building
+    return CudaOptions(
+        architectures=tuple(architectures),
+        cuda_version=version,
+        nvcc=nvcc,
+        vmm=driver_stub(nvcc) is not None,
+    )
+
+
+def driver_stub(nvcc: str) -> Path | None:
+    """The toolkit's link-time stub of the driver library (``libcuda.so``), if it has one."""
+    toolkit = Path(nvcc).resolve().parent.parent
+    for stub in [toolkit / "lib64" / "stubs", *sorted(toolkit.glob("targets/*/lib/stubs"))]:
+        if (stub / "libcuda.so").is_file():
+            return stub / "libcuda.so"
+    return None
+
+
+def cuda_sdk_members(names: Iterable[str]) -> list[tuple[str, str]]:
+    """The headers and libraries of NVIDIA's runtime wheels, as (member, path in the SDK).
+
+    ``nvidia/<pkg>/include/...`` goes to ``include/...`` and ``nvidia/<pkg>/lib/<lib>.so*``
+    to ``lib/<lib>.so*``: a compile-time overlay, so the module is compiled and linked
+    against the very cuBLAS it ships with (and toolkits without cuBLAS can build it).
+    """
+    out = []
+    for name in names:
+        parts = name.split("/")
+        if name.endswith("/") or len(parts) < 4 or parts[0] != "nvidia":
+            continue
+        if parts[2] == "include" and ".." not in parts:
+            out.append((name, "/".join(["include", *parts[3:]])))
+        elif parts[2] == "lib" and len(parts) == 4 and ".so" in parts[3]:
+            out.append((name, "lib/" + parts[3]))
+    return sorted(out)
+
+
+def extract_cuda_sdk(wheels: Iterable[Path], dest: Path) -> Path:
+    """Unpack :func:`cuda_sdk_members` of ``wheels`` under ``dest``; returns ``dest``."""
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for member, rel in cuda_sdk_members(zf.namelist()):
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    return dest
+
+
+def cuda_sdk_flags(sdk: Path) -> list[str]:
+    """cmake cache entries that point FindCUDAToolkit's cuBLAS at the wheel overlay."""
+    flags = ["-DCMAKE_CUDA_STANDARD_INCLUDE_DIRECTORIES=" + str(sdk / "include")]
+    for lib in ("cublas", "cublasLt"):
+        found = sorted((sdk / "lib").glob(f"lib{lib}.so.*"))
+        if not found:
+            raise BuildError(
+                f"the CUDA runtime wheels carry no lib{lib}.so",
+                hint="check runtime.cuda: the wheels must include NVIDIA's cuBLAS",
+            )
+        flags.append(f"-DCUDA_{lib}_LIBRARY={found[0]}")
+    return flags
+
+
 def cuda_library_members(names: Iterable[str]) -> list[str]:
     """The shared libraries to carry out of an NVIDIA runtime wheel (``nvidia/*/lib/*.so*``)."""
     keep = []
@@ -283,6 +425,13 @@ def collect_cuda_runtime(wheels: Iterable[Path], dest: Path) -> list[str]:
     return sorted(written)
 
 
+# NVIDIA's runtime wheels: CUDA 12 is tagged manylinux2014, cuBLAS 13 manylinux_2_27.
+_CUDA_WHEEL_PLATFORMS = (
+    "manylinux2014_x86_64",
+    *(f"manylinux_2_{n}_x86_64" for n in range(17, 29)),
+)
+
+
 def download_cuda_wheels(cuda: CudaOptions, dest: Path, *, index_url: str | None) -> list[Path]:
     """pip-download the NVIDIA runtime wheels for ``cuda`` (binary, no deps)."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -291,8 +440,7 @@ def download_cuda_wheels(cuda: CudaOptions, dest: Path, *, index_url: str | None
         "download",
         "--no-deps",
         "--only-binary=:all:",
-        "--platform",
-        "manylinux2014_x86_64",
+        *(a for tag in _CUDA_WHEEL_PLATFORMS for a in ("--platform", tag)),
         "--dest",
         str(dest),
     ]
@@ -352,6 +500,8 @@ def engine_cmake_flags(variants: Sequence[str], cuda: CudaOptions | None) -> lis
             # the toolkit's own CUB, never a git clone of CCCL during the build
             "-DGGML_CUDA_CUB_3DOT2=OFF",
         ]
+        if not cuda.vmm:
+            flags.append("-DGGML_CUDA_NO_VMM=ON")
         if cuda.nvcc:
             flags.append("-DCMAKE_CUDA_COMPILER=" + cuda.nvcc)
     else:
@@ -594,14 +744,15 @@ def compiler_display(compiler_id: str) -> str:
     return compiler_id
 
 
-def _first_line(argv: list[str]) -> str:
+def _first_line(argv: list[str], *, last: bool = False) -> str:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
     except OSError as e:
         raise BuildError(
             f"{argv[0]} is not installed: {e}", hint="run: bash .ci/setup (installs the toolchain)"
         ) from e
-    return out.splitlines()[0].strip() if out else "unknown"
+    lines = [line.strip() for line in out.splitlines() if line.strip()]
+    return (lines[-1] if last else lines[0]) if lines else "unknown"
 
 
 def _isolation_prefix() -> list[str]:
@@ -666,6 +817,8 @@ def build_engine(
     chosen = resolve_variants(variants)
     flags = engine_cmake_flags(chosen, cuda)
     tools = toolchain()
+    if cuda is not None:
+        tools["nvcc"] = _first_line([cuda.nvcc or "nvcc", "--version"], last=True)
     inputs: dict[str, Any] = {
         "kind": "engine",
         "source_sha256": source.sha256,
@@ -679,6 +832,10 @@ def build_engine(
     cache = BuildCache(cache_dir)
 
     def builder(out: Path, log: Path) -> None:
+        wheels: list[Path] = []
+        if cuda is not None:
+            # fetched first: a missing wheel fails in seconds, not after the CUDA compile
+            wheels = download_cuda_wheels(cuda, out / "_cuda-wheels", index_url=index_url)
         tree = source_tree(source, cache_dir=cache_dir) / "vendor" / "llama.cpp"
         build_dir = out / "_build"
         include = out / "_airlock-variants.cmake"
@@ -687,6 +844,9 @@ def build_engine(
         with open(log, "ab") as fh:
             fh.write(f"# network isolation: {' '.join(prefix) or 'none available'}\n".encode())
         commit = source.llama_cpp_commit
+        sdk_flags: list[str] = []
+        if cuda is not None:
+            sdk_flags = cuda_sdk_flags(extract_cuda_sdk(wheels, out / "_cuda-sdk"))
         configure = [
             *prefix,
             "cmake",
@@ -699,6 +859,7 @@ def build_engine(
             "-DCMAKE_PROJECT_INCLUDE=" + str(include),
             "-DLLAMA_BUILD_COMMIT=" + (commit[:9] if commit != "unknown" else "unknown"),
             "-DLLAMA_BUILD_NUMBER=0",
+            *sdk_flags,
         ]
         _run_logged(configure, log, what="cmake configure of llama.cpp")
         build = [
@@ -714,9 +875,9 @@ def build_engine(
         _run_logged(build, log, what="llama.cpp build (" + ", ".join(chosen) + ")")
         _collect(build_dir / "bin", out, chosen, cuda)
         if cuda is not None:
-            wheels = download_cuda_wheels(cuda, out / "_cuda-wheels", index_url=index_url)
             collect_cuda_runtime(wheels, out / "lib" / "cuda")
             shutil.rmtree(out / "_cuda-wheels")
+            shutil.rmtree(out / "_cuda-sdk")
         shutil.rmtree(build_dir)
         include.unlink()
         check_relocatable(out)
@@ -733,6 +894,7 @@ def _cuda_inputs(cuda: CudaOptions | None) -> Any:
         "architectures": list(cuda.architectures),
         "cuda_version": cuda.cuda_version,
         "wheels": cuda.wheel_requirements(),
+        "vmm": cuda.vmm,
     }
 
 
@@ -797,6 +959,7 @@ def check_relocatable(root: Path) -> None:
     """
     problems = []
     libs = {p.name for p in (root / "lib").glob("*.so*")}
+    cuda_libs = {p.name for p in (root / "lib" / "cuda").glob("*.so*")}
     for elf in [root / "bin" / "llama-server", *sorted((root / "lib").glob("*.so*"))]:
         dyn = _readelf_dynamic(elf)
         paths = [v for t, v in dyn if t in ("RUNPATH", "RPATH")]
@@ -810,6 +973,8 @@ def check_relocatable(root: Path) -> None:
                 if not entry.startswith("$ORIGIN"):
                     problems.append(f"{rel}: run path entry {entry!r} is not under $ORIGIN")
         problems += [f"{rel}: needs {n}, not in lib/" for n in ours if n not in libs]
+        carried = [n for n in needed if _CUDA_RUNTIME_LIBS.match(n)]
+        problems += [f"{rel}: needs {n}, not in lib/cuda/" for n in carried if n not in cuda_libs]
     if problems:
         raise BuildError(
             "the engine build is not relocatable",

@@ -32,7 +32,7 @@ class FakeRuntime:
         self.calls.append(f"fetch_sdist {version}")
         return SimpleNamespace(version=version)
 
-    def CudaOptions(self, *, architectures: tuple[str, ...]) -> Any:
+    def cuda_options(self, architectures: tuple[str, ...]) -> Any:
         return SimpleNamespace(architectures=architectures)
 
     def build_engine(

@@ -266,18 +266,21 @@ def min_driver(cuda_version: str) -> str:
     return _MIN_DRIVER[major]
 
 
-def find_nvcc(env: Mapping[str, str] | None = None) -> str | None:
-    """The CUDA compiler a build would use: ``$CUDACXX``, ``nvcc`` on PATH, then the newest
-    ``/usr/local/cuda*/bin/nvcc`` (where NVIDIA's packages install it, off PATH)."""
+def find_nvcc(
+    env: Mapping[str, str] | None = None, *, prefix: Path = Path("/usr/local")
+) -> str | None:
+    """The CUDA compiler a build would use: ``$CUDACXX``, ``nvcc`` on PATH, then
+    ``/usr/local/cuda/bin/nvcc`` and the newest ``/usr/local/cuda-X.Y/bin/nvcc`` (where
+    NVIDIA's packages install it, off PATH)."""
     env = os.environ if env is None else env
     if env.get("CUDACXX"):
         return env["CUDACXX"]
-    on_path = shutil.which("nvcc", path=env.get("PATH"))
+    on_path = shutil.which("nvcc", path=env.get("PATH", ""))
     if on_path:
         return on_path
-    candidates = [Path("/usr/local/cuda/bin/nvcc")]
+    candidates = [prefix / "cuda" / "bin" / "nvcc"]
     candidates += sorted(
-        Path("/usr/local").glob("cuda-*/bin/nvcc"),
+        prefix.glob("cuda-*/bin/nvcc"),
         key=lambda p: _version_key(p.parent.parent.name.removeprefix("cuda-")),
         reverse=True,
     )

@@ -1044,6 +1044,9 @@ def engine_properties(
             "module": "engine/lib/libggml-cuda.so",
             "runtime_dir": "engine/lib/cuda",
             "runtime_libraries": sorted("engine/" + f for f in files if f.startswith("lib/cuda/")),
+            "runtime_wheels": cuda.wheel_requirements(),
+            "nvcc": tools.get("nvcc", "unknown"),
+            "vmm": cuda.vmm,
         }
     return {
         "llama_cpp_python": source.properties(),

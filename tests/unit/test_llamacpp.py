@@ -181,6 +181,7 @@ def test_engine_properties_use_the_agreed_keys() -> None:
     assert props["cuda"]["min_driver"] == "525.60.13"
     assert props["cuda"]["module"] == "engine/lib/libggml-cuda.so"
     assert props["cuda"]["runtime_libraries"] == ["engine/lib/cuda/libcudart.so.12"]
+    assert props["cuda"]["runtime_wheels"] == cuda.wheel_requirements()
     assert engine_properties(_source(), ["x64"], [], None, tools)["cuda"] is None
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bundler import llamacpp
+from bundler import llamacpp, sdist
 from bundler.buildcache import BuildCache, default_cache_dir
 from bundler.smoke import free_port, server_env
 from bundler.testing.tinymodel import TinyModelOptions, write_tiny_model
@@ -66,7 +66,7 @@ def native_build(source: llamacpp.SourceArchive, cache: Path, jobs: int) -> Path
     }
 
     def builder(out: Path, log: Path) -> None:
-        tree = llamacpp.source_tree(source, cache_dir=cache) / "vendor" / "llama.cpp"
+        tree = sdist.source_tree(source, cache_dir=cache) / "vendor" / "llama.cpp"
         b = out / "_build"
         with open(log, "ab") as fh:
             subprocess.run(
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
     cache = default_cache_dir()
-    source = llamacpp.fetch_sdist(VERSION, cache_dir=cache)
+    source = sdist.fetch_sdist(VERSION, cache_dir=cache)
 
     t0 = time.monotonic()
     engine = llamacpp.build_engine(

@@ -256,10 +256,12 @@ def stage_runtime(spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir
     """Build llama.cpp from the pinned sdist and stage it as ``engine/``; returns the source."""
     assert spec.runtime is not None
     llamacpp = _module("bundler.llamacpp")
+    sdist = _module("bundler.sdist")
+    cudalib = _module("bundler.cuda")
     rt = spec.runtime
     console.step(f"runtime: llama-cpp-python {rt.llama_cpp_python}")
-    source = llamacpp.fetch_sdist(rt.llama_cpp_python, cache_dir=cache_dir)
-    cuda = llamacpp.cuda_options(rt.cuda.architectures) if rt.cuda.enabled else None
+    source = sdist.fetch_sdist(rt.llama_cpp_python, cache_dir=cache_dir)
+    cuda = cudalib.cuda_options(rt.cuda.architectures) if rt.cuda.enabled else None
     engine = llamacpp.build_engine(
         source, variants=rt.cpu_variants, cuda=cuda, cache_dir=cache_dir, log_dir=log_dir
     )

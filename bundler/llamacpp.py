@@ -1,60 +1,47 @@
-"""The pinned llama.cpp runtime: llama-cpp-python sdist, llama-server with CPU variant modules.
+"""The llama.cpp runtime: llama-server with CPU variant modules, and the binding wheel.
 
-llama.cpp is pinned by one llama-cpp-python source distribution from the package index
-(digest checked against the index); its vendored ``vendor/llama.cpp`` is the only source
-built. ``llama-server`` is built with ``GGML_BACKEND_DL`` so the CPU backend is a set of
-loadable modules (``libggml-cpu-<variant>.so``) and ggml picks the best one for the host
-at load time: no build ever dies with SIGILL on an older CPU. Optionally a CUDA module is
-built, with the CUDA runtime libraries it needs carried in ``engine/lib/cuda``.
+``llama-server`` is built from the pinned sdist's vendored llama.cpp (:mod:`bundler.sdist`)
+with ``GGML_BACKEND_DL`` so the CPU backend is a set of loadable modules
+(``libggml-cpu-<variant>.so``) and ggml picks the best one for the host at load time: no
+build ever dies with SIGILL on an older CPU. Optionally a CUDA module is built
+(:mod:`bundler.cuda`), with the CUDA runtime libraries it needs carried in
+``engine/lib/cuda``.
 
-The command lines (cmake flags, variant choice, CUDA driver table) are pure functions; the
-adapters around them download, extract, run cmake and copy files.
+The command lines (cmake flags, variant choice) are pure functions; the adapters around them
+run cmake, copy files and check that the result is relocatable.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import re
 import shutil
 import subprocess
-import tarfile
-import urllib.parse
-import urllib.request
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Literal
 
-from bundler.buildcache import BuildCache, CacheEntry, copy_log, file_lock, log_tail
-from bundler.errors import BuildError, FetchError, UsageError
+from bundler import cuda as cudalib
+from bundler.buildcache import BuildCache, CacheEntry, copy_log, log_tail
+from bundler.cuda import CudaOptions
+from bundler.errors import BuildError, UsageError
+from bundler.sdist import SourceArchive, source_tree
 from runtime import select
 
 __all__ = [
     "ALL_X86_VARIANTS",
-    "CudaOptions",
     "EngineBuild",
-    "SourceArchive",
     "best_variant",
     "build_engine",
     "build_llama_cpp_python_wheel",
     "cpu_flags",
-    "cuda_options",
     "default_variants",
     "engine_cmake_flags",
-    "fetch_sdist",
-    "find_nvcc",
-    "min_driver",
-    "source_tree",
     "stage_engine",
 ]
 
-PACKAGE = "llama-cpp-python"
-DEFAULT_INDEX = "https://pypi.org/simple"
 
 # ggml's x86 CPU variants (ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS) in its order,
 # each with the /proc/cpuinfo flags it needs. AVX512 in ggml means F, CD, VL, DQ and BW.
@@ -86,9 +73,6 @@ X86_VARIANT_FLAGS: Mapping[str, tuple[str, ...]] = {
 }
 ALL_X86_VARIANTS: tuple[str, ...] = tuple(X86_VARIANT_FLAGS)
 
-# Minimum Linux driver for each CUDA major version (CUDA minor version compatibility,
-# NVIDIA CUDA Toolkit release notes, table 3).
-_MIN_DRIVER: Mapping[str, str] = {"11": "450.80.02", "12": "525.60.13", "13": "580.65.06"}
 
 # The cmake include that limits the CPU modules built to the requested variants: ggml makes
 # its core library depend on every module (add_dependencies(ggml ggml-cpu-*)), so building
@@ -117,65 +101,9 @@ endif()
 """
 
 _OUR_LIBS = re.compile(r"^lib(llama|ggml|mtmd)[\w.-]*\.so")
-# the CUDA runtime libraries the bundle carries (the driver, libcuda.so.1, is the host's)
-_CUDA_RUNTIME_LIBS = re.compile(r"^lib(cudart|cublas|cublasLt)\.so")
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class SourceArchive:
-    """The pinned llama-cpp-python sdist on disk, digest-checked against the index."""
-
-    path: Path
-    version: str
-    sha256: str
-    url: str
-    llama_cpp_commit: str
-
-    def properties(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "sdist": self.path.name,
-            "sha256": self.sha256,
-            "url": self.url,
-        }
-
-
-@dataclass(frozen=True)
-class CudaOptions:
-    """A CUDA backend module: target GPU architectures and the toolkit that compiles it.
-
-    ``cuda_version`` is the toolkit's ``MAJOR.MINOR`` (``nvcc --version``): the runtime
-    wheels carried in the bundle are pinned to the same minor release, so the module never
-    meets an older ``libcudart`` than it was compiled against. :func:`cuda_options` finds
-    the toolkit and fills it in.
-    """
-
-    architectures: tuple[str, ...] = ("80",)
-    cuda_version: str = "12.4"
-    nvcc: str | None = None
-    runtime_wheels: tuple[str, ...] = ()
-    # ggml's virtual-memory pool links libcuda directly, which needs the toolkit's driver
-    # stub (lib64/stubs/libcuda.so) at link time; toolkits without one build the legacy pool
-    vmm: bool = True
-
-    def wheel_requirements(self) -> list[str]:
-        """The NVIDIA PyPI wheels that carry the runtime libraries the module needs.
-
-        CUDA 11 and 12 wheels carry the major version in their name
-        (``nvidia-cublas-cu12``); from CUDA 13 on NVIDIA publishes them unsuffixed
-        (``nvidia-cublas``, files under ``nvidia/cu13/lib``).
-        """
-        if self.runtime_wheels:
-            return list(self.runtime_wheels)
-        major, minor = _cuda_major_minor(self.cuda_version)
-        suffix = f"-cu{major}" if int(major) < 13 else ""
-        return [
-            f"nvidia-cuda-runtime{suffix}=={major}.{minor}.*",
-            f"nvidia-cublas{suffix}=={major}.{minor}.*",
-        ]
 
 
 @dataclass(frozen=True)
@@ -241,225 +169,6 @@ def resolve_variants(variants: Sequence[str] | Literal["all"]) -> list[str]:
     return [v for v in ALL_X86_VARIANTS if v in wanted]
 
 
-# --------------------------------------------------------------------------- CUDA
-
-
-def _cuda_major_minor(version: str) -> tuple[str, str]:
-    m = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?", version.strip())
-    if not m:
-        raise UsageError(f"CUDA version {version!r} is not MAJOR.MINOR", hint="write it like 12.4")
-    return m.group(1), m.group(2)
-
-
-def min_driver(cuda_version: str) -> str:
-    """The minimum NVIDIA Linux driver for a CUDA runtime version.
-
-    Raises:
-        UsageError: a CUDA major version airlock has no driver entry for.
-    """
-    major, _ = _cuda_major_minor(cuda_version)
-    if major not in _MIN_DRIVER:
-        raise UsageError(
-            f"no minimum-driver entry for CUDA {cuda_version}",
-            hint="use CUDA " + " or ".join(f"{k}.x" for k in _MIN_DRIVER),
-        )
-    return _MIN_DRIVER[major]
-
-
-def find_nvcc(
-    env: Mapping[str, str] | None = None, *, prefix: Path = Path("/usr/local")
-) -> str | None:
-    """The CUDA compiler a build would use: ``$CUDACXX``, ``nvcc`` on PATH, then
-    ``/usr/local/cuda/bin/nvcc`` and the newest ``/usr/local/cuda-X.Y/bin/nvcc`` (where
-    NVIDIA's packages install it, off PATH)."""
-    env = os.environ if env is None else env
-    if env.get("CUDACXX"):
-        return env["CUDACXX"]
-    on_path = shutil.which("nvcc", path=env.get("PATH", ""))
-    if on_path:
-        return on_path
-    candidates = [prefix / "cuda" / "bin" / "nvcc"]
-    candidates += sorted(
-        prefix.glob("cuda-*/bin/nvcc"),
-        key=lambda p: _version_key(p.parent.parent.name.removeprefix("cuda-")),
-        reverse=True,
-    )
-    for c in candidates:
-        if c.is_file() and os.access(c, os.X_OK):
-            return str(c)
-    return None
-
-
-def _version_key(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text)) or (0,)
-
-
-def parse_nvcc_version(output: str) -> str:
-    """``13.0`` from ``nvcc --version`` (its ``release 13.0, V13.0.88`` line).
-
-    Raises:
-        BuildError: the output names no release.
-    """
-    m = re.search(r"release (\d+)\.(\d+)", output)
-    if not m:
-        raise BuildError(
-            "could not read the CUDA toolkit version from nvcc --version",
-            hint="check that CUDACXX points at a working nvcc",
-            problems=output.splitlines()[-5:],
-        )
-    return f"{m.group(1)}.{m.group(2)}"
-
-
-def cuda_options(architectures: Sequence[str], *, nvcc: str | None = None) -> CudaOptions:
-    """CUDA options for ``architectures`` with the toolkit found on this machine.
-
-    Raises:
-        BuildError: no CUDA toolkit, or one whose version cannot be read.
-        UsageError: a toolkit whose major version has no minimum-driver entry.
-    """
-    nvcc = nvcc or find_nvcc()
-    if nvcc is None:
-        raise BuildError(
-            "the spec enables CUDA (runtime.cuda.enabled) but no CUDA toolkit was found",
-            hint="install NVIDIA's CUDA toolkit, or set CUDACXX=/path/to/nvcc; "
-            "or set runtime.cuda.enabled: false",
-        )
-    try:
-        run = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
-    except OSError as e:
-        raise BuildError(f"cannot run the CUDA compiler {nvcc}: {e}") from e
-    version = parse_nvcc_version(run.stdout + run.stderr)
-    min_driver(version)  # refuse a toolkit we cannot state a driver floor for, before building
-    return CudaOptions(
-        architectures=tuple(architectures),
-        cuda_version=version,
-        nvcc=nvcc,
-        vmm=driver_stub(nvcc) is not None,
-    )
-
-
-def driver_stub(nvcc: str) -> Path | None:
-    """The toolkit's link-time stub of the driver library (``libcuda.so``), if it has one."""
-    toolkit = Path(nvcc).resolve().parent.parent
-    for stub in [toolkit / "lib64" / "stubs", *sorted(toolkit.glob("targets/*/lib/stubs"))]:
-        if (stub / "libcuda.so").is_file():
-            return stub / "libcuda.so"
-    return None
-
-
-def cuda_sdk_members(names: Iterable[str]) -> list[tuple[str, str]]:
-    """The headers and libraries of NVIDIA's runtime wheels, as (member, path in the SDK).
-
-    ``nvidia/<pkg>/include/...`` goes to ``include/...`` and ``nvidia/<pkg>/lib/<lib>.so*``
-    to ``lib/<lib>.so*``: a compile-time overlay, so the module is compiled and linked
-    against the very cuBLAS it ships with (and toolkits without cuBLAS can build it).
-    """
-    out = []
-    for name in names:
-        parts = name.split("/")
-        if name.endswith("/") or len(parts) < 4 or parts[0] != "nvidia":
-            continue
-        if parts[2] == "include" and ".." not in parts:
-            out.append((name, "/".join(["include", *parts[3:]])))
-        elif parts[2] == "lib" and len(parts) == 4 and ".so" in parts[3]:
-            out.append((name, "lib/" + parts[3]))
-    return sorted(out)
-
-
-def extract_cuda_sdk(wheels: Iterable[Path], dest: Path) -> Path:
-    """Unpack :func:`cuda_sdk_members` of ``wheels`` under ``dest``; returns ``dest``."""
-    for wheel in wheels:
-        with zipfile.ZipFile(wheel) as zf:
-            for member, rel in cuda_sdk_members(zf.namelist()):
-                target = dest / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(target, "wb") as out:
-                    shutil.copyfileobj(src, out)
-    return dest
-
-
-def cuda_sdk_flags(sdk: Path) -> list[str]:
-    """cmake cache entries that point FindCUDAToolkit's cuBLAS at the wheel overlay."""
-    flags = ["-DCMAKE_CUDA_STANDARD_INCLUDE_DIRECTORIES=" + str(sdk / "include")]
-    for lib in ("cublas", "cublasLt"):
-        found = sorted((sdk / "lib").glob(f"lib{lib}.so.*"))
-        if not found:
-            raise BuildError(
-                f"the CUDA runtime wheels carry no lib{lib}.so",
-                hint="check runtime.cuda: the wheels must include NVIDIA's cuBLAS",
-            )
-        flags.append(f"-DCUDA_{lib}_LIBRARY={found[0]}")
-    return flags
-
-
-def cuda_library_members(names: Iterable[str]) -> list[str]:
-    """The shared libraries to carry out of an NVIDIA runtime wheel (``nvidia/*/lib/*.so*``)."""
-    keep = []
-    for name in names:
-        parts = name.split("/")
-        if (
-            len(parts) == 4
-            and parts[0] == "nvidia"
-            and parts[2] == "lib"
-            and ".so" in parts[3]
-            and not name.endswith("/")
-        ):
-            keep.append(name)
-    return sorted(keep)
-
-
-def collect_cuda_runtime(wheels: Iterable[Path], dest: Path) -> list[str]:
-    """Extract the CUDA runtime libraries from NVIDIA's wheels into ``dest``.
-
-    Returns the file names written, sorted.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    written = []
-    for wheel in wheels:
-        with zipfile.ZipFile(wheel) as zf:
-            for member in cuda_library_members(zf.namelist()):
-                name = member.rsplit("/", 1)[1]
-                tmp = dest / f".{name}.tmp"
-                with zf.open(member) as src, open(tmp, "wb") as out:
-                    shutil.copyfileobj(src, out)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, dest / name)
-                written.append(name)
-    return sorted(written)
-
-
-# NVIDIA's runtime wheels: CUDA 12 is tagged manylinux2014, cuBLAS 13 manylinux_2_27.
-_CUDA_WHEEL_PLATFORMS = (
-    "manylinux2014_x86_64",
-    *(f"manylinux_2_{n}_x86_64" for n in range(17, 29)),
-)
-
-
-def download_cuda_wheels(cuda: CudaOptions, dest: Path, *, index_url: str | None) -> list[Path]:
-    """pip-download the NVIDIA runtime wheels for ``cuda`` (binary, no deps)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    argv = [
-        *_pip(),
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        *(a for tag in _CUDA_WHEEL_PLATFORMS for a in ("--platform", tag)),
-        "--dest",
-        str(dest),
-    ]
-    if index_url:
-        argv += ["--index-url", index_url]
-    argv += cuda.wheel_requirements()
-    run = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if run.returncode != 0:
-        raise FetchError(
-            "could not download the CUDA runtime wheels " + " ".join(cuda.wheel_requirements()),
-            hint="check the package index is reachable and the CUDA version exists on it",
-            problems=(run.stdout + run.stderr).splitlines()[-20:],
-        )
-    return sorted(dest.glob("nvidia_*.whl"))
-
-
 # --------------------------------------------------------------------------- cmake flags
 
 
@@ -517,200 +226,6 @@ def engine_targets(variants: Sequence[str], cuda: CudaOptions | None) -> list[st
     if cuda is not None:
         targets.append("ggml-cuda")
     return targets
-
-
-# --------------------------------------------------------------------------- sdist
-
-
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            for k, v in attrs:
-                if k == "href" and v:
-                    self.links.append(v)
-
-
-def sdist_filenames(version: str) -> tuple[str, ...]:
-    return (f"llama_cpp_python-{version}.tar.gz", f"llama-cpp-python-{version}.tar.gz")
-
-
-def find_in_simple_index(
-    body: bytes, content_type: str, page_url: str, version: str
-) -> tuple[str, str | None]:
-    """(url, sha256 or None) of the sdist in a PEP 503/691 simple-index page (pure)."""
-    wanted = sdist_filenames(version)
-    if "json" in content_type:
-        doc = json.loads(body)
-        for f in doc.get("files", []):
-            if f.get("filename") in wanted:
-                url = urllib.parse.urljoin(page_url, f["url"])
-                return url, (f.get("hashes") or {}).get("sha256")
-    else:
-        parser = _Links()
-        parser.feed(body.decode("utf-8", errors="replace"))
-        for href in parser.links:
-            url = urllib.parse.urljoin(page_url, href)
-            parsed = urllib.parse.urlsplit(url)
-            if parsed.path.rsplit("/", 1)[-1] in wanted:
-                m = re.search(r"sha256=([0-9a-f]{64})", parsed.fragment)
-                return parsed._replace(fragment="").geturl(), m.group(1) if m else None
-    raise FetchError(
-        f"{PACKAGE} {version}: no source distribution on the index page {page_url}",
-        hint="check the version in the spec exists as an sdist on the index (or mirror it)",
-    )
-
-
-def _index_url(index_url: str | None) -> str:
-    return (index_url or os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
-
-
-def fetch_sdist(version: str, *, cache_dir: Path, index_url: str | None = None) -> SourceArchive:
-    """Download (or reuse) the llama-cpp-python sdist, checking the index's sha256.
-
-    ``index_url`` is a PEP 503 simple index (default ``$PIP_INDEX_URL``, else PyPI).
-
-    Raises:
-        FetchError: the index is unreachable, has no such sdist, publishes no digest, or
-            the downloaded bytes do not match it.
-    """
-    index = _index_url(index_url)
-    page = f"{index}/{PACKAGE}/"
-    if urllib.parse.urlsplit(page).scheme not in ("https", "http", "file"):
-        raise FetchError(f"unsupported index URL {page}", hint="use an https:// simple index")
-    req = urllib.request.Request(  # noqa: S310 - scheme checked above
-        page,
-        headers={"Accept": "application/vnd.pypi.simple.v1+json, text/html;q=0.1"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 - index URL
-            body = resp.read()
-            ctype = resp.headers.get("Content-Type", "")
-    except OSError as e:
-        raise FetchError(
-            f"cannot read the package index page {page}: {e}",
-            hint="check network access to the index, or set PIP_INDEX_URL to a mirror",
-        ) from e
-    url, digest = find_in_simple_index(body, ctype, page, version)
-    if not digest:
-        raise FetchError(
-            f"the index publishes no sha256 for {url}",
-            hint="use an index that serves PEP 503 hashes so the source can be pinned",
-        )
-    dest_dir = cache_dir / "sdist"
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
-    if not (dest.is_file() and _sha256_file(dest) == digest):
-        _download(url, dest, digest)
-    return SourceArchive(
-        path=dest,
-        version=version,
-        sha256=digest,
-        url=url,
-        llama_cpp_commit=llama_cpp_commit(dest),
-    )
-
-
-def _download(url: str, dest: Path, digest: str) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    h = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=120) as resp, open(tmp, "wb") as out:  # noqa: S310
-            while chunk := resp.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise FetchError(f"cannot download {url}: {e}", hint="check network access") from e
-    if h.hexdigest() != digest:
-        tmp.unlink(missing_ok=True)
-        raise FetchError(
-            f"{url}: sha256 {h.hexdigest()} does not match the index's {digest}",
-            hint="the index or a proxy served other bytes; do not build from them",
-        )
-    os.replace(tmp, dest)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def llama_cpp_commit(sdist: Path) -> str:
-    """The vendored llama.cpp commit recorded inside the sdist, or ``"unknown"``.
-
-    llama-cpp-python ships the submodule's git metadata
-    (``.git/modules/vendor/llama.cpp/HEAD``, a full 40-hex commit); older sdists only
-    name it in CHANGELOG.md ("update llama.cpp to ggml-org/llama.cpp@<hex>").
-    """
-    head_re = re.compile(r"^[^/]+/\.git/modules/vendor/llama\.cpp/HEAD$")
-    changelog = None
-    with tarfile.open(sdist, "r:gz") as tf:
-        for member in tf:
-            if head_re.match(member.name) and member.isfile():
-                fh = tf.extractfile(member)
-                text = fh.read().decode().strip() if fh else ""
-                if re.fullmatch(r"[0-9a-f]{40}", text):
-                    return text
-            elif member.name.count("/") == 1 and member.name.endswith("/CHANGELOG.md"):
-                fh = tf.extractfile(member)
-                changelog = fh.read().decode("utf-8", errors="replace") if fh else None
-    if changelog:
-        m = re.search(r"llama\.cpp@([0-9a-f]{7,40})", changelog)
-        if m:
-            return m.group(1)
-    return "unknown"
-
-
-def source_tree(source: SourceArchive, *, cache_dir: Path) -> Path:
-    """The extracted sdist (shared by every build of it): its root directory.
-
-    Extraction refuses links that leave the tree, absolute and ``..`` paths.
-    """
-    base = cache_dir / "src" / source.sha256
-    (cache_dir / "src").mkdir(parents=True, exist_ok=True)
-    with file_lock(cache_dir / "src" / f".{source.sha256}.lock"):
-        if not (base / ".complete").is_file():
-            _extract(source, cache_dir, base)
-    return _single_child(base)
-
-
-def _extract(source: SourceArchive, cache_dir: Path, base: Path) -> None:
-    tmp = cache_dir / "src" / f".{source.sha256}.{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    with tarfile.open(source.path, "r:gz") as tf:
-        members = []
-        for m in tf.getmembers():
-            target = Path(m.name)
-            if target.is_absolute() or ".." in target.parts:
-                raise BuildError(f"{source.path.name}: unsafe member path {m.name!r}")
-            if (m.issym() or m.islnk()) and (
-                Path(m.linkname).is_absolute() or ".." in Path(m.linkname).parts
-            ):
-                continue  # never followed by the build; do not create it
-            if m.isdev():
-                continue
-            members.append(m)
-        tf.extractall(tmp, members=members)  # noqa: S202 - members checked above
-    (tmp / ".complete").write_text(source.sha256 + "\n")
-    if base.exists():
-        shutil.rmtree(base)
-    os.replace(tmp, base)
-
-
-def _single_child(base: Path) -> Path:
-    dirs = [p for p in base.iterdir() if p.is_dir()]
-    if len(dirs) != 1:
-        raise BuildError(f"{base}: expected one top-level directory in the sdist")
-    return dirs[0]
 
 
 # --------------------------------------------------------------------------- toolchain
@@ -838,7 +353,7 @@ def build_engine(
         wheels: list[Path] = []
         if cuda is not None:
             # fetched first: a missing wheel fails in seconds, not after the CUDA compile
-            wheels = download_cuda_wheels(cuda, out / "_cuda-wheels", index_url=index_url)
+            wheels = cudalib.download_cuda_wheels(cuda, out / "_cuda-wheels", index_url=index_url)
         tree = source_tree(source, cache_dir=cache_dir) / "vendor" / "llama.cpp"
         build_dir = out / "_build"
         include = out / "_airlock-variants.cmake"
@@ -849,7 +364,7 @@ def build_engine(
         commit = source.llama_cpp_commit
         sdk_flags: list[str] = []
         if cuda is not None:
-            sdk_flags = cuda_sdk_flags(extract_cuda_sdk(wheels, out / "_cuda-sdk"))
+            sdk_flags = cudalib.cuda_sdk_flags(cudalib.extract_cuda_sdk(wheels, out / "_cuda-sdk"))
         configure = [
             *prefix,
             "cmake",
@@ -878,7 +393,7 @@ def build_engine(
         _run_logged(build, log, what="llama.cpp build (" + ", ".join(chosen) + ")")
         _collect(build_dir / "bin", out, chosen, cuda)
         if cuda is not None:
-            collect_cuda_runtime(wheels, out / "lib" / "cuda")
+            cudalib.collect_cuda_runtime(wheels, out / "lib" / "cuda")
             shutil.rmtree(out / "_cuda-wheels")
             shutil.rmtree(out / "_cuda-sdk")
         shutil.rmtree(build_dir)
@@ -976,7 +491,7 @@ def check_relocatable(root: Path) -> None:
                 if not entry.startswith("$ORIGIN"):
                     problems.append(f"{rel}: run path entry {entry!r} is not under $ORIGIN")
         problems += [f"{rel}: needs {n}, not in lib/" for n in ours if n not in libs]
-        carried = [n for n in needed if _CUDA_RUNTIME_LIBS.match(n)]
+        carried = [n for n in needed if cudalib.RUNTIME_LIBRARY.match(n)]
         problems += [f"{rel}: needs {n}, not in lib/cuda/" for n in carried if n not in cuda_libs]
     if problems:
         raise BuildError(
@@ -1040,7 +555,7 @@ def engine_properties(
         cuda_props = {
             "architectures": list(cuda.architectures),
             "cuda_version": cuda.cuda_version,
-            "min_driver": min_driver(cuda.cuda_version),
+            "min_driver": cudalib.min_driver(cuda.cuda_version),
             "module": "engine/lib/libggml-cuda.so",
             "runtime_dir": "engine/lib/cuda",
             "runtime_libraries": sorted("engine/" + f for f in files if f.startswith("lib/cuda/")),

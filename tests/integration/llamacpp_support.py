@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bundler import llamacpp
+from bundler import llamacpp, sdist
 from bundler.buildcache import default_cache_dir
 from bundler.llamacpp import EngineBuild
 
@@ -14,7 +14,7 @@ VERSION = "0.3.36"
 def engine_build(log_dir: Path | None = None) -> EngineBuild:
     """llama-server from the pinned sdist with ``default_variants()`` (what the demo builds)."""
     cache = default_cache_dir()
-    source = llamacpp.fetch_sdist(VERSION, cache_dir=cache)
+    source = sdist.fetch_sdist(VERSION, cache_dir=cache)
     return llamacpp.build_engine(
         source, variants=llamacpp.default_variants(), cuda=None, cache_dir=cache, log_dir=log_dir
     )

@@ -18,7 +18,8 @@ import pytest
 
 from bundler import llamacpp
 from bundler.errors import BuildError
-from bundler.llamacpp import EngineBuild, SourceArchive
+from bundler.llamacpp import EngineBuild
+from bundler.sdist import SourceArchive
 from tests.integration.llamacpp_support import VERSION, engine_build
 
 # VEX/EVEX-encoded mnemonics all start with "v" (vmovups, vfmadd231ps, vpxor, vzeroupper...);

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from bundler import llamacpp
+from bundler import llamacpp, sdist
 from bundler.ggufinfo import read_facts
 from bundler.testing.tinymodel import write_tiny_model
 from runtime import select
@@ -38,7 +38,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
     """A release directory laid out as the bundle unpacks it, and its manifest."""
-    source = llamacpp.fetch_sdist(LLAMA_CPP_PYTHON, cache_dir=_cache())
+    source = sdist.fetch_sdist(LLAMA_CPP_PYTHON, cache_dir=_cache())
     engine = llamacpp.build_engine(
         source, variants=llamacpp.default_variants(), cuda=None, cache_dir=_cache()
     )

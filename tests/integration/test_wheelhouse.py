@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler import llamacpp, wheelhouse
+from bundler import llamacpp, sdist, wheelhouse
 from bundler.buildcache import default_cache_dir
 from bundler.errors import ClosureError
 from bundler.wheelhouse import Target
@@ -68,7 +68,7 @@ def test_closure_fails_when_a_wheel_is_removed(
 @pytest.mark.slow
 def test_llama_cpp_python_wheel_is_portable_and_installs_offline(tmp_path: Path) -> None:
     cache = default_cache_dir()
-    source = llamacpp.fetch_sdist(VERSION, cache_dir=cache)
+    source = sdist.fetch_sdist(VERSION, cache_dir=cache)
     wheel = llamacpp.build_llama_cpp_python_wheel(
         source, variants=llamacpp.default_variants(), cache_dir=cache
     )

@@ -99,7 +99,13 @@ class FakeRuntime:
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRuntime:
     runtime = FakeRuntime()
     real = bundler.build._module
-    fakes = ("bundler.llamacpp", "bundler.wheelhouse", "bundler.smoke")
+    fakes = (
+        "bundler.llamacpp",
+        "bundler.sdist",
+        "bundler.cuda",
+        "bundler.wheelhouse",
+        "bundler.smoke",
+    )
     monkeypatch.setattr(
         bundler.build, "_module", lambda name: runtime if name in fakes else real(name)
     )

@@ -1,0 +1,297 @@
+"""The optional CUDA backend: the toolkit that compiles it and NVIDIA's runtime libraries.
+
+The toolkit is found (``$CUDACXX``, PATH, ``/usr/local/cuda*``) and its version read from
+``nvcc --version``; the runtime libraries the module needs (``libcudart``, ``libcublas``,
+``libcublasLt``) come from NVIDIA's wheels on the package index, pinned to the toolkit's
+minor release, and travel in the bundle (``engine/lib/cuda``) instead of being assumed on
+the host. The same wheels' headers and libraries are the compile-time cuBLAS, so the module
+is linked against exactly what ships. The minimum host driver follows from the CUDA major
+version.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bundler.errors import BuildError, FetchError, UsageError
+
+__all__ = [
+    "CudaOptions",
+    "collect_cuda_runtime",
+    "cuda_options",
+    "cuda_sdk_flags",
+    "download_cuda_wheels",
+    "extract_cuda_sdk",
+    "find_nvcc",
+    "min_driver",
+    "parse_nvcc_version",
+]
+
+# Minimum Linux driver for each CUDA major version (CUDA minor version compatibility,
+# NVIDIA CUDA Toolkit release notes, table 3).
+_MIN_DRIVER: Mapping[str, str] = {"11": "450.80.02", "12": "525.60.13", "13": "580.65.06"}
+
+# the CUDA runtime libraries a bundle carries (the driver, libcuda.so.1, is the host's)
+RUNTIME_LIBRARY = re.compile(r"^lib(cudart|cublas|cublasLt)\.so")
+
+
+@dataclass(frozen=True)
+class CudaOptions:
+    """A CUDA backend module: target GPU architectures and the toolkit that compiles it.
+
+    ``cuda_version`` is the toolkit's ``MAJOR.MINOR`` (``nvcc --version``): the runtime
+    wheels carried in the bundle are pinned to the same minor release, so the module never
+    meets an older ``libcudart`` than it was compiled against. :func:`cuda_options` finds
+    the toolkit and fills it in.
+    """
+
+    architectures: tuple[str, ...] = ("80",)
+    cuda_version: str = "12.4"
+    nvcc: str | None = None
+    runtime_wheels: tuple[str, ...] = ()
+    # ggml's virtual-memory pool links libcuda directly, which needs the toolkit's driver
+    # stub (lib64/stubs/libcuda.so) at link time; toolkits without one build the legacy pool
+    vmm: bool = True
+
+    def wheel_requirements(self) -> list[str]:
+        """The NVIDIA PyPI wheels that carry the runtime libraries the module needs.
+
+        CUDA 11 and 12 wheels carry the major version in their name
+        (``nvidia-cublas-cu12``); from CUDA 13 on NVIDIA publishes them unsuffixed
+        (``nvidia-cublas``, files under ``nvidia/cu13/lib``).
+        """
+        if self.runtime_wheels:
+            return list(self.runtime_wheels)
+        major, minor = _cuda_major_minor(self.cuda_version)
+        suffix = f"-cu{major}" if int(major) < 13 else ""
+        return [
+            f"nvidia-cuda-runtime{suffix}=={major}.{minor}.*",
+            f"nvidia-cublas{suffix}=={major}.{minor}.*",
+        ]
+
+
+def _cuda_major_minor(version: str) -> tuple[str, str]:
+    m = re.fullmatch(r"(\d+)\.(\d+)(?:\.\d+)?", version.strip())
+    if not m:
+        raise UsageError(f"CUDA version {version!r} is not MAJOR.MINOR", hint="write it like 12.4")
+    return m.group(1), m.group(2)
+
+
+def min_driver(cuda_version: str) -> str:
+    """The minimum NVIDIA Linux driver for a CUDA runtime version.
+
+    Raises:
+        UsageError: a CUDA major version airlock has no driver entry for.
+    """
+    major, _ = _cuda_major_minor(cuda_version)
+    if major not in _MIN_DRIVER:
+        raise UsageError(
+            f"no minimum-driver entry for CUDA {cuda_version}",
+            hint="use CUDA " + " or ".join(f"{k}.x" for k in _MIN_DRIVER),
+        )
+    return _MIN_DRIVER[major]
+
+
+def find_nvcc(
+    env: Mapping[str, str] | None = None, *, prefix: Path = Path("/usr/local")
+) -> str | None:
+    """The CUDA compiler a build would use: ``$CUDACXX``, ``nvcc`` on PATH, then
+    ``/usr/local/cuda/bin/nvcc`` and the newest ``/usr/local/cuda-X.Y/bin/nvcc`` (where
+    NVIDIA's packages install it, off PATH)."""
+    env = os.environ if env is None else env
+    if env.get("CUDACXX"):
+        return env["CUDACXX"]
+    on_path = shutil.which("nvcc", path=env.get("PATH", ""))
+    if on_path:
+        return on_path
+    candidates = [prefix / "cuda" / "bin" / "nvcc"]
+    candidates += sorted(
+        prefix.glob("cuda-*/bin/nvcc"),
+        key=lambda p: _version_key(p.parent.parent.name.removeprefix("cuda-")),
+        reverse=True,
+    )
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    return None
+
+
+def _version_key(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)) or (0,)
+
+
+def parse_nvcc_version(output: str) -> str:
+    """``13.0`` from ``nvcc --version`` (its ``release 13.0, V13.0.88`` line).
+
+    Raises:
+        BuildError: the output names no release.
+    """
+    m = re.search(r"release (\d+)\.(\d+)", output)
+    if not m:
+        raise BuildError(
+            "could not read the CUDA toolkit version from nvcc --version",
+            hint="check that CUDACXX points at a working nvcc",
+            problems=output.splitlines()[-5:],
+        )
+    return f"{m.group(1)}.{m.group(2)}"
+
+
+def cuda_options(architectures: Sequence[str], *, nvcc: str | None = None) -> CudaOptions:
+    """CUDA options for ``architectures`` with the toolkit found on this machine.
+
+    Raises:
+        BuildError: no CUDA toolkit, or one whose version cannot be read.
+        UsageError: a toolkit whose major version has no minimum-driver entry.
+    """
+    nvcc = nvcc or find_nvcc()
+    if nvcc is None:
+        raise BuildError(
+            "the spec enables CUDA (runtime.cuda.enabled) but no CUDA toolkit was found",
+            hint="install NVIDIA's CUDA toolkit, or set CUDACXX=/path/to/nvcc; "
+            "or set runtime.cuda.enabled: false",
+        )
+    try:
+        run = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise BuildError(f"cannot run the CUDA compiler {nvcc}: {e}") from e
+    version = parse_nvcc_version(run.stdout + run.stderr)
+    min_driver(version)  # refuse a toolkit we cannot state a driver floor for, before building
+    return CudaOptions(
+        architectures=tuple(architectures),
+        cuda_version=version,
+        nvcc=nvcc,
+        vmm=driver_stub(nvcc) is not None,
+    )
+
+
+def driver_stub(nvcc: str) -> Path | None:
+    """The toolkit's link-time stub of the driver library (``libcuda.so``), if it has one."""
+    toolkit = Path(nvcc).resolve().parent.parent
+    for stub in [toolkit / "lib64" / "stubs", *sorted(toolkit.glob("targets/*/lib/stubs"))]:
+        if (stub / "libcuda.so").is_file():
+            return stub / "libcuda.so"
+    return None
+
+
+def cuda_sdk_members(names: Iterable[str]) -> list[tuple[str, str]]:
+    """The headers and libraries of NVIDIA's runtime wheels, as (member, path in the SDK).
+
+    ``nvidia/<pkg>/include/...`` goes to ``include/...`` and ``nvidia/<pkg>/lib/<lib>.so*``
+    to ``lib/<lib>.so*``: a compile-time overlay, so the module is compiled and linked
+    against the very cuBLAS it ships with (and toolkits without cuBLAS can build it).
+    """
+    out = []
+    for name in names:
+        parts = name.split("/")
+        if name.endswith("/") or len(parts) < 4 or parts[0] != "nvidia":
+            continue
+        if parts[2] == "include" and ".." not in parts:
+            out.append((name, "/".join(["include", *parts[3:]])))
+        elif parts[2] == "lib" and len(parts) == 4 and ".so" in parts[3]:
+            out.append((name, "lib/" + parts[3]))
+    return sorted(out)
+
+
+def extract_cuda_sdk(wheels: Iterable[Path], dest: Path) -> Path:
+    """Unpack :func:`cuda_sdk_members` of ``wheels`` under ``dest``; returns ``dest``."""
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for member, rel in cuda_sdk_members(zf.namelist()):
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(member) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    return dest
+
+
+def cuda_sdk_flags(sdk: Path) -> list[str]:
+    """cmake cache entries that point FindCUDAToolkit's cuBLAS at the wheel overlay."""
+    flags = ["-DCMAKE_CUDA_STANDARD_INCLUDE_DIRECTORIES=" + str(sdk / "include")]
+    for lib in ("cublas", "cublasLt"):
+        found = sorted((sdk / "lib").glob(f"lib{lib}.so.*"))
+        if not found:
+            raise BuildError(
+                f"the CUDA runtime wheels carry no lib{lib}.so",
+                hint="check runtime.cuda: the wheels must include NVIDIA's cuBLAS",
+            )
+        flags.append(f"-DCUDA_{lib}_LIBRARY={found[0]}")
+    return flags
+
+
+def cuda_library_members(names: Iterable[str]) -> list[str]:
+    """The shared libraries to carry out of an NVIDIA runtime wheel (``nvidia/*/lib/*.so*``)."""
+    keep = []
+    for name in names:
+        parts = name.split("/")
+        if (
+            len(parts) == 4
+            and parts[0] == "nvidia"
+            and parts[2] == "lib"
+            and ".so" in parts[3]
+            and not name.endswith("/")
+        ):
+            keep.append(name)
+    return sorted(keep)
+
+
+def collect_cuda_runtime(wheels: Iterable[Path], dest: Path) -> list[str]:
+    """Extract the CUDA runtime libraries from NVIDIA's wheels into ``dest``.
+
+    Returns the file names written, sorted.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    written = []
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for member in cuda_library_members(zf.namelist()):
+                name = member.rsplit("/", 1)[1]
+                tmp = dest / f".{name}.tmp"
+                with zf.open(member) as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, dest / name)
+                written.append(name)
+    return sorted(written)
+
+
+# NVIDIA's runtime wheels: CUDA 12 is tagged manylinux2014, cuBLAS 13 manylinux_2_27.
+_CUDA_WHEEL_PLATFORMS = (
+    "manylinux2014_x86_64",
+    *(f"manylinux_2_{n}_x86_64" for n in range(17, 29)),
+)
+
+
+def download_cuda_wheels(cuda: CudaOptions, dest: Path, *, index_url: str | None) -> list[Path]:
+    """pip-download the NVIDIA runtime wheels for ``cuda`` (binary, no deps)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--disable-pip-version-check",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        *(a for tag in _CUDA_WHEEL_PLATFORMS for a in ("--platform", tag)),
+        "--dest",
+        str(dest),
+    ]
+    if index_url:
+        argv += ["--index-url", index_url]
+    argv += cuda.wheel_requirements()
+    run = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        raise FetchError(
+            "could not download the CUDA runtime wheels " + " ".join(cuda.wheel_requirements()),
+            hint="check the package index is reachable and the CUDA version exists on it",
+            problems=(run.stdout + run.stderr).splitlines()[-20:],
+        )
+    return sorted(dest.glob("nvidia_*.whl"))

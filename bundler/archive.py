@@ -8,16 +8,20 @@ it, so no input byte is read twice.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import mmap
 import os
 import stat
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import Any, Optional
 
 from bundler import sshsig
 from bundler.errors import IntegrityError, UsageError
@@ -39,7 +43,13 @@ from runtime.bundle import (
 
 SUMS_NAME = "SHA256SUMS"
 CHUNK = 1 << 20
-COPY_CHUNK = 4 << 20  # two of these are in flight while packing: one hashed, one copied
+# Pack copies each staged file into the archive in chunks of COPY_CHUNK with the kernel
+# (copy_file_range; no user-space copy) and hashes each chunk from the archive's page cache
+# (a read-only mmap window) on a second thread while the next chunk is copied; the digest is
+# therefore of exactly the bytes in the archive. At most two chunks are mapped at a time, so
+# memory stays flat whatever the bundle size. docs/DEVELOPING.md, "Performance", has numbers.
+COPY_CHUNK = 16 << 20
+HASH_WINDOW = 16 << 20  # mmap window for hashing the finished archive
 SIGNATURE_ALLOWANCE = 1024  # header + padded armored Ed25519 SSHSIG (about 300 bytes)
 COSIGN_SLOTS = 16  # co-signatures that fit in place before a rewrite is needed
 REGION_ALIGN = 4096
@@ -269,34 +279,31 @@ def pack(
     final = out_dir / f"{name}-{version}.tar"
     digests: dict[str, str] = {}
     with atomic_file(final) as (tmp, out):
-        out.seek(region_size)
+        fd = out.fileno()  # every write below is positional; ``out``'s buffer stays empty
+        pos = region_size
         sums_offset = 0
         payload = 0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airlock-hash")
-        buffers = (memoryview(bytearray(COPY_CHUNK)), memoryview(bytearray(COPY_CHUNK)))
-        for s in sources:
-            mode = 0o755 if s.mode == "0755" else 0o644
-            out.write(member_header(s.path, s.size, mode, mtime))
-            if s.src is None:
-                sums_offset = out.tell()
-                out.write(b"\0" * s.size)
-            else:
-                try:
-                    digests[s.path] = _copy(s, out, pool, buffers, progress)
-                except BaseException:
-                    pool.shutdown()
-                    raise
-            out.write(b"\0" * (-s.size % BLOCK))
-            payload += s.size
-        pool.shutdown()
-        out.write(b"\0" * (2 * BLOCK))
-        out.write(b"\0" * (-out.tell() % RECORD))
-        size = out.tell()
+        try:
+            for s in sources:
+                mode = 0o755 if s.mode == "0755" else 0o644
+                pos += _pwrite(fd, member_header(s.path, s.size, mode, mtime), pos)
+                if s.src is None:
+                    sums_offset = pos  # written below, once every digest is known
+                else:
+                    digests[s.path] = _copy(s, fd, pos, pool, progress)
+                pos += s.size
+                pos += _pwrite(fd, b"\0" * (-s.size % BLOCK), pos)
+                payload += s.size
+        finally:
+            pool.shutdown()
+        end = b"\0" * (2 * BLOCK)
+        pos += _pwrite(fd, end + b"\0" * (-(pos + len(end)) % RECORD), pos)
+        size = pos
         sums = b"".join(_sums_line(s.path, digests[s.path]) for s in sources if s.src)
         assert len(sums) == sums_size
         digests[SUMS_NAME] = hashlib.sha256(sums).hexdigest()
-        out.seek(sums_offset)
-        out.write(sums)
+        _pwrite(fd, sums, sums_offset)
         manifest_bytes = manifest_for(digests).to_bytes()
         assert len(manifest_bytes) == len(planned)
         signatures = [
@@ -306,9 +313,7 @@ def pack(
         region = build_region(manifest_bytes, signatures, region_size, mtime)
         if region is None:  # pragma: no cover - the allowance covers Ed25519 signatures
             raise UsageError("signatures are larger than the space kept for them")
-        out.seek(0)
-        out.write(region)
-        out.flush()
+        _pwrite(fd, region, 0)
         if not split:
             # Hash the finished archive (from the page cache) while fsync pushes it to disk.
             with ThreadPoolExecutor(max_workers=1) as reader:
@@ -357,35 +362,103 @@ def _region_size(manifest_len: int, signers: int) -> int:
     return (used + REGION_ALIGN - 1) // REGION_ALIGN * REGION_ALIGN
 
 
-def _copy(
-    s: _Source,
-    out: IO[bytes],
-    pool: ThreadPoolExecutor,
-    buffers: tuple[memoryview, memoryview],
-    progress: Progress,
-) -> str:
-    """Stream one staged file into the archive while hashing it; returns its sha256.
+def _pwrite(fd: int, data: bytes, offset: int) -> int:
+    view = memoryview(data)
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
 
-    Hashing runs in ``pool`` on one buffer while the next is read and written (hashlib
-    releases the GIL), so the copy costs about max(I/O, sha256) instead of their sum.
+
+def _load_sync_file_range() -> Optional[Callable[[int, int, int, int], int]]:
+    """libc's sync_file_range(2) (Linux, 64-bit), or None where there is none."""
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_void_p) != 8:
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # pragma: no cover - every Linux libc has it
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing ``[offset, offset+length)`` to disk now, without waiting.
+
+    Only a head start for the final fsync (which alone makes the bundle durable): the disk
+    works while pack still copies and hashes, instead of after it. A no-op without
+    sync_file_range(2) or when it fails (the fsync then does all of the work).
+    """
+    if _SYNC_FILE_RANGE is not None and length > 0:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+# copy_file_range(2) refuses some pairs of files (across file systems on some kernels,
+# on some file systems at all); pack then copies through sendfile(2), then read/write.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF}
+_NO_KERNEL_COPY.add(getattr(errno, "ENOTSUP", errno.EOPNOTSUPP))
+
+
+class _Copier:
+    """Copies ``n`` bytes from a file's current position to ``offset`` in the archive."""
+
+    def __init__(self) -> None:
+        self.methods = ["copy_file_range", "sendfile", "read"]
+
+    def copy(self, src: int, dst: int, offset: int, n: int) -> int:
+        while True:
+            method = self.methods[0]
+            try:
+                if method == "copy_file_range":
+                    return os.copy_file_range(src, dst, n, None, offset)
+                if method == "sendfile":
+                    os.lseek(dst, offset, os.SEEK_SET)
+                    return os.sendfile(dst, src, None, n)
+                data = os.read(src, n)
+                return _pwrite(dst, data, offset) if data else 0
+            except OSError as e:
+                if method == "read" or e.errno not in _NO_KERNEL_COPY:
+                    raise
+                self.methods.pop(0)  # nothing was copied; try the next way
+
+
+def _hash_range(digest: Any, fd: int, offset: int, length: int) -> None:
+    """Feed ``length`` bytes of ``fd`` from ``offset`` into ``digest`` through an mmap window."""
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    with mmap.mmap(fd, offset + length - base, access=mmap.ACCESS_READ, offset=base) as m:
+        with memoryview(m) as whole, whole[offset - base :] as view:
+            digest.update(view)
+
+
+def _copy(s: _Source, fd: int, offset: int, pool: ThreadPoolExecutor, progress: Progress) -> str:
+    """Copy one staged file to ``offset`` in the archive while hashing it; returns its sha256.
+
+    The kernel copies chunk i+1 while ``pool`` hashes chunk i as it now lies in the archive
+    (so the digest is of the archive's bytes, even if the source changes meanwhile); every
+    source byte is read once. Raises IntegrityError when the file changes size.
     """
     assert s.src is not None
     digest = hashlib.sha256()
     pending: Optional[Future[None]] = None
+    copier = _Copier()
     remaining = s.size
-    turn = 0
     try:
         with open(s.src, "rb", buffering=0) as f:
+            src = f.fileno()
             while remaining:
-                view = buffers[turn]
-                n = f.readinto(view[: min(remaining, COPY_CHUNK)])
+                n = copier.copy(src, fd, offset, min(remaining, COPY_CHUNK))
                 if not n:
                     break
-                out.write(view[:n])
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(digest.update, view[:n])
-                turn ^= 1
+                pending = pool.submit(_hash_range, digest, fd, offset, n)
+                start_writeback(fd, offset, n)
+                offset += n
                 remaining -= n
                 if progress is not None:
                     progress(n)
@@ -402,14 +475,19 @@ def _copy(
 
 
 def archive_digest(tar: Path, *, region: bytes, progress: Progress = None) -> bytes:
-    """ARCHIVE_HASH of the whole archive: the (in-memory) region, then the file after it."""
+    """ARCHIVE_HASH of the whole archive: the (in-memory) region, then the file after it.
+
+    Reads the file through mmap windows of HASH_WINDOW bytes (no copy into Python buffers).
+    """
     h = hashlib.new(ARCHIVE_HASH, region)
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
     with open(tar, "rb", buffering=0) as f:
-        f.seek(len(region))
-        while n := f.readinto(view):
-            h.update(view[:n])
+        fd = f.fileno()
+        end = os.fstat(fd).st_size
+        offset = len(region)
+        while offset < end:
+            n = min(HASH_WINDOW, end - offset)
+            _hash_range(h, fd, offset, n)
+            offset += n
             if progress is not None:
                 progress(n)
     return h.digest()

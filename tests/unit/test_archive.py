@@ -181,18 +181,28 @@ def test_output_inside_the_stage_is_refused(tmp_path: Path, alice) -> None:
         make_bundle(tmp_path, [alice], stage=stage, out=stage / "out")
 
 
-def test_every_staged_byte_is_read_exactly_once(tmp_path: Path, alice, monkeypatch) -> None:
+@pytest.mark.parametrize("refused", [(), ("copy_file_range",), ("copy_file_range", "sendfile")])
+def test_every_staged_byte_is_read_exactly_once(
+    tmp_path: Path, alice, monkeypatch, refused: tuple[str, ...]
+) -> None:
+    """Whichever way the kernel lets pack copy (copy_file_range, sendfile, read), once."""
     import builtins
+    import errno
 
     import bundler.archive as archive
 
     stage = make_stage(tmp_path)
     reads: dict[str, int] = {}
+    staged_fds: dict[int, str] = {}
     real_open = builtins.open
 
     class Counting:
         def __init__(self, f, key: str) -> None:
             self._f, self._key = f, key
+            staged_fds[f.fileno()] = key
+
+        def fileno(self) -> int:
+            return int(self._f.fileno())
 
         def readinto(self, b) -> int:
             n = self._f.readinto(b)
@@ -208,6 +218,7 @@ def test_every_staged_byte_is_read_exactly_once(tmp_path: Path, alice, monkeypat
             return self
 
         def __exit__(self, *exc) -> None:
+            del staged_fds[self._f.fileno()]
             self._f.close()
 
     def counting_open(path, *args, **kwargs):
@@ -215,7 +226,28 @@ def test_every_staged_byte_is_read_exactly_once(tmp_path: Path, alice, monkeypat
         p = Path(path)
         return Counting(f, str(p.relative_to(stage))) if p.is_relative_to(stage) else f
 
+    def counted(name: str, src_arg: int, result_is_bytes: bool = False):
+        real = getattr(os, name)
+
+        def wrapper(*args):
+            if name in refused:
+                raise OSError(errno.EXDEV if name == "copy_file_range" else errno.EINVAL, name)
+            got = real(*args)
+            key = staged_fds.get(args[src_arg])
+            if key is not None:
+                reads[key] = reads.get(key, 0) + (len(got) if result_is_bytes else got)
+            return got
+
+        monkeypatch.setattr(os, name, wrapper)
+
     monkeypatch.setattr(archive, "open", counting_open, raising=False)
-    make_bundle(tmp_path, [alice], stage=stage)
+    counted("copy_file_range", 0)
+    counted("sendfile", 1)
+    counted("read", 0, result_is_bytes=True)
+    result = make_bundle(tmp_path, [alice], stage=stage)
     sizes = {str(p.relative_to(stage)): p.stat().st_size for p in stage.rglob("*") if p.is_file()}
     assert {k: v for k, v in reads.items() if v} == {k: v for k, v in sizes.items() if v}
+    with tarfile.open(result.path) as tf:  # and the bytes arrived, whichever way was used
+        for name, size in sizes.items():
+            data = tf.extractfile(name).read()  # type: ignore[union-attr]
+            assert data == (stage / name).read_bytes() and len(data) == size

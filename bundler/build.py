@@ -278,8 +278,8 @@ def stage_wheels(
     """Hash-pinned wheelhouses for the targets and for the offline Ansible controller."""
     wheelhouse = _module("bundler.wheelhouse")
     targets = spec.targets
+    extra: list[Path] = []
     if targets is not None:
-        extra: list[Path] = []
         if spec.runtime is not None and source is not None and targets.llama_cpp_python:
             console.step("llama-cpp-python wheel (portable, from the same pinned source)")
             extra.append(
@@ -287,6 +287,12 @@ def stage_wheels(
                     source, variants=spec.runtime.cpu_variants, cache_dir=cache_dir, log_dir=log_dir
                 )
             )
+    if targets is not None and not targets.requirements and not extra:
+        console.info(
+            "no target wheelhouse: the spec's targets need no packages "
+            "(no requirements and no llama-cpp-python wheel)"
+        )
+    elif targets is not None:
         console.step("wheelhouse for the targets")
         result = wheelhouse.build_wheelhouse(
             [

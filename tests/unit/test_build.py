@@ -213,3 +213,24 @@ def test_targets_without_the_binding_skip_the_second_llama_cpp_compile(
     _build(project)
     assert "wheel" not in fake.calls
     assert any(c.startswith("build_wheelhouse") and c.endswith("[]") for c in fake.calls)
+
+
+def test_targets_that_need_no_packages_get_no_target_wheelhouse(
+    fake: FakeRuntime, project: Path
+) -> None:
+    spec = project / "airlock.yaml"
+    spec.write_text(
+        spec.read_text().replace(
+            'targets: {python: ["3.11"], requirements: ["numpy==1.0"]}',
+            'targets: {python: ["3.11"], requirements: [], llama_cpp_python: false}',
+        )
+    )
+    result = _build(project)
+    assert not any(c.startswith(("wheel", "build_wheelhouse")) for c in fake.calls)
+    assert "controller" in fake.calls
+    with tarfile.open(result.path) as tar:
+        f = tar.extractfile("airlock/manifest.json")
+        assert f is not None
+        manifest = json.load(f)
+        assert not [n for n in tar.getnames() if n.startswith("wheels/")]
+    assert "wheels" not in manifest["components"]

@@ -145,6 +145,8 @@ def smoke_test(engine_dir: Path, model_path: Path, *, timeout: float = 120) -> S
         SmokeTestError: the server does not start, never becomes healthy within
             ``timeout`` seconds, or the completion fails; the message carries the log tail.
     """
+    # absolute: the server runs with lib/ as its working directory
+    engine_dir, model_path = engine_dir.absolute(), model_path.absolute()
     server = engine_dir / "bin" / "llama-server"
     lib = engine_dir / "lib"
     if not server.is_file():

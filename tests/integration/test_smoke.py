@@ -46,6 +46,19 @@ def test_engine_still_serves_after_moving_the_tree(engine: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_relative_engine_and_model_paths_are_served(
+    engine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `airlock build --out dist` stages under a relative directory
+    write_tiny_model(tmp_path / "tiny.gguf")
+    moved = tmp_path / "dist" / "stage" / "engine"
+    shutil.copytree(engine, moved)
+    monkeypatch.chdir(tmp_path)
+    result = smoke_test(Path("dist/stage/engine"), Path("tiny.gguf"), timeout=120)
+    assert result.tokens_predicted >= 1
+
+
+@pytest.mark.slow
 def test_corrupted_model_fails_the_smoke_test(engine: Path, tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "tiny.gguf")[0]
     data = bytearray(model.read_bytes())

@@ -214,8 +214,11 @@ def check(carry: Path, out: Path, lib_dirs: Sequence[str], port: int) -> int:
         if problem.split(":", 1)[0] not in substituted:
             fail(problem)
 
-    smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False)
-    (out / "nvidia-smi.txt").write_text(smi.stdout + smi.stderr)
+    try:
+        smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, check=False)
+        (out / "nvidia-smi.txt").write_text(smi.stdout + smi.stderr)
+    except OSError as e:
+        fail(f"nvidia-smi: {e}")
     facts = detect(Path("/"), release)
     (out / "facts.json").write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
     report["gpus"] = facts.get("gpus")

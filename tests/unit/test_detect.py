@@ -251,3 +251,18 @@ def test_cli_rejects_missing_root(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc = d.main(["--root", str(tmp_path / "nope")])
     assert rc == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_h200_host_captured_for_real_reports_gpu_driver_and_cgroup_v2() -> None:
+    # tests/fixtures/hosts/h200-driver-580: captured with capture.py on a real H200 machine
+    f = facts_of("h200-driver-580")
+    (gpu,) = [g for g in f["gpus"] if g["vendor"] == "nvidia"]
+    assert (gpu["name"], gpu["compute_cap"], gpu["device_id"]) == ("NVIDIA H200", "9.0", "0x2335")
+    assert gpu["vram_bytes"] == 143771 * 1024 * 1024
+    assert f["nvidia"] == {
+        "driver_version": "580.159.04",
+        "driver_source": "/proc/driver/nvidia/version",
+        "nvidia_smi": True,
+    }
+    assert f["cgroup"]["version"] == 2
+    assert f["cpu"]["usable"] == 16 and "amx_tile" in f["cpu"]["flags"]

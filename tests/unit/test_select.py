@@ -187,6 +187,40 @@ def test_arm_bundle_on_altra_picks_dotprod_fp16_variant() -> None:
 # --------------------------------------------------------------------------- backend
 
 
+CUDA13_SM90 = {
+    "architectures": ["90"],
+    "cuda_version": "13.0",
+    "min_driver": "580.65.06",
+    "module": "engine/lib/libggml-cuda.so",
+    "runtime_dir": "engine/lib/cuda",
+}
+
+
+def test_real_h200_host_runs_a_cuda13_sm90_module_fully_offloaded() -> None:
+    d = s.select(
+        facts("h200-driver-580"),
+        manifest(variants=["x64", "haswell"], cuda=CUDA13_SM90, models=[MISTRAL]),
+    )
+    assert d["backend"] == "cuda"
+    assert d["gpu_layers"] == 33
+    (why,) = reasons(d, "backend cuda:")
+    assert "NVIDIA H200, driver 580.159.04 >= 580.65.06 required by CUDA 13.0" in why
+    assert d["env"]["LD_LIBRARY_PATH"] == "engine/lib:engine/lib/cuda"
+    assert d["cpu_variant"] == "haswell"
+    assert reasons(d, "cpu variant haswell")[0].endswith(
+        "sapphirerapids would be faster here but is not in the bundle"
+    )
+
+
+def test_real_h200_host_with_a_driver_too_old_for_cuda13_falls_back_to_cpu() -> None:
+    f = facts("h200-driver-580")
+    f["nvidia"]["driver_version"] = "575.57.08"
+    d = s.select(f, manifest(variants=["x64", "haswell"], cuda=CUDA13_SM90, models=[MISTRAL]))
+    assert d["backend"] == "cpu" and d["env"]["CUDA_VISIBLE_DEVICES"] == ""
+    (why,) = reasons(d, "backend cpu:")
+    assert "NVIDIA driver 575.57.08 is older than 580.65.06 required by the CUDA 13.0 module" in why
+
+
 def test_a100_with_current_driver_runs_cuda_fully_offloaded() -> None:
     d = s.select(
         facts("epyc-a100-driver-550"), manifest(variants=ALL_X86, cuda=CUDA, models=[MISTRAL])

@@ -8,9 +8,11 @@ it, so no input byte is read twice.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import errno
 import hashlib
+import json
 import mmap
 import os
 import stat
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bundler import sshsig
-from bundler.errors import IntegrityError, UsageError
+from bundler.errors import ArchiveFormatError, IntegrityError, UsageError
 from bundler.fsio import atomic_file, write_atomic
 from bundler.manifest import Builder, Component, FileEntry, Manifest, check_path
 from bundler.sshkeys import Signer
@@ -337,6 +339,7 @@ def pack(
                 parts=index.parts,
                 index=index.index,
             )
+    journal_path(final).unlink(missing_ok=True)  # about the bundle just replaced, if any
     return PackResult(
         path=final,
         signature_path=sig_path,
@@ -493,13 +496,17 @@ def archive_digest(tar: Path, *, region: bytes, progress: Progress = None) -> by
     return h.digest()
 
 
-def write_archive_signature(final: Path, signer: Signer, digest: bytes) -> Path:
-    """Write ``<final>.sig``: SSHSIG (airlock-archive-v1) given the tar's ARCHIVE_HASH digest."""
-    armored = sshsig.sign_digest(
+def archive_signature(signer: Signer, digest: bytes) -> bytes:
+    """The armored SSHSIG (airlock-archive-v1) for a tar whose ARCHIVE_HASH is ``digest``."""
+    return sshsig.sign_digest(
         digest, signer, namespace=sshsig.ARCHIVE_NAMESPACE, hash_algorithm=ARCHIVE_HASH
     )
+
+
+def write_archive_signature(final: Path, signer: Signer, digest: bytes) -> Path:
+    """Write ``<final>.sig``: SSHSIG (airlock-archive-v1) given the tar's ARCHIVE_HASH digest."""
     sig_path = Path(str(final) + ".sig")
-    write_atomic(sig_path, armored)
+    write_atomic(sig_path, archive_signature(signer, digest))
     return sig_path
 
 
@@ -511,18 +518,32 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
 
     The payload is checked against the manifest first (a co-signer vouches for the bytes),
     in the same pass that computes the new whole-archive digest. Falls back to a streaming
-    copy when the reserve is exhausted. Raises UsageError (already signed by that key),
-    IntegrityError / ArchiveFormatError (the bundle is damaged; nothing is changed).
+    copy when the reserve is exhausted. An in-place rewrite goes through a redo journal
+    (``<bundle>.cosign-journal``) so a crash never leaves a half-written region; a leftover
+    journal is replayed first (re-running the interrupted co-sign just finishes it).
+    Raises UsageError (already signed by that key), IntegrityError / ArchiveFormatError
+    (the bundle or a leftover journal is damaged; nothing is changed).
     """
     if bundle.name.endswith(".parts"):
         raise UsageError(
             f"{bundle} is a split bundle's index; co-signing rewrites the archive",
             hint="airlock join it, co-sign the .tar, then split it again if needed",
         )
+    recovered = recover_cosign(bundle)
     with open(bundle, "rb") as f:
         meta = read_metadata_stream(f)
     name = signature_name(signer)
     if any(n == name for n, _ in meta.signatures):
+        if recovered:  # the interrupted co-sign was this one: it is now complete
+            return CosignResult(
+                path=bundle,
+                signature_path=Path(str(bundle) + ".sig"),
+                added=name,
+                in_place=True,
+                signatures=tuple(
+                    n for n, _ in sorted(meta.signatures, key=lambda s: s[0].encode())
+                ),
+            )
         raise UsageError(
             f"{bundle} is already signed by {signer.public_key.fingerprint}",
             hint="co-sign with a different key",
@@ -556,12 +577,13 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
                 check_payload(f, meta.manifest, offset=meta.payload_offset, observe=tee)
                 out.flush()
                 os.fsync(out.fileno())
+    archive_sig = archive_signature(signer, h.digest())
+    sig_path = Path(str(bundle) + ".sig")
     if in_place:
-        with open(bundle, "r+b") as out:
-            out.write(region)
-            out.flush()
-            os.fsync(out.fileno())
-    sig_path = write_archive_signature(bundle, signer, h.digest())
+        _write_journal(bundle, region, archive_sig)
+        _apply_journal(bundle, region, archive_sig)
+    else:
+        write_atomic(sig_path, archive_sig)
     return CosignResult(
         path=bundle,
         signature_path=sig_path,
@@ -569,3 +591,100 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
         in_place=in_place,
         signatures=tuple(n for n, _ in sorted(signatures, key=lambda s: s[0].encode())),
     )
+
+
+# ------------------------------------------------------------------ co-sign journal
+#
+# Rewriting the region in place is not atomic: a crash (power, kill -9, full disk) midway
+# could leave a half-old, half-new region and a .tar.sig over other bytes. So the new
+# region and the new .tar.sig are first written, whole and fsynced, to a redo journal
+# ``<bundle>.cosign-journal``; then the region is overwritten and fsynced, the .tar.sig
+# replaced atomically, and the journal removed. Replaying a journal is idempotent and needs
+# no key: ``airlock sign`` replays a leftover one before anything else; ``airlock verify``
+# refuses a bundle that has one (docs/FORMAT.md, "Metadata region").
+
+JOURNAL_SUFFIX = ".cosign-journal"
+_JOURNAL_FORMAT = "airlock-cosign-journal"
+
+
+def journal_path(bundle: Path) -> Path:
+    return Path(str(bundle) + JOURNAL_SUFFIX)
+
+
+def _write_journal(bundle: Path, region: bytes, archive_sig: bytes) -> None:
+    record = {
+        "format": _JOURNAL_FORMAT,
+        "version": 1,
+        "bundle_size": bundle.stat().st_size,
+        "region_sha256": hashlib.sha256(region).hexdigest(),
+        "region": base64.b64encode(region).decode("ascii"),
+        "archive_signature": archive_sig.decode("ascii"),
+    }
+    write_atomic(journal_path(bundle), json.dumps(record, sort_keys=True).encode())
+
+
+def _apply_journal(bundle: Path, region: bytes, archive_sig: bytes) -> None:
+    """Redo: the region in place (fsynced), then the .tar.sig, then drop the journal."""
+    fd = os.open(bundle, os.O_WRONLY)
+    try:
+        _pwrite(fd, region, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    write_atomic(Path(str(bundle) + ".sig"), archive_sig)
+    journal_path(bundle).unlink()
+
+
+def _read_journal(bundle: Path) -> tuple[bytes, bytes]:
+    path = journal_path(bundle)
+    try:
+        record = json.loads(path.read_bytes())
+        region = base64.b64decode(record["region"], validate=True)
+        archive_sig = str(record["archive_signature"]).encode("ascii")
+        ok = (
+            record["format"] == _JOURNAL_FORMAT
+            and record["version"] == 1
+            and hashlib.sha256(region).hexdigest() == record["region_sha256"]
+            and record["bundle_size"] == bundle.stat().st_size
+            and 0 < len(region) < record["bundle_size"]
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ArchiveFormatError(
+            f"cannot read the co-sign journal {path}: {e}",
+            hint=f"restore {bundle.name} and its .sig from their source, then delete {path.name}",
+        ) from e
+    if not ok:
+        raise ArchiveFormatError(
+            f"the co-sign journal {path} does not belong to {bundle} or is damaged",
+            hint=f"restore {bundle.name} and its .sig from their source, then delete {path.name}",
+        )
+    return region, archive_sig
+
+
+def recover_cosign(bundle: Path) -> bool:
+    """Finish a co-sign that was interrupted (replay ``<bundle>.cosign-journal``).
+
+    Returns True when a journal was replayed, False when there was none. Raises
+    ArchiveFormatError when the journal is damaged or belongs to another file.
+    """
+    if not journal_path(bundle).exists():
+        return False
+    region, archive_sig = _read_journal(bundle)
+    _apply_journal(bundle, region, archive_sig)
+    return True
+
+
+def refuse_pending_cosign(bundle: Path) -> None:
+    """Raise IntegrityError when an interrupted co-sign left a journal beside ``bundle``.
+
+    For read-only checks (verify): the metadata region may be half-written, so the bundle's
+    bytes are not the ones anybody signed until the co-sign is finished.
+    """
+    journal = journal_path(bundle)
+    if journal.exists():
+        raise IntegrityError(
+            f"a co-sign of {bundle} was interrupted ({journal.name} is still there); its "
+            "metadata region and .sig may be half-written",
+            hint=f"finish it: run `airlock sign {bundle} --key KEY` again (any co-signer's "
+            "key; the journal is replayed first), then verify again",
+        )

@@ -100,6 +100,10 @@ def verify_bundle(
     now = now or datetime.now(timezone.utc)
     if path.name.endswith(".parts"):
         check_index_signature(path, policy, now=now)
+    else:
+        from bundler.archive import refuse_pending_cosign
+
+        refuse_pending_cosign(path)  # an interrupted in-place co-sign: finish it first
     with open_bundle(path) as f:
         meta = read_metadata_stream(f)
         decision = check_policy(meta, policy, now=now)

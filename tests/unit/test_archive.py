@@ -11,7 +11,7 @@ import pytest
 
 from bundler import sshsig
 from bundler.archive import COSIGN_SLOTS, cosign, member_header, pack
-from bundler.errors import IntegrityError, UsageError
+from bundler.errors import AirlockError, IntegrityError, UsageError
 from runtime.bundle import read_metadata
 from tests.bundlekit import DURING, EPOCH, EXPIRES, make_bundle, make_key, make_stage, policy_for
 
@@ -251,3 +251,116 @@ def test_every_staged_byte_is_read_exactly_once(
         for name, size in sizes.items():
             data = tf.extractfile(name).read()  # type: ignore[union-attr]
             assert data == (stage / name).read_bytes() and len(data) == size
+
+
+# ------------------------------------------------------------ interrupted in-place co-sign
+
+
+def _crash_cosign(monkeypatch, point: str) -> None:
+    """Make the next in-place co-sign die at ``point``, as a power cut or kill -9 would."""
+    import bundler.archive as archive
+
+    if point == "region":  # the new region reached the disk up to its last signature
+
+        def torn_pwrite(fd: int, data: bytes, offset: int) -> int:
+            os.pwrite(fd, data[: len(data.rstrip(b"\0")) - 700], offset)
+            raise OSError(5, "simulated crash while rewriting the region")
+
+        monkeypatch.setattr(archive, "_pwrite", torn_pwrite)
+    elif point == "signature":  # region rewritten, .tar.sig not yet replaced
+        real_write_atomic = archive.write_atomic
+
+        def failing(path: Path, data, **kw) -> None:
+            if path.name.endswith(".tar.sig"):
+                raise OSError(28, "simulated crash before the .tar.sig")
+            real_write_atomic(path, data, **kw)
+
+        monkeypatch.setattr(archive, "write_atomic", failing)
+    else:  # everything written, the journal not yet removed
+        real_unlink = Path.unlink
+
+        def failing_unlink(self: Path, missing_ok: bool = False) -> None:
+            if self.name.endswith(".cosign-journal"):
+                raise OSError(5, "simulated crash before the journal was removed")
+            real_unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(Path, "unlink", failing_unlink)
+
+
+@pytest.mark.parametrize("point", ["region", "signature", "journal"])
+def test_interrupted_cosign_is_refused_by_verify_and_finished_by_signing_again(
+    tmp_path: Path, alice, monkeypatch, point: str
+) -> None:
+    from bundler.archive import journal_path
+    from bundler.verify import verify_bundle
+
+    bob = make_key(tmp_path / "keys", "bob")
+    result = make_bundle(tmp_path, [alice])
+    before = result.path.read_bytes()
+    offset = read_metadata(result.path).payload_offset
+    with monkeypatch.context() as m:
+        _crash_cosign(m, point)
+        with pytest.raises(OSError, match="simulated crash"):
+            cosign(result.path, bob.signer)
+    journal = journal_path(result.path)
+    assert journal.exists()
+    after = result.path.read_bytes()
+    assert after[offset:] == before[offset:]
+    if point == "region":  # the hazard: without the journal the region is half-written
+        assert after[:offset] != before[:offset]
+        aside = journal.rename(tmp_path / "aside")
+        with pytest.raises(AirlockError):
+            verify_bundle(result.path, policy_for(tmp_path, [alice]), now=DURING)
+        aside.rename(journal)
+    with pytest.raises(IntegrityError, match="interrupted") as refused:
+        verify_bundle(result.path, policy_for(tmp_path, [alice]), now=DURING)
+    assert "airlock sign" in (refused.value.hint or "")
+
+    done = cosign(result.path, bob.signer)  # the same command again finishes it
+    assert done.in_place and not journal.exists()
+    report = verify_bundle(result.path, policy_for(tmp_path, [alice, bob], threshold=2), now=DURING)
+    assert len(report.signers) == 2
+    whole = result.path.read_bytes()
+    assert whole[offset:] == before[offset:]
+    key = sshsig.verify(whole, result.signature_path.read_bytes(), namespace="airlock-archive-v1")
+    assert key.fingerprint == bob.signer.public_key.fingerprint
+
+
+def test_a_different_cosigner_finishes_an_interrupted_cosign_first(
+    tmp_path: Path, alice, monkeypatch
+) -> None:
+    from bundler.verify import verify_bundle
+
+    bob = make_key(tmp_path / "keys", "bob")
+    carol = make_key(tmp_path / "keys", "carol")
+    result = make_bundle(tmp_path, [alice])
+    with monkeypatch.context() as m:
+        _crash_cosign(m, "region")
+        with pytest.raises(OSError):
+            cosign(result.path, bob.signer)
+    done = cosign(result.path, carol.signer)
+    assert len(done.signatures) == 3
+    policy = policy_for(tmp_path, [alice, bob, carol], threshold=3)
+    assert len(verify_bundle(result.path, policy, now=DURING).signers) == 3
+
+
+def test_a_damaged_cosign_journal_is_refused_and_nothing_is_changed(tmp_path: Path, alice) -> None:
+    from bundler.archive import journal_path
+    from bundler.errors import ArchiveFormatError
+
+    bob = make_key(tmp_path / "keys", "bob")
+    result = make_bundle(tmp_path, [alice])
+    before = result.path.read_bytes()
+    journal_path(result.path).write_text('{"format": "airlock-cosign-journal", "version": 1}')
+    with pytest.raises(ArchiveFormatError, match="journal"):
+        cosign(result.path, bob.signer)
+    assert result.path.read_bytes() == before
+
+
+def test_pack_drops_a_journal_left_for_the_bundle_it_replaces(tmp_path: Path, alice) -> None:
+    from bundler.archive import journal_path
+
+    result = make_bundle(tmp_path, [alice])
+    journal_path(result.path).write_text("left over from an older bundle")
+    again = make_bundle(tmp_path, [alice])
+    assert again.path == result.path and not journal_path(result.path).exists()

@@ -230,11 +230,17 @@ def pack(
     source_date_epoch: Optional[int] = None,
     split: Optional[int] = None,
     progress: Progress = None,
+    known_digests: Optional[Mapping[str, str]] = None,
 ) -> PackResult:
     """Write ``<out_dir>/<name>-<version>.tar`` (and ``.tar.sig``) from the staged files.
 
     ``components`` maps a component (first path segment) to ``{"type", "properties"}``.
-    Raises UsageError (bad stage or arguments), IntegrityError (a file changed while read).
+    ``known_digests`` maps bundle paths to the sha256 the caller already has (hashed while
+    downloading, index digests): pack then writes the archive in one pass, hashing the
+    whole archive while writing it; files it lacks are hashed first. Each file is re-hashed
+    as written either way, and one that differs from its given digest fails the pack.
+    Raises UsageError (bad stage or arguments), IntegrityError (a file changed while read,
+    or differs from its given digest; nothing is written).
     """
     if not signers:
         raise UsageError("no signing key given", hint="pass at least one --key")
@@ -279,44 +285,75 @@ def pack(
     region_size = _region_size(len(planned), len(signers))
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}.tar"
+    # With digests known before the first byte is written (the build pipeline hashed models
+    # while downloading, wheels have index digests), the region is written FIRST and the
+    # whole-archive hash runs in the same pass as the payload copy: no second read of the tar.
+    # Every file is still hashed as it lies in the archive and compared with what was given.
     digests: dict[str, str] = {}
+    whole: Optional[_Whole] = None
+    sums = b""
+    if known_digests is not None:
+        digests = _digests_up_front(sources, known_digests)
+        sums = b"".join(_sums_line(s.path, digests[s.path]) for s in sources if s.src)
+        digests[SUMS_NAME] = hashlib.sha256(sums).hexdigest()
     with atomic_file(final) as (tmp, out):
         fd = out.fileno()  # every write below is positional; ``out``'s buffer stays empty
+        if known_digests is not None:
+            manifest_bytes, region = _sign_region(
+                manifest_for(digests), signers, region_size, mtime
+            )
+            _pwrite(fd, region, 0)
+            whole = _Whole(region)
         pos = region_size
         sums_offset = 0
         payload = 0
+        problems: list[str] = []
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airlock-hash")
         try:
             for s in sources:
                 mode = 0o755 if s.mode == "0755" else 0o644
-                pos += _pwrite(fd, member_header(s.path, s.size, mode, mtime), pos)
+                pos += _pwrite_fed(fd, member_header(s.path, s.size, mode, mtime), pos, whole)
                 if s.src is None:
                     sums_offset = pos  # written below, once every digest is known
+                    if whole is not None:
+                        _pwrite_fed(fd, sums, pos, whole)
                 else:
-                    digests[s.path] = _copy(s, fd, pos, pool, progress)
+                    got = _copy(s, fd, pos, pool, progress, whole)
+                    if whole is None:
+                        digests[s.path] = got
+                    elif got != digests[s.path]:
+                        problems.append(
+                            f"{s.path}: sha256 is {got} but {digests[s.path]} was given for it"
+                        )
                 pos += s.size
-                pos += _pwrite(fd, b"\0" * (-s.size % BLOCK), pos)
+                pos += _pwrite_fed(fd, b"\0" * (-s.size % BLOCK), pos, whole)
                 payload += s.size
+            end = b"\0" * (2 * BLOCK)
+            pos += _pwrite_fed(fd, end + b"\0" * (-(pos + len(end)) % RECORD), pos, whole)
         finally:
             pool.shutdown()
-        end = b"\0" * (2 * BLOCK)
-        pos += _pwrite(fd, end + b"\0" * (-(pos + len(end)) % RECORD), pos)
+            if whole is not None:
+                whole.close()
+        if problems:
+            raise IntegrityError(
+                f"{len(problems)} staged files changed after they were hashed",
+                problems=problems,
+                hint="find what wrote into the stage directory, then build or pack again",
+            )
         size = pos
-        sums = b"".join(_sums_line(s.path, digests[s.path]) for s in sources if s.src)
-        assert len(sums) == sums_size
-        digests[SUMS_NAME] = hashlib.sha256(sums).hexdigest()
-        _pwrite(fd, sums, sums_offset)
-        manifest_bytes = manifest_for(digests).to_bytes()
-        assert len(manifest_bytes) == len(planned)
-        signatures = [
-            (signature_name(s), sshsig.sign(manifest_bytes, s, namespace=sshsig.MANIFEST_NAMESPACE))
-            for s in signers
-        ]
-        region = build_region(manifest_bytes, signatures, region_size, mtime)
-        if region is None:  # pragma: no cover - the allowance covers Ed25519 signatures
-            raise UsageError("signatures are larger than the space kept for them")
-        _pwrite(fd, region, 0)
-        if not split:
+        if whole is None:
+            sums = b"".join(_sums_line(s.path, digests[s.path]) for s in sources if s.src)
+            digests[SUMS_NAME] = hashlib.sha256(sums).hexdigest()
+            _pwrite(fd, sums, sums_offset)
+            manifest_bytes, region = _sign_region(
+                manifest_for(digests), signers, region_size, mtime
+            )
+            _pwrite(fd, region, 0)
+        assert len(sums) == sums_size and len(manifest_bytes) == len(planned)
+        if not split and whole is not None:
+            os.fsync(fd)
+            sig_path = write_archive_signature(final, signers[-1], whole.digest())
+        elif not split:
             # Hash the finished archive (from the page cache) while fsync pushes it to disk.
             with ThreadPoolExecutor(max_workers=1) as reader:
                 digest = reader.submit(archive_digest, tmp, region=region)
@@ -349,6 +386,79 @@ def pack(
         payload_bytes=payload,
         signers=tuple(s.public_key.fingerprint for s in signers),
     )
+
+
+class _Whole:
+    """The whole-archive hash fed in archive order by one worker thread (single-pass pack)."""
+
+    def __init__(self, region: bytes) -> None:
+        self.hash = hashlib.new(ARCHIVE_HASH, region)
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="airlock-archive-hash")
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self.pool.submit(self.hash.update, data)
+
+    def feed_range(self, fd: int, offset: int, length: int) -> Future[None]:
+        return self.pool.submit(_hash_range, self.hash, fd, offset, length)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+    def digest(self) -> bytes:
+        self.pool.shutdown()
+        return self.hash.digest()
+
+
+def _pwrite_fed(fd: int, data: bytes, offset: int, whole: Optional[_Whole]) -> int:
+    if whole is not None:
+        whole.feed(data)
+    return _pwrite(fd, data, offset)
+
+
+def _digests_up_front(sources: Sequence[_Source], known: Mapping[str, str]) -> dict[str, str]:
+    """The given digests of the staged files; the files without one are hashed now."""
+    bad = sorted(p for p, d in known.items() if not _is_sha256_hex(d))
+    if bad:
+        raise UsageError(
+            f"{len(bad)} known digests are not 64 lowercase hex characters",
+            problems=[f"{p}: {known[p]!r}" for p in bad],
+        )
+    out: dict[str, str] = {}
+    for s in sources:
+        if s.src is None:
+            continue
+        digest = known.get(s.path)
+        if digest is None:
+            h = hashlib.sha256()
+            with open(s.src, "rb", buffering=0) as f:
+                offset = 0
+                while offset < s.size:
+                    n = min(HASH_WINDOW, s.size - offset)
+                    _hash_range(h, f.fileno(), offset, n)
+                    offset += n
+            digest = h.hexdigest()
+        out[s.path] = digest
+    return out
+
+
+def _is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _sign_region(
+    manifest: Manifest, signers: Sequence[Signer], region_size: int, mtime: int
+) -> tuple[bytes, bytes]:
+    """The manifest bytes and the metadata region carrying every signer's signature."""
+    manifest_bytes = manifest.to_bytes()
+    signatures = [
+        (signature_name(s), sshsig.sign(manifest_bytes, s, namespace=sshsig.MANIFEST_NAMESPACE))
+        for s in signers
+    ]
+    region = build_region(manifest_bytes, signatures, region_size, mtime)
+    if region is None:  # pragma: no cover - the allowance covers Ed25519 signatures
+        raise UsageError("signatures are larger than the space kept for them")
+    return manifest_bytes, region
 
 
 def _component(name: str, components: Mapping[str, Mapping[str, Any]]) -> Component:
@@ -438,7 +548,14 @@ def _hash_range(digest: Any, fd: int, offset: int, length: int) -> None:
             digest.update(view)
 
 
-def _copy(s: _Source, fd: int, offset: int, pool: ThreadPoolExecutor, progress: Progress) -> str:
+def _copy(
+    s: _Source,
+    fd: int,
+    offset: int,
+    pool: ThreadPoolExecutor,
+    progress: Progress,
+    whole: Optional[_Whole] = None,
+) -> str:
     """Copy one staged file to ``offset`` in the archive while hashing it; returns its sha256.
 
     The kernel copies chunk i+1 while ``pool`` hashes chunk i as it now lies in the archive
@@ -447,7 +564,7 @@ def _copy(s: _Source, fd: int, offset: int, pool: ThreadPoolExecutor, progress: 
     """
     assert s.src is not None
     digest = hashlib.sha256()
-    pending: Optional[Future[None]] = None
+    pending: list[Future[None]] = []
     copier = _Copier()
     remaining = s.size
     try:
@@ -457,9 +574,11 @@ def _copy(s: _Source, fd: int, offset: int, pool: ThreadPoolExecutor, progress: 
                 n = copier.copy(src, fd, offset, min(remaining, COPY_CHUNK))
                 if not n:
                     break
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(_hash_range, digest, fd, offset, n)
+                for p in pending:  # one chunk in flight per hash: memory stays bounded
+                    p.result()
+                pending = [pool.submit(_hash_range, digest, fd, offset, n)]
+                if whole is not None:
+                    pending.append(whole.feed_range(fd, offset, n))
                 start_writeback(fd, offset, n)
                 offset += n
                 remaining -= n
@@ -467,8 +586,8 @@ def _copy(s: _Source, fd: int, offset: int, pool: ThreadPoolExecutor, progress: 
                     progress(n)
             grew = bool(f.read(1))
     finally:
-        if pending is not None:
-            pending.result()
+        for p in pending:
+            p.result()
     if remaining or grew:
         raise IntegrityError(
             f"{s.path} changed size while it was being packed",

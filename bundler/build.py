@@ -473,4 +473,6 @@ def _pack(
             source_date_epoch=epoch,
             split=options.split,
             progress=advance,
+            # digests checked while downloading: pack writes in one pass and re-checks them
+            known_digests={path: sha for path, (_size, sha) in st.digests.items()},
         )

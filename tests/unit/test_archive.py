@@ -364,3 +364,89 @@ def test_pack_drops_a_journal_left_for_the_bundle_it_replaces(tmp_path: Path, al
     journal_path(result.path).write_text("left over from an older bundle")
     again = make_bundle(tmp_path, [alice])
     assert again.path == result.path and not journal_path(result.path).exists()
+
+
+# ------------------------------------------------------- one pass with digests already known
+
+
+def _pack_with(tmp_path: Path, alice, stage: Path, out: str, **kw):
+    from tests.bundlekit import COMPONENTS
+
+    return pack(
+        stage,
+        name="demo",
+        version="1.0.0",
+        sequence=1,
+        expires=EXPIRES,
+        components=COMPONENTS,
+        signers=[alice.signer],
+        out_dir=tmp_path / out,
+        source_date_epoch=EPOCH,
+        **kw,
+    )
+
+
+def _staged_digests(stage: Path) -> dict[str, str]:
+    return {
+        p.relative_to(stage).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in stage.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("given", ["all", "some"])
+def test_known_digests_give_the_same_bundle_without_reading_the_tar_back(
+    tmp_path: Path, alice, monkeypatch, given: str
+) -> None:
+    import bundler.archive as archive
+
+    stage = make_stage(tmp_path)
+    two_pass = _pack_with(tmp_path, alice, stage, "a")
+    known = _staged_digests(stage)
+    if given == "some":  # the build pipeline knows models and wheels; pack hashes the rest
+        known = {p: d for p, d in known.items() if p.startswith("models/")}
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the finished tar was read back")
+
+    monkeypatch.setattr(archive, "archive_digest", no_second_read)
+    monkeypatch.setattr(archive, "COPY_CHUNK", 5000)  # many chunks, unaligned mmap offsets
+    one_pass = _pack_with(tmp_path, alice, stage, "b", known_digests=known)
+    assert one_pass.path.read_bytes() == two_pass.path.read_bytes()
+    assert one_pass.signature_path.read_bytes() == two_pass.signature_path.read_bytes()
+    data = one_pass.path.read_bytes()
+    sshsig.verify(data, one_pass.signature_path.read_bytes(), namespace="airlock-archive-v1")
+
+
+def test_small_copy_chunks_give_the_same_bundle(tmp_path: Path, alice, monkeypatch) -> None:
+    import bundler.archive as archive
+
+    stage = make_stage(tmp_path)
+    a = _pack_with(tmp_path, alice, stage, "a")
+    monkeypatch.setattr(archive, "COPY_CHUNK", 4097)
+    monkeypatch.setattr(archive, "HASH_WINDOW", 3000)
+    b = _pack_with(tmp_path, alice, stage, "b")
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.signature_path.read_bytes() == b.signature_path.read_bytes()
+
+
+def test_file_changed_since_it_was_hashed_fails_the_pack_and_leaves_nothing(
+    tmp_path: Path, alice
+) -> None:
+    stage = make_stage(tmp_path)
+    known = _staged_digests(stage)
+    model = stage / "models/tiny/tiny.gguf"
+    data = bytearray(model.read_bytes())
+    data[1000] ^= 1  # same size, one bit differs from what the download hashed
+    model.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="changed after they were hashed") as failed:
+        _pack_with(tmp_path, alice, stage, "o", known_digests=known)
+    assert [p for p in failed.value.problems if p.startswith("models/tiny/tiny.gguf:")]
+    assert len(failed.value.problems) == 1
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_known_digests_must_be_sha256_hex(tmp_path: Path, alice) -> None:
+    stage = make_stage(tmp_path)
+    with pytest.raises(UsageError, match="64 lowercase hex"):
+        _pack_with(tmp_path, alice, stage, "o", known_digests={"README.md": "ABC"})

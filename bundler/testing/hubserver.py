@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 from urllib.parse import parse_qs, unquote, urlparse
 
 LFS_SUFFIXES = (".gguf", ".bin", ".safetensors")
@@ -68,6 +68,9 @@ class HubServer:
         self.token = token
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
+        # Digests by bytes object, computed once: a real Hub stores them, it does not rehash
+        # a file for every HEAD/GET (each entry keeps its bytes alive, so ids stay unique).
+        self._digests: dict[tuple[str, int], tuple[bytes, str]] = {}
         self._httpd = ThreadingHTTPServer((host, 0), _handler_for(self))
         self._httpd.daemon_threads = True
         self._thread: Optional[threading.Thread] = None
@@ -115,7 +118,7 @@ class HubServer:
             h = hashlib.sha1(repo.encode(), usedforsecurity=False)
             h.update(r.refs.get(branch, "").encode())
             for path in sorted(files):
-                h.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
+                h.update(path.encode() + b"\0" + bytes.fromhex(self.sha256(files[path])))
             commit = h.hexdigest()
             r.files_by_commit[commit] = dict(files)
             r.refs[branch] = commit
@@ -133,31 +136,44 @@ class HubServer:
             return r.refs[rev]
         return rev if rev in r.files_by_commit else None
 
+    def _digest(self, kind: str, data: bytes) -> str:
+        key = (kind, id(data))
+        hit = self._digests.get(key)
+        if hit is not None and hit[0] is data:
+            return hit[1]
+        value = hashlib.sha256(data).hexdigest() if kind == "sha256" else git_blob_id(data)
+        self._digests[key] = (data, value)
+        return value
+
+    def sha256(self, data: bytes) -> str:
+        """``data``'s sha256 (the LFS oid), computed once per bytes object."""
+        return self._digest("sha256", data)
+
+    def blob_id(self, data: bytes) -> str:
+        """``data``'s git blob id, computed once per bytes object."""
+        return self._digest("sha1", data)
+
     def entry(self, repo: str, path: str, data: bytes) -> dict[str, Any]:
-        d: dict[str, Any] = {
-            "type": "file",
-            "oid": git_blob_id(data),
-            "size": len(data),
-            "path": path,
-        }
+        d: dict[str, Any] = {"type": "file", "path": path}
         if is_lfs(path, data):
-            d["lfs"] = {
-                "oid": hashlib.sha256(data).hexdigest(),
-                "size": len(data),
-                "pointerSize": 134,
-            }
-            d["oid"] = git_blob_id(_pointer(data))
-            d["size"] = len(_pointer(data))
+            sha = self.sha256(data)
+            pointer = _pointer(sha, len(data))
+            d["lfs"] = {"oid": sha, "size": len(data), "pointerSize": len(pointer)}
+            d["oid"] = git_blob_id(pointer)
+            d["size"] = len(pointer)
+        else:
+            d["oid"] = self.blob_id(data)
+            d["size"] = len(data)
         return d
 
 
-def _pointer(data: bytes) -> bytes:
+def _pointer(sha256: str, size: int) -> bytes:
     """The git-lfs pointer a real repo stores for an LFS file (what the blob id is over)."""
     return (
         b"version https://git-lfs.github.com/spec/v1\n"
         + b"oid sha256:"
-        + hashlib.sha256(data).hexdigest().encode()
-        + b"\nsize %d\n" % len(data)
+        + sha256.encode()
+        + b"\nsize %d\n" % size
     )
 
 
@@ -176,7 +192,10 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         # -- helpers ----------------------------------------------------------------------
 
         def _send(
-            self, status: int, body: bytes = b"", headers: Optional[Mapping[str, str]] = None
+            self,
+            status: int,
+            body: Union[bytes, memoryview] = b"",
+            headers: Optional[Mapping[str, str]] = None,
         ) -> None:
             self.send_response(status)
             for k, v in (headers or {}).items():
@@ -318,13 +337,14 @@ def _handler_for(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             data = files[path]
             headers = {"X-Repo-Commit": commit, "Accept-Ranges": "bytes"}
             if is_lfs(path, data):
-                sha = hashlib.sha256(data).hexdigest()
+                sha = hub.sha256(data)
                 headers["ETag"] = f'"{sha}"'
                 headers["X-Linked-Etag"] = f'"{sha}"'
                 headers["X-Linked-Size"] = str(len(data))
             else:
-                headers["ETag"] = f'"{git_blob_id(data)}"'
-            body = hub.faults.tampered.get((repo, path), data)
+                headers["ETag"] = f'"{hub.blob_id(data)}"'
+            # A memoryview: a Range answer is sent from the stored bytes without copying them.
+            body = memoryview(hub.faults.tampered.get((repo, path), data))
             start = 0
             rng = self.headers.get("Range")
             status = 200

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from urllib.parse import urlparse
 
 import httpx2
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -33,15 +33,12 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
-from huggingface_hub.utils._fixes import WeakFileLock
-from huggingface_hub.utils._headers import build_hf_headers
+from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
 from bundler import console
 from bundler.download import (
     CHUNK,
     HashingWriter,
-    NullSink,
     digest_problems,
     open_partial,
     stream,
@@ -332,9 +329,8 @@ class HubClient:
         sha256: Optional[str],
     ) -> Optional[FetchedFile]:
         with blob.open("rb") as f, console.byte_progress(f"checking {path}", size) as advance:
-            sink: Any = NullSink()
             with HashingWriter(
-                sink, git_size=size, advance=advance, git_blob=lfs_sha256 is None
+                None, git_size=size, advance=advance, git_blob=lfs_sha256 is None
             ) as w:
                 while chunk := f.read(CHUNK):
                     w.write(chunk)

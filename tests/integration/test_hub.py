@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
@@ -354,3 +356,53 @@ def test_card_data_license_and_gated_flag_from_the_api(
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         snap = _client().resolve("org/l", "main")
         assert snap.card_license == "llama3.1" and snap.gated is False
+
+
+def test_drop_after_many_batches_resumes_from_the_exact_byte(
+    hub: HubServer, model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small hand-over batches: the cut falls mid-batch, after many batches were stored.
+    from bundler.download import HashingWriter
+
+    monkeypatch.setattr(HashingWriter, "BATCH", 4096)
+    monkeypatch.setattr(HashingWriter, "DEPTH", 2)
+    client = _client()
+    commit = client.resolve(REPO, "main").commit
+    cut = len(model_bytes) - 12_345
+    hub.faults.drop_after[(REPO, "tiny.gguf")] = cut
+    blob = _fetch_gguf(client, commit, model_bytes)
+    assert blob.read_bytes() == model_bytes
+    assert [h.get("range") for h in _gets(hub, "tiny.gguf")] == [None, f"bytes={cut}-"]
+
+
+def test_server_does_not_rehash_files_per_request(
+    hub: HubServer, model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The digests are computed once per file (a real Hub stores them): HEAD/GET/tree must
+    # not pay a full-file hash each time, or the server, not the client, sets the pace.
+    import bundler.testing.hubserver as hubserver
+
+    client = _client()
+    client.resolve(REPO, "main")  # digests known from here on
+
+    def guarded(name: str) -> Any:
+        real = getattr(hashlib, name)
+
+        def digest(data: bytes = b"", **kwargs: bool) -> Any:
+            if len(data) > 1024:  # LFS pointers (~134 bytes) may be hashed; the model not
+                raise AssertionError(f"the test Hub rehashed {len(data)} bytes for a request")
+            return real(data, **kwargs)
+
+        return digest
+
+    # Only the server module's view of hashlib: the client and this test hash as usual.
+    monkeypatch.setattr(
+        hubserver, "hashlib", SimpleNamespace(sha256=guarded("sha256"), sha1=guarded("sha1"))
+    )
+    snap = client.resolve(REPO, "main")
+    commit = snap.commit
+    assert _fetch_gguf(client, commit, model_bytes).read_bytes() == model_bytes
+    got = client.fetch(
+        REPO, commit, "README.md", size=len(CARD), lfs_sha256=None, blob_id=git_blob_id(CARD)
+    )
+    assert got.path.read_bytes() == CARD

@@ -360,7 +360,7 @@ def pack(
                 os.fsync(out.fileno())
                 sig_path = write_archive_signature(final, signers[-1], digest.result())
         else:
-            os.fsync(out.fileno())
+            # No fsync: this tar is only the source of the parts (each fsynced) and is deleted.
             from bundler.split import write_parts
 
             index = write_parts(tmp, final, split, signer=signers[-1], region=region)

@@ -429,15 +429,12 @@ def _digests_up_front(sources: Sequence[_Source], known: Mapping[str, str]) -> d
         if s.src is None:
             continue
         digest = known.get(s.path)
-        if digest is None:
+        if digest is None:  # read, not mmap: a staged file truncated meanwhile is no SIGBUS
             h = hashlib.sha256()
             with open(s.src, "rb", buffering=0) as f:
-                offset = 0
-                while offset < s.size:
-                    n = min(HASH_WINDOW, s.size - offset)
-                    _hash_range(h, f.fileno(), offset, n)
-                    offset += n
-            digest = h.hexdigest()
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+            digest = h.hexdigest()  # a size change is caught when the file is copied
         out[s.path] = digest
     return out
 
@@ -541,11 +538,28 @@ class _Copier:
 
 
 def _hash_range(digest: Any, fd: int, offset: int, length: int) -> None:
-    """Feed ``length`` bytes of ``fd`` from ``offset`` into ``digest`` through an mmap window."""
+    """Feed ``length`` bytes of ``fd`` from ``offset`` into ``digest`` through an mmap window.
+
+    Falls back to pread on a file system that cannot map files.
+    """
     base = offset - offset % mmap.ALLOCATIONGRANULARITY
-    with mmap.mmap(fd, offset + length - base, access=mmap.ACCESS_READ, offset=base) as m:
-        with memoryview(m) as whole, whole[offset - base :] as view:
-            digest.update(view)
+    try:
+        m = mmap.mmap(fd, offset + length - base, access=mmap.ACCESS_READ, offset=base)
+    except OSError:
+        _hash_by_pread(digest, fd, offset, length)
+        return
+    with m, memoryview(m) as whole, whole[offset - base :] as view:
+        digest.update(view)
+
+
+def _hash_by_pread(digest: Any, fd: int, offset: int, length: int) -> None:
+    end = offset + length
+    while offset < end:
+        data = os.pread(fd, min(CHUNK, end - offset), offset)
+        if not data:
+            raise IntegrityError(f"the file being hashed ended early at byte {offset}")
+        digest.update(data)
+        offset += len(data)
 
 
 def _copy(

@@ -450,3 +450,23 @@ def test_known_digests_must_be_sha256_hex(tmp_path: Path, alice) -> None:
     stage = make_stage(tmp_path)
     with pytest.raises(UsageError, match="64 lowercase hex"):
         _pack_with(tmp_path, alice, stage, "o", known_digests={"README.md": "ABC"})
+
+
+def test_a_file_system_without_mmap_gives_the_same_bundle(
+    tmp_path: Path, alice, monkeypatch
+) -> None:
+    import errno
+    import mmap
+
+    stage = make_stage(tmp_path)
+    a = _pack_with(tmp_path, alice, stage, "a")
+    b_known = _staged_digests(stage)
+
+    def no_mmap(*args, **kwargs):
+        raise OSError(errno.ENODEV, "no mmap here")
+
+    monkeypatch.setattr(mmap, "mmap", no_mmap)
+    b = _pack_with(tmp_path, alice, stage, "b")
+    c = _pack_with(tmp_path, alice, stage, "c", known_digests=b_known)
+    assert a.path.read_bytes() == b.path.read_bytes() == c.path.read_bytes()
+    assert a.signature_path.read_bytes() == b.signature_path.read_bytes()

@@ -93,6 +93,12 @@ def main() -> int:
     parser.add_argument("--gib", type=float, default=2.0, help="data size in GiB (default 2)")
     parser.add_argument("--repeat", type=int, default=2, help="runs per tool; best is kept")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temp dir)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also time pack and verify from this source tree (e.g. `git archive REV bundler "
+        "runtime | tar -x -C DIR`), in the same run, for before/after numbers",
+    )
     args = parser.parse_args()
     airlock = str(BIN / "airlock")
     work = Path(tempfile.mkdtemp(prefix="airlock-bench-", dir=args.dir))
@@ -150,6 +156,10 @@ def main() -> int:
         t_known, rss_known = best(known_cmd, args.repeat, clean_pack, env=env)
         verify_cmd = [airlock, "verify", str(bundle), "--allowed-signers", str(work / "allowed")]
         t_verify, rss_verify = best(verify_cmd, args.repeat)
+        if args.baseline:
+            base_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
+            t_base, rss_base = best(pack_cmd, args.repeat, clean_pack, env=base_env)
+            t_base_verify, _ = best(verify_cmd, args.repeat, env=base_env)
         t_sum, _ = best(["sha256sum", str(bundle)], args.repeat)
         t_start, _ = best([airlock, "--version"], args.repeat)
         t_ossl, _ = best(["openssl", "dgst", "-sha256", str(bundle)], args.repeat)
@@ -165,6 +175,11 @@ def main() -> int:
             f"  pack, digests known {t_known:4.2f} s  {gib / t_known:6.2f} GiB/s"
             f"  rss {rss_known:.0f} MiB  (one pass, as airlock build)"
         )
+        if args.baseline:
+            print(
+                f"  baseline pack    {t_base:7.2f} s  {gib / t_base:6.2f} GiB/s"
+                f"  rss {rss_base:.0f} MiB  verify {t_base_verify:.2f} s  ({args.baseline})"
+            )
         print(f"  airlock startup  {t_start:7.2f} s  (airlock --version: imports only)")
         print(f"  sha256sum        {t_sum:7.2f} s  {gib / t_sum:6.2f} GiB/s")
         print(f"  openssl sha256   {t_ossl:7.2f} s  {gib / t_ossl:6.2f} GiB/s")

@@ -470,3 +470,23 @@ def test_a_file_system_without_mmap_gives_the_same_bundle(
     c = _pack_with(tmp_path, alice, stage, "c", known_digests=b_known)
     assert a.path.read_bytes() == b.path.read_bytes() == c.path.read_bytes()
     assert a.signature_path.read_bytes() == b.signature_path.read_bytes()
+
+
+def test_writeback_is_started_for_every_copied_byte(tmp_path: Path, alice, monkeypatch) -> None:
+    """The disk starts writing while pack copies (the final fsync is then mostly done)."""
+    import bundler.archive as archive
+
+    asked: list[tuple[int, int, int]] = []
+
+    def record(fd: int, offset: int, length: int, flags: int) -> int:
+        asked.append((offset, length, flags))
+        return 0
+
+    monkeypatch.setattr(archive, "_SYNC_FILE_RANGE", record)
+    monkeypatch.setattr(archive, "COPY_CHUNK", 4096)
+    stage = make_stage(tmp_path)
+    result = _pack_with(tmp_path, alice, stage, "o")
+    staged = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
+    assert sum(length for _, length, _ in asked) == staged
+    assert {flags for *_, flags in asked} == {2}  # SYNC_FILE_RANGE_WRITE: start, never wait
+    assert all(offset + length <= result.size for offset, length, _ in asked)

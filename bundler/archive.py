@@ -710,13 +710,15 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
                 check_payload(f, meta.manifest, offset=meta.payload_offset, observe=tee)
                 out.flush()
                 os.fsync(out.fileno())
-    archive_sig = archive_signature(signer, h.digest())
-    sig_path = Path(str(bundle) + ".sig")
+                archive_sig = archive_signature(signer, h.digest())
+                _write_journal(bundle, region, archive_sig, mode="rewrite", size=out.tell())
+            # the new archive is in place (rename): now its .tar.sig
+            _apply_journal(bundle, region, archive_sig, mode="rewrite")
     if in_place:
-        _write_journal(bundle, region, archive_sig)
-        _apply_journal(bundle, region, archive_sig)
-    else:
-        write_atomic(sig_path, archive_sig)
+        archive_sig = archive_signature(signer, h.digest())
+        _write_journal(bundle, region, archive_sig, mode="in-place", size=bundle.stat().st_size)
+        _apply_journal(bundle, region, archive_sig, mode="in-place")
+    sig_path = Path(str(bundle) + ".sig")
     return CosignResult(
         path=bundle,
         signature_path=sig_path,
@@ -734,7 +736,9 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
 # ``<bundle>.cosign-journal``; then the region is overwritten and fsynced, the .tar.sig
 # replaced atomically, and the journal removed. Replaying a journal is idempotent and needs
 # no key: ``airlock sign`` replays a leftover one before anything else; ``airlock verify``
-# refuses a bundle that has one (docs/FORMAT.md, "Metadata region").
+# refuses a bundle that has one (docs/FORMAT.md, "Metadata region"). A rewrite (reserve
+# full) is atomic by its rename; its journal only carries the .tar.sig across a crash
+# between the rename and the .tar.sig.
 
 JOURNAL_SUFFIX = ".cosign-journal"
 _JOURNAL_FORMAT = "airlock-cosign-journal"
@@ -744,11 +748,14 @@ def journal_path(bundle: Path) -> Path:
     return Path(str(bundle) + JOURNAL_SUFFIX)
 
 
-def _write_journal(bundle: Path, region: bytes, archive_sig: bytes) -> None:
+def _write_journal(
+    bundle: Path, region: bytes, archive_sig: bytes, *, mode: str, size: int
+) -> None:
     record = {
         "format": _JOURNAL_FORMAT,
         "version": 1,
-        "bundle_size": bundle.stat().st_size,
+        "mode": mode,
+        "bundle_size": size,
         "region_sha256": hashlib.sha256(region).hexdigest(),
         "region": base64.b64encode(region).decode("ascii"),
         "archive_signature": archive_sig.decode("ascii"),
@@ -756,54 +763,64 @@ def _write_journal(bundle: Path, region: bytes, archive_sig: bytes) -> None:
     write_atomic(journal_path(bundle), json.dumps(record, sort_keys=True).encode())
 
 
-def _apply_journal(bundle: Path, region: bytes, archive_sig: bytes) -> None:
-    """Redo: the region in place (fsynced), then the .tar.sig, then drop the journal."""
-    fd = os.open(bundle, os.O_WRONLY)
-    try:
-        _pwrite(fd, region, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _apply_journal(bundle: Path, region: bytes, archive_sig: bytes, *, mode: str) -> None:
+    """Redo: the region in place (fsynced; in-place mode only), the .tar.sig, drop the journal."""
+    if mode == "in-place":
+        fd = os.open(bundle, os.O_WRONLY)
+        try:
+            _pwrite(fd, region, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     write_atomic(Path(str(bundle) + ".sig"), archive_sig)
     journal_path(bundle).unlink()
 
 
-def _read_journal(bundle: Path) -> tuple[bytes, bytes]:
+def _read_journal(bundle: Path) -> tuple[str, int, bytes, bytes]:
     path = journal_path(bundle)
+    hint = f"restore {bundle.name} and its .sig from their source, then delete {path.name}"
     try:
         record = json.loads(path.read_bytes())
         region = base64.b64decode(record["region"], validate=True)
         archive_sig = str(record["archive_signature"]).encode("ascii")
+        mode, size = record["mode"], record["bundle_size"]
         ok = (
             record["format"] == _JOURNAL_FORMAT
             and record["version"] == 1
+            and mode in ("in-place", "rewrite")
+            and isinstance(size, int)
             and hashlib.sha256(region).hexdigest() == record["region_sha256"]
-            and record["bundle_size"] == bundle.stat().st_size
-            and 0 < len(region) < record["bundle_size"]
+            and 0 < len(region) < size
+            and (mode == "rewrite" or size == bundle.stat().st_size)
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ArchiveFormatError(
-            f"cannot read the co-sign journal {path}: {e}",
-            hint=f"restore {bundle.name} and its .sig from their source, then delete {path.name}",
-        ) from e
+        raise ArchiveFormatError(f"cannot read the co-sign journal {path}: {e}", hint=hint) from e
     if not ok:
         raise ArchiveFormatError(
-            f"the co-sign journal {path} does not belong to {bundle} or is damaged",
-            hint=f"restore {bundle.name} and its .sig from their source, then delete {path.name}",
+            f"the co-sign journal {path} does not belong to {bundle} or is damaged", hint=hint
         )
-    return region, archive_sig
+    return mode, size, region, archive_sig
 
 
 def recover_cosign(bundle: Path) -> bool:
     """Finish a co-sign that was interrupted (replay ``<bundle>.cosign-journal``).
 
-    Returns True when a journal was replayed, False when there was none. Raises
-    ArchiveFormatError when the journal is damaged or belongs to another file.
+    In place: the region and .tar.sig are rewritten from the journal. A rewrite (reserve
+    full) that crashed before its rename left the old, consistent bundle: the journal is
+    dropped; after the rename, only the .tar.sig is still to write. Returns True when the
+    interrupted co-sign is now complete, False when there was none or it was dropped.
+    Raises ArchiveFormatError when the journal is damaged or belongs to another file.
     """
     if not journal_path(bundle).exists():
         return False
-    region, archive_sig = _read_journal(bundle)
-    _apply_journal(bundle, region, archive_sig)
+    mode, size, region, archive_sig = _read_journal(bundle)
+    if mode == "rewrite":
+        with open(bundle, "rb") as f:
+            renamed = os.fstat(f.fileno()).st_size == size and f.read(len(region)) == region
+        if not renamed:
+            journal_path(bundle).unlink()
+            return False
+    _apply_journal(bundle, region, archive_sig, mode=mode)
     return True
 
 

@@ -490,3 +490,59 @@ def test_writeback_is_started_for_every_copied_byte(tmp_path: Path, alice, monke
     assert sum(length for _, length, _ in asked) == staged
     assert {flags for *_, flags in asked} == {2}  # SYNC_FILE_RANGE_WRITE: start, never wait
     assert all(offset + length <= result.size for offset, length, _ in asked)
+
+
+@pytest.mark.parametrize("point", ["before-rename", "after-rename"])
+def test_interrupted_rewriting_cosign_leaves_a_consistent_bundle_and_sig(
+    tmp_path: Path, alice, monkeypatch, point: str
+) -> None:
+    """Reserve full: the co-sign writes a new archive; a crash around its rename is safe."""
+    import bundler.fsio as fsio
+    from bundler.archive import build_region, journal_path
+    from bundler.verify import verify_bundle
+
+    def reserve_full() -> bool:
+        meta = read_metadata(result.path)
+        one_more = ("airlock/signatures/" + "x" * 43 + ".sig", meta.signatures[0][1])
+        region = build_region(
+            meta.manifest_bytes, [*meta.signatures, one_more], meta.payload_offset, EPOCH
+        )
+        return region is None
+
+    result = make_bundle(tmp_path, [alice])
+    keys: list = []
+    while not reserve_full():
+        keys.append(make_key(tmp_path / "many", f"k{len(keys)}"))
+        assert cosign(result.path, keys[-1].signer).in_place
+    assert len(keys) >= COSIGN_SLOTS
+    keys.append(make_key(tmp_path / "many", "last"))
+    last = keys[-1]
+    before, sig_before = result.path.read_bytes(), result.signature_path.read_bytes()
+    with monkeypatch.context() as m:
+        if point == "before-rename":
+            real_replace = os.replace
+
+            def no_rename(src, dst) -> None:
+                if Path(dst) == result.path:
+                    raise OSError(5, "simulated crash before the rename")
+                real_replace(src, dst)
+
+            m.setattr(fsio.os, "replace", no_rename)
+        else:
+            _crash_cosign(m, "signature")
+        with pytest.raises(OSError, match="simulated crash"):
+            cosign(result.path, last.signer)
+    assert journal_path(result.path).exists()
+    if point == "before-rename":  # the old bundle and its .sig are untouched and consistent
+        assert result.path.read_bytes() == before
+        assert result.signature_path.read_bytes() == sig_before
+    policy = policy_for(tmp_path, [alice, *keys], threshold=len(keys) + 1)
+    with pytest.raises(IntegrityError, match="interrupted"):
+        verify_bundle(result.path, policy, now=DURING)
+    done = cosign(result.path, last.signer)  # finishes it (or, before the rename, redoes it)
+    assert not done.in_place or point == "after-rename"
+    assert not journal_path(result.path).exists()
+    assert len(verify_bundle(result.path, policy, now=DURING).signers) == len(keys) + 1
+    whole = result.path.read_bytes()
+    key = sshsig.verify(whole, result.signature_path.read_bytes(), namespace="airlock-archive-v1")
+    assert key.fingerprint == last.signer.public_key.fingerprint

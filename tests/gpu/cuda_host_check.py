@@ -38,6 +38,8 @@ import argparse
 import glob
 import hashlib
 import json
+import lzma
+import os
 import re
 import shlex
 import shutil
@@ -63,7 +65,9 @@ def sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------- prepare
 
 
-def prepare(bundle: Path, allowed_signers: Path, carry: Path, max_file_mib: int) -> int:
+def prepare(
+    bundle: Path, allowed_signers: Path, carry: Path, max_file_mib: int, compress_mib: int
+) -> int:
     from bundler.trust import load_policy
     from bundler.verify import verify_bundle
     from runtime.bundle import parse_manifest, read_metadata
@@ -83,14 +87,24 @@ def prepare(bundle: Path, allowed_signers: Path, carry: Path, max_file_mib: int)
     (carry / "manifest.sha256").write_text(report.manifest_sha256 + "\n")
     manifest = parse_manifest(meta.manifest_bytes)
     left: List[Dict[str, Any]] = []
+    packed: List[str] = []
+    runtime_dir = (manifest["components"]["engine"]["properties"].get("cuda") or {}).get(
+        "runtime_dir", "engine/lib/cuda"
+    )
     for entry in manifest["files"]:
         path = release / entry["path"]
         if entry["component"] not in CHECKED_COMPONENTS:
             path.unlink()
-        elif entry["size"] > max_file_mib << 20:
-            path.unlink()
+        elif entry["size"] > max_file_mib << 20 and entry["path"].startswith(runtime_dir + "/"):
+            path.unlink()  # NVIDIA's libraries: restored on the GPU host from the same wheels
             left.append({k: entry[k] for k in ("path", "size", "sha256")})
+        elif entry["size"] > compress_mib << 20:
+            with open(path, "rb") as src, lzma.open(str(path) + ".xz", "wb", preset=6) as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            path.unlink()
+            packed.append(entry["path"])
     (carry / "left-behind.json").write_text(json.dumps(left, indent=2) + "\n")
+    (carry / "compressed.json").write_text(json.dumps(packed, indent=2) + "\n")
     size = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
     print(f"carry {carry}: {size / (1 << 20):.1f} MiB; left behind: {[e['path'] for e in left]}")
     return 0
@@ -203,6 +217,11 @@ def check(carry: Path, out: Path, lib_dirs: Sequence[str], port: int) -> int:
         "cuda": engine["cuda"],
     }
 
+    for rel in json.loads((carry / "compressed.json").read_text()):
+        with lzma.open(str(release / rel) + ".xz", "rb") as src, open(release / rel, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        os.chmod(release / rel, 0o755 if "/bin/" in rel else 0o644)
+        os.unlink(str(release / rel) + ".xz")
     left = json.loads((carry / "left-behind.json").read_text())
     report["restored"] = restore_left_behind(release, left, lib_dirs)
     for row in report["restored"]:
@@ -276,7 +295,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("bundle", type=Path)
     p.add_argument("--allowed-signers", type=Path, required=True)
     p.add_argument("--carry", type=Path, required=True)
-    p.add_argument("--max-file-mib", type=int, default=40)
+    p.add_argument("--max-file-mib", type=int, default=40, help="leave out bigger CUDA libraries")
+    p.add_argument("--compress-mib", type=int, default=8, help="xz-compress bigger files")
     c = sub.add_parser("check", help="run the checks on a GPU host")
     c.add_argument("--carry", type=Path, required=True)
     c.add_argument("--out", type=Path, required=True)
@@ -286,7 +306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--port", type=int, default=18080)
     args = parser.parse_args(argv)
     if args.step == "prepare":
-        return prepare(args.bundle, args.allowed_signers, args.carry, args.max_file_mib)
+        return prepare(
+            args.bundle, args.allowed_signers, args.carry, args.max_file_mib, args.compress_mib
+        )
     lib_dirs = args.cuda_libs or default_cuda_lib_dirs()
     return check(args.carry, args.out, lib_dirs, args.port)
 

@@ -17,6 +17,13 @@ from bundler.download import HashingWriter, digest_problems, open_partial
 SIZE = 300_000
 
 
+@pytest.fixture(autouse=True, params=["one worker", "hash and write threads"])
+def workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both layouts must store and hash the same bytes, whatever this machine's core count.
+    split = 1 if request.param == "hash and write threads" else 1_000_000
+    monkeypatch.setattr(HashingWriter, "SPLIT_MIN_CORES", split)
+
+
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tiny batches and queue, so a few hundred KB cross many batch and queue boundaries.
@@ -213,3 +220,14 @@ def test_memory_stays_bounded_while_the_disk_is_slow(tmp_path: Path) -> None:
     assert held <= HashingWriter.DEPTH + 2
     assert accepted[0] == 200
     assert (tmp_path / "p").stat().st_size == 200 * HashingWriter.BATCH
+
+
+def test_hash_and_write_threads_follow_the_core_count(tmp_path: Path) -> None:
+    split = HashingWriter.SPLIT_MIN_CORES == 1  # set by the workers fixture
+    with open_partial(tmp_path / "p") as f:
+        with HashingWriter(f, git_size=0, advance=lambda n: None):
+            names = {t.name for t in threading.enumerate() if t.name.startswith("airlock-")}
+    if split:
+        assert names == {"airlock-hash", "airlock-write"}
+    else:
+        assert names == {"airlock-hash-write"}

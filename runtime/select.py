@@ -810,7 +810,7 @@ def _command(
 
 def resolve(decision: Decision, release_dir: Path) -> Decision:
     """The decision with argv, env and cwd paths made absolute under ``release_dir``."""
-    base = Path(release_dir)
+    base = Path(os.path.abspath(release_dir))
     out = dict(decision)
     argv = list(decision["argv"])
     argv[0] = str(base / argv[0])

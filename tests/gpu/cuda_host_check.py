@@ -165,9 +165,11 @@ def render_env(decision: Dict[str, Any], version: str) -> str:
     host = decision.get("host") or "127.0.0.1"
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
+    # debug log level: llama.cpp prints its CUDA device and offload lines only there
+    argv = [*decision["argv"], "--log-verbosity", "4"]
     lines = [
         "AIRLOCK_VERSION=" + shlex.quote(version),
-        "AIRLOCK_ARGV=" + shlex.quote(" ".join(shlex.quote(a) for a in decision["argv"])),
+        "AIRLOCK_ARGV=" + shlex.quote(" ".join(shlex.quote(a) for a in argv)),
         "AIRLOCK_CWD=" + shlex.quote(decision.get("cwd") or "."),
         "AIRLOCK_HEALTH_URL=http://{}:{}".format(host, decision["port"]),
         "HF_HUB_OFFLINE=1",
@@ -178,19 +180,26 @@ def render_env(decision: Dict[str, Any], version: str) -> str:
 
 def log_evidence(log_text: str) -> Dict[str, Any]:
     """What llama.cpp's log says about the CUDA backend and offloading."""
-    devices = re.search(r"ggml_cuda_init: found (\d+) CUDA devices", log_text)
+    found = re.search(r"ggml_cuda_init: found (\d+) CUDA devices", log_text)
+    # newer llama.cpp lists the devices instead: "  - CUDA0   : NVIDIA H200 (143155 MiB, ...)"
+    listed = set(re.findall(r"^.*?- (CUDA\d+)\s*: ", log_text, re.M))
     offload = re.search(r"offloaded (\d+)/(\d+) layers to GPU", log_text)
     return {
-        "cuda_devices": int(devices.group(1)) if devices else 0,
+        "cuda_devices": int(found.group(1)) if found else len(listed),
         "device_lines": [
-            line.strip() for line in log_text.splitlines() if re.search(r"Device \d+: ", line)
-        ][:4],
+            line.strip()
+            for line in log_text.splitlines()
+            if re.search(r"Device \d+: |- CUDA\d+\s*: |using device CUDA|CUDA : ARCHS", line)
+        ][:6],
         "layers_offloaded": [int(offload.group(1)), int(offload.group(2))] if offload else None,
         "cuda_buffers": [
             line.strip()
             for line in log_text.splitlines()
             if re.search(r"CUDA\d+ .*buffer size", line)
         ][:6],
+        "assigned_to_cuda": [
+            line.strip() for line in log_text.splitlines() if "assigned to device CUDA" in line
+        ][:4],
     }
 
 
@@ -279,7 +288,7 @@ def check(carry: Path, out: Path, lib_dirs: Sequence[str], port: int) -> int:
     if report["log"]["cuda_devices"] < 1:
         fail("the server log shows no CUDA device (ggml_cuda_init)")
     layers = report["log"]["layers_offloaded"]
-    if not layers or layers[0] == 0:
+    if not (layers and layers[0] > 0) and not report["log"]["assigned_to_cuda"]:
         fail("the server log shows no layers offloaded to the GPU")
 
     report["ok"] = not report["failures"]

@@ -476,6 +476,19 @@ def test_resolve_makes_paths_absolute() -> None:
     assert r["cwd"] == "/opt/airlock/releases/1.0.0/engine/lib"
 
 
+def test_resolve_of_a_relative_release_dir_gives_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the launcher joins relative paths to the release dir again: they must be absolute here
+    monkeypatch.chdir(tmp_path)
+    d = s.select(facts("epyc-a100-driver-550"), manifest(variants=ALL_X86, cuda=CUDA))
+    r = s.resolve(d, Path("carry/release"))
+    base = str(tmp_path / "carry" / "release")
+    assert r["argv"][0] == base + "/engine/bin/llama-server"
+    assert r["cwd"] == base + "/engine/lib"
+    assert all(p.startswith(base) for p in r["env"]["LD_LIBRARY_PATH"].split(":"))
+
+
 def test_invalid_overrides_are_all_reported_at_once() -> None:
     with pytest.raises(UsageError) as e:
         s.select(

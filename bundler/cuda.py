@@ -24,6 +24,7 @@ from pathlib import Path
 from bundler.errors import BuildError, FetchError, UsageError
 
 __all__ = [
+    "RUNTIME_LIBRARY",
     "CudaOptions",
     "collect_cuda_runtime",
     "cuda_options",
@@ -227,7 +228,11 @@ def cuda_sdk_flags(sdk: Path) -> list[str]:
 
 
 def cuda_library_members(names: Iterable[str]) -> list[str]:
-    """The shared libraries to carry out of an NVIDIA runtime wheel (``nvidia/*/lib/*.so*``)."""
+    """The runtime libraries to carry out of NVIDIA's wheels (``nvidia/*/lib/<lib>.so.N``).
+
+    Only those the CUDA module loads (:data:`RUNTIME_LIBRARY`): the cuBLAS wheel also holds
+    ``libnvblas``, a BLAS interposer nothing in the bundle uses.
+    """
     keep = []
     for name in names:
         parts = name.split("/")
@@ -235,7 +240,7 @@ def cuda_library_members(names: Iterable[str]) -> list[str]:
             len(parts) == 4
             and parts[0] == "nvidia"
             and parts[2] == "lib"
-            and ".so" in parts[3]
+            and RUNTIME_LIBRARY.match(parts[3])
             and not name.endswith("/")
         ):
             keep.append(name)

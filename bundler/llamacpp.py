@@ -525,7 +525,10 @@ def _engine_result(
         sorted(
             str(p.relative_to(entry.path))
             for p in entry.path.rglob("*")
-            if p.is_file() and p.parts[len(entry.path.parts)] in ("bin", "lib")
+            if p.is_file()
+            and p.parts[len(entry.path.parts)] in ("bin", "lib")
+            # builds cached before the filter also hold libnvblas: not staged
+            and (p.parent.name != "cuda" or cudalib.RUNTIME_LIBRARY.match(p.name))
         )
     )
     props = engine_properties(source, variants, flags, cuda, tools, files)

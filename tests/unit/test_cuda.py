@@ -28,6 +28,7 @@ def test_cuda_runtime_libraries_are_collected_from_nvidia_wheels(tmp_path: Path)
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("nvidia/cublas/lib/libcublas.so.12", b"ELF-cublas")
         zf.writestr("nvidia/cublas/lib/libcublasLt.so.12", b"ELF-cublasLt")
+        zf.writestr("nvidia/cublas/lib/libnvblas.so.12", b"ELF-nvblas")  # unused by ggml
         zf.writestr("nvidia/cublas/include/cublas.h", b"header")
         zf.writestr("nvidia/cublas/__init__.py", b"")
         zf.writestr("nvidia_cublas_cu12-12.4.5.8.dist-info/METADATA", b"Name: x")

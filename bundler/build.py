@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from bundler import __version__, console
 from bundler.errors import BuildError, FetchError, GgufError, SpecError, UsageError
+from bundler.fsio import hash_file
 from bundler.ggufinfo import read_facts, shards_of
 from bundler.hub import HubClient, HubSettings
 from bundler.licenses import license_facts
@@ -32,7 +33,7 @@ from bundler.lock import (
     check_lock,
     load_lock,
 )
-from bundler.resolve import hash_file, lock
+from bundler.resolve import lock
 from bundler.spec import ModelSpec, Spec, load_spec
 
 __all__ = ["BuildOptions", "BuildResult", "build", "lock"]  # lock: from bundler.resolve

@@ -6,6 +6,7 @@ keeps its old content or holds the whole new one (python-tuf ``_persist_metadata
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -49,3 +50,14 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
         out.write(payload)
         out.flush()
         os.fsync(out.fileno())
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """``(size, sha256 hex)`` of a file, read once in 1 MiB blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()

@@ -6,28 +6,16 @@ it: Hub look-ups through :class:`bundler.hub.HubClient` and hashing of local sou
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
 from bundler import console
 from bundler.errors import FetchError, SpecError, UsageError
+from bundler.fsio import hash_file
 from bundler.ggufinfo import entrypoint_candidates, shards_of, split_parts
 from bundler.hub import HubClient, HubSettings, select_files
 from bundler.lock import Lock, LockedFile, LockedModel, local_path_text, write_lock
 from bundler.spec import ModelSpec, Spec
-
-CHUNK = 1024 * 1024
-
-
-def hash_file(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 def _local_shards(path: Path) -> list[Path]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from bundler.buildcache import file_lock
 from bundler.errors import BuildError, FetchError
+from bundler.fsio import hash_file
 
 __all__ = ["PACKAGE", "SourceArchive", "fetch_sdist", "llama_cpp_commit", "source_tree"]
 
@@ -130,7 +131,7 @@ def fetch_sdist(version: str, *, cache_dir: Path, index_url: str | None = None) 
     dest_dir = cache_dir / "sdist"
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1]
-    if not (dest.is_file() and _sha256_file(dest) == digest):
+    if not (dest.is_file() and hash_file(dest)[1] == digest):
         _download(url, dest, digest)
     return SourceArchive(
         path=dest,
@@ -159,14 +160,6 @@ def _download(url: str, dest: Path, digest: str) -> None:
             hint="the index or a proxy served other bytes; do not build from them",
         )
     os.replace(tmp, dest)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def llama_cpp_commit(sdist: Path) -> str:

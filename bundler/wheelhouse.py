@@ -26,7 +26,7 @@ from typing import Any
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from bundler.errors import BuildError, ClosureError, FetchError
-from bundler.fsio import write_atomic
+from bundler.fsio import hash_file, write_atomic
 
 __all__ = [
     "CONTROLLER_PLATFORM",
@@ -241,7 +241,7 @@ def wheel_info(path: Path) -> WheelInfo:
         file=path.name,
         name=str(name),
         version=str(version),
-        sha256=_sha256(path),
+        sha256=hash_file(path)[1],
         license=wheel_license(path),
     )
 
@@ -415,7 +415,7 @@ def _closure_key(target: Target, interp: str | None, how: str, req: Path, dest: 
         h.update(f"{os.path.realpath(interp)}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     h.update(req.read_bytes())
     for whl in sorted(dest.glob("*.whl")):
-        h.update(f"\0{whl.name}\0{_sha256(whl)}".encode())
+        h.update(f"\0{whl.name}\0{hash_file(whl)[1]}".encode())
     return h.hexdigest()
 
 
@@ -557,7 +557,7 @@ def _source_key(root: Path) -> str:
         files += [p for p in (root / pkg).rglob("*.py") if "__pycache__" not in p.parts]
     for f in sorted(files):
         if f.is_file():
-            h.update(f"\0{f.relative_to(root).as_posix()}\0{_sha256(f)}".encode())
+            h.update(f"\0{f.relative_to(root).as_posix()}\0{hash_file(f)[1]}".encode())
     return h.hexdigest()
 
 
@@ -622,14 +622,6 @@ def _offline_env() -> dict[str, str]:
     env["PIP_NO_INDEX"] = "1"
     env["PIP_NO_CACHE_DIR"] = "1"
     return env
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:

@@ -199,17 +199,19 @@ def test_bad_key_fails_before_any_work(fake: FakeRuntime, project: Path) -> None
     assert fake.calls == [] and not (project / "dist").exists()
 
 
+def _set_targets(project: Path, targets: str) -> None:
+    spec = project / "airlock.yaml"
+    old = 'targets: {python: ["3.11"], requirements: ["numpy==1.0"]}'
+    spec.write_text(spec.read_text().replace(old, "targets: " + targets))
+    lock(load_spec(spec))
+
+
 def test_targets_without_the_binding_skip_the_second_llama_cpp_compile(
     fake: FakeRuntime, project: Path
 ) -> None:
-    spec = project / "airlock.yaml"
-    spec.write_text(
-        spec.read_text().replace(
-            'targets: {python: ["3.11"], requirements: ["numpy==1.0"]}',
-            'targets: {python: ["3.11"], requirements: ["numpy==1.0"], llama_cpp_python: false}',
-        )
+    _set_targets(
+        project, '{python: ["3.11"], requirements: ["numpy==1.0"], llama_cpp_python: false}'
     )
-    lock(load_spec(spec))
     _build(project)
     assert "wheel" not in fake.calls
     assert any(c.startswith("build_wheelhouse") and c.endswith("[]") for c in fake.calls)
@@ -218,13 +220,7 @@ def test_targets_without_the_binding_skip_the_second_llama_cpp_compile(
 def test_targets_that_need_no_packages_get_no_target_wheelhouse(
     fake: FakeRuntime, project: Path
 ) -> None:
-    spec = project / "airlock.yaml"
-    spec.write_text(
-        spec.read_text().replace(
-            'targets: {python: ["3.11"], requirements: ["numpy==1.0"]}',
-            'targets: {python: ["3.11"], requirements: [], llama_cpp_python: false}',
-        )
-    )
+    _set_targets(project, '{python: ["3.11"], requirements: [], llama_cpp_python: false}')
     result = _build(project)
     assert not any(c.startswith(("wheel", "build_wheelhouse")) for c in fake.calls)
     assert "controller" in fake.calls

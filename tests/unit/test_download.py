@@ -231,3 +231,51 @@ def test_hash_and_write_threads_follow_the_core_count(tmp_path: Path) -> None:
         assert names == {"airlock-hash", "airlock-write"}
     else:
         assert names == {"airlock-hash-write"}
+
+
+def test_the_body_is_read_in_large_reads_not_64_kib_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 64 KiB reads, each through h11 in Python, made receiving cost as much CPU as curl's
+    # whole download; stream() raises httpcore's read size for the process.
+    import http.server
+
+    import httpcore2
+
+    body = os.urandom(8 << 20)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    monkeypatch.setattr(httpcore2.HTTP11Connection, "READ_NUM_BYTES", 64 * 1024)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sizes: list[int] = []
+
+    class Recording(HashingWriter):
+        def write(self, data: bytes) -> int:
+            sizes.append(len(data))
+            return super().write(data)
+
+    try:
+        with (
+            open_partial(tmp_path / "body") as f,
+            Recording(f, git_size=len(body), advance=lambda n: None) as w,
+        ):
+            url = f"http://127.0.0.1:{server.server_address[1]}/body"
+            download.stream(url, w, headers={}, start=0, size=len(body), name="body")
+            w.flush()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (tmp_path / "body").read_bytes() == body
+    assert w.sha256.hexdigest() == hashlib.sha256(body).hexdigest()
+    assert httpcore2.HTTP11Connection.READ_NUM_BYTES == download.READ_BYTES
+    assert max(sizes) > 64 * 1024, f"every read was 64 KiB or less: {sorted(set(sizes))[-5:]}"

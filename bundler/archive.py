@@ -231,6 +231,7 @@ def pack(
     split: Optional[int] = None,
     progress: Progress = None,
     known_digests: Optional[Mapping[str, str]] = None,
+    durable: bool = False,
 ) -> PackResult:
     """Write ``<out_dir>/<name>-<version>.tar`` (and ``.tar.sig``) from the staged files.
 
@@ -239,6 +240,11 @@ def pack(
     downloading, index digests): pack then writes the archive in one pass, hashing the
     whole archive while writing it; files it lacks are hashed first. Each file is re-hashed
     as written either way, and one that differs from its given digest fails the pack.
+    ``durable`` flushes the bundle (or its parts) to disk before renaming it into place and
+    returning; by default the kernel writes it back in the background, as ``tar`` and ``cp``
+    leave theirs (the rename is atomic either way: no reader or interrupted run ever sees a
+    partial bundle under the final name; a power loss before writeback can, and verify
+    refuses it; the same inputs rebuild the same bytes).
     Raises UsageError (bad stage or arguments), IntegrityError (a file changed while read,
     or differs from its given digest; nothing is written).
     """
@@ -318,7 +324,7 @@ def pack(
                     if whole is not None:
                         _pwrite_fed(fd, sums, pos, whole)
                 else:
-                    got = _copy(s, fd, pos, pool, progress, whole)
+                    got = _copy(s, fd, pos, pool, progress, whole, writeback=durable and not split)
                     if whole is None:
                         digests[s.path] = got
                     elif got != digests[s.path]:
@@ -351,19 +357,23 @@ def pack(
             _pwrite(fd, region, 0)
         assert len(sums) == sums_size and len(manifest_bytes) == len(planned)
         if not split and whole is not None:
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
             sig_path = write_archive_signature(final, signers[-1], whole.digest())
         elif not split:
-            # Hash the finished archive (from the page cache) while fsync pushes it to disk.
+            # Hash the finished archive (from the page cache), beside the fsync if durable.
             with ThreadPoolExecutor(max_workers=1) as reader:
                 digest = reader.submit(archive_digest, tmp, region=region)
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
                 sig_path = write_archive_signature(final, signers[-1], digest.result())
         else:
-            # No fsync: this tar is only the source of the parts (each fsynced) and is deleted.
+            # No fsync: this tar is only the source of the parts and is deleted.
             from bundler.split import write_parts
 
-            index = write_parts(tmp, final, split, signer=signers[-1], region=region)
+            index = write_parts(
+                tmp, final, split, signer=signers[-1], region=region, durable=durable
+            )
             tmp.unlink()
             return PackResult(
                 path=index.index,
@@ -569,6 +579,8 @@ def _copy(
     pool: ThreadPoolExecutor,
     progress: Progress,
     whole: Optional[_Whole] = None,
+    *,
+    writeback: bool = False,
 ) -> str:
     """Copy one staged file to ``offset`` in the archive while hashing it; returns its sha256.
 
@@ -593,7 +605,8 @@ def _copy(
                 pending = [pool.submit(_hash_range, digest, fd, offset, n)]
                 if whole is not None:
                     pending.append(whole.feed_range(fd, offset, n))
-                start_writeback(fd, offset, n)
+                if writeback:
+                    start_writeback(fd, offset, n)
                 offset += n
                 remaining -= n
                 if progress is not None:

@@ -52,6 +52,7 @@ class BuildOptions:
     skip_runtime: bool = False
     source_date_epoch: Optional[int] = None
     split: Optional[int] = None
+    durable: bool = False  # fsync the bundle before returning (archive.pack ``durable``)
 
 
 @dataclass(frozen=True)
@@ -473,6 +474,7 @@ def _pack(
             out_dir=options.out_dir,
             source_date_epoch=epoch,
             split=options.split,
+            durable=options.durable,
             progress=advance,
             # digests checked while downloading: pack writes in one pass and re-checks them
             known_digests={path: sha for path, (_size, sha) in st.digests.items()},

@@ -57,12 +57,19 @@ def index_path(final: Path) -> Path:
 
 
 def write_parts(
-    tar: Path, final: Path, part_size: int, *, signer: Signer, region: bytes
+    tar: Path,
+    final: Path,
+    part_size: int,
+    *,
+    signer: Signer,
+    region: bytes,
+    durable: bool = False,
 ) -> SplitIndex:
     """Cut the finished archive ``tar`` into parts named after ``final``.
 
     One read: each part's sha256 and the whole archive's digest (for ``<final>.sig``) are
     computed while copying. ``region`` is the archive's first bytes, already in memory.
+    ``durable`` flushes each part to disk before it is renamed into place.
     """
     from bundler.archive import ARCHIVE_HASH
 
@@ -89,7 +96,8 @@ def write_parts(
                     out.write(view[:n])
                     written += n
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
             if written == 0:
                 tmp.unlink()
                 break

@@ -52,6 +52,12 @@ def register(sub: Any) -> None:
         help="leave out the llama.cpp runtime and wheelhouses (models and code only)",
     )
     b.add_argument("--split", metavar="SIZE", help="also cut into parts of this size (4G, 700M)")
+    b.add_argument(
+        "--fsync",
+        action="store_true",
+        help="flush the bundle to disk before returning (waits for the disk; by default "
+        "the kernel writes it back in the background, as for tar or cp)",
+    )
     b.add_argument("--json", action="store_true", help="print a JSON summary")
     b.set_defaults(func=_build)
 
@@ -95,6 +101,7 @@ def _build(args: argparse.Namespace) -> int:
             update_lock=args.update_lock,
             skip_runtime=args.skip_runtime,
             split=parse_size(args.split) if args.split else None,
+            durable=args.fsync,
         ),
     )
     if args.json:

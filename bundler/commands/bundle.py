@@ -62,6 +62,12 @@ def _register_pack(sub: Any) -> None:
     p.add_argument("--expires", default="180d", help="180d, 26w or a date (default 180d)")
     p.add_argument("--split", help="also cut into parts of this size (4G, 700M)")
     p.add_argument(
+        "--fsync",
+        action="store_true",
+        help="flush the bundle to disk before returning (waits for the disk; by default "
+        "the kernel writes it back in the background, as for tar or cp)",
+    )
+    p.add_argument(
         "--components",
         type=Path,
         help="JSON file: {component: {type, properties}} for the manifest",
@@ -104,6 +110,7 @@ def _pack(args: argparse.Namespace) -> int:
             out_dir=args.out,
             split=split,
             progress=advance,
+            durable=args.fsync,
         )
     data = {
         "path": str(result.path),

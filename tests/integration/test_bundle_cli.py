@@ -195,3 +195,20 @@ def test_pax_size_records_round_trip_through_gnu_tar(env, capsys, monkeypatch) -
     sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=x, capture_output=True, text=True)
     assert sums.returncode == 0, sums.stdout
     assert run_json(["verify", str(tar), "--allowed-signers", str(allowed)], capsys)["files"] == 7
+
+
+def test_pack_fsync_flushes_the_bundle_and_gives_the_same_bytes(env, capsys, monkeypatch) -> None:
+    tmp, alice, _, _allowed, stage = env
+    plain = run_json(pack_args(tmp, stage, alice), capsys)
+    plain_bytes = Path(plain["path"]).read_bytes()
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        flushed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    durable = run_json(pack_args(tmp, stage, alice, "--fsync"), capsys)
+    assert Path(durable["path"]).read_bytes() == plain_bytes
+    assert any(Path(p).name.startswith(".demo-1.0.0.tar.") and ".sig" not in p for p in flushed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -472,7 +473,9 @@ def test_a_file_system_without_mmap_gives_the_same_bundle(
     assert a.signature_path.read_bytes() == b.signature_path.read_bytes()
 
 
-def test_writeback_is_started_for_every_copied_byte(tmp_path: Path, alice, monkeypatch) -> None:
+def test_a_durable_pack_starts_writeback_for_every_copied_byte(
+    tmp_path: Path, alice, monkeypatch
+) -> None:
     """The disk starts writing while pack copies (the final fsync is then mostly done)."""
     import bundler.archive as archive
 
@@ -485,11 +488,50 @@ def test_writeback_is_started_for_every_copied_byte(tmp_path: Path, alice, monke
     monkeypatch.setattr(archive, "_SYNC_FILE_RANGE", record)
     monkeypatch.setattr(archive, "COPY_CHUNK", 4096)
     stage = make_stage(tmp_path)
-    result = _pack_with(tmp_path, alice, stage, "o")
+    result = _pack_with(tmp_path, alice, stage, "o", durable=True)
     staged = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
     assert sum(length for _, length, _ in asked) == staged
     assert {flags for *_, flags in asked} == {2}  # SYNC_FILE_RANGE_WRITE: start, never wait
     assert all(offset + length <= result.size for offset, length, _ in asked)
+
+
+@pytest.mark.parametrize("split", [None, 1500])
+@pytest.mark.parametrize("durable", [False, True])
+def test_only_a_durable_pack_waits_for_the_disk_before_the_rename(
+    tmp_path: Path, alice, monkeypatch, durable: bool, split
+) -> None:
+    """--fsync: bundle (or each part) flushed before it gets its name; else no waiting."""
+    import bundler.archive as archive
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync " + Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append("rename " + Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(archive, "_SYNC_FILE_RANGE", lambda *a: events.append("writeback") or 0)
+    stage = make_stage(tmp_path)
+    result = _pack_with(tmp_path, alice, stage, "o", durable=durable, split=split)
+    payloads = (
+        [p.name for p in result.parts] if split else [result.path.name]
+    )  # the .sig and .parts files are small and always flushed (write_atomic)
+    assert len(payloads) >= (2 if split else 1)
+    for name in payloads:
+        renamed = events.index("rename " + name)
+        tmp = re.compile(rf"fsync \.{re.escape(name)}\.(\w+\.)?tmp")
+        flushed = [i for i, e in enumerate(events) if tmp.fullmatch(e)]
+        if durable:
+            assert flushed and flushed[-1] < renamed, events
+        else:
+            assert not flushed, events
+    assert ("writeback" in events) == (durable and not split)
 
 
 @pytest.mark.parametrize("point", ["before-rename", "after-rename"])

@@ -190,6 +190,31 @@ def test_skip_runtime_leaves_the_runtime_out(fake: FakeRuntime, project: Path) -
         assert not [n for n in tar.getnames() if n.startswith(("engine/", "wheels/"))]
 
 
+@pytest.mark.parametrize("durable", [False, True])
+def test_build_fsync_reaches_pack(
+    fake: FakeRuntime, project: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
+) -> None:
+    import bundler.archive as archive
+
+    seen: list[bool] = []
+    real_pack = archive.pack
+
+    def pack(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["durable"])
+        return real_pack(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "pack", pack)
+    opts = BuildOptions(
+        out_dir=project / "dist",
+        keys=(str(project / "key"),),
+        source_date_epoch=EPOCH,
+        skip_runtime=True,
+        durable=durable,
+    )
+    build(project / "airlock.yaml", opts)
+    assert seen == [durable]
+
+
 def test_bad_key_fails_before_any_work(fake: FakeRuntime, project: Path) -> None:
     from bundler.errors import KeyFileError
 

@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 from bundler import sshsig
 from bundler.errors import ArchiveFormatError, IntegrityError, UsageError
-from bundler.fsio import atomic_file, write_atomic
+from bundler.fsio import FileStamp, atomic_file, write_atomic
 from bundler.manifest import Builder, Component, FileEntry, Manifest, check_path
 from bundler.sshkeys import Signer
 from runtime.bundle import (
@@ -231,6 +231,7 @@ def pack(
     split: Optional[int] = None,
     progress: Progress = None,
     known_digests: Optional[Mapping[str, str]] = None,
+    stamps: Optional[Mapping[str, FileStamp]] = None,
     durable: bool = False,
 ) -> PackResult:
     """Write ``<out_dir>/<name>-<version>.tar`` (and ``.tar.sig``) from the staged files.
@@ -239,7 +240,11 @@ def pack(
     ``known_digests`` maps bundle paths to the sha256 the caller already has (hashed while
     downloading, index digests): pack then writes the archive in one pass, hashing the
     whole archive while writing it; files it lacks are hashed first. Each file is re-hashed
-    as written either way, and one that differs from its given digest fails the pack.
+    as written, and one that differs from its given digest fails the pack, except where
+    ``stamps`` holds the fsio.FileStamp under which the given digest was computed and the
+    file still shows it before and after it is copied: its bytes are then only hashed into
+    the whole-archive digest (one hash pass instead of two; a stamp that no longer matches
+    before the copy means a re-hash, one that changes during the copy fails the pack).
     ``durable`` flushes the bundle (or its parts) to disk before renaming it into place and
     returning; by default the kernel writes it back in the background, as ``tar`` and ``cp``
     leave theirs (the rename is atomic either way: no reader or interrupted run ever sees a
@@ -324,10 +329,21 @@ def pack(
                     if whole is not None:
                         _pwrite_fed(fd, sums, pos, whole)
                 else:
-                    got = _copy(s, fd, pos, pool, progress, whole, writeback=durable and not split)
+                    stamp = (stamps or {}).get(s.path) if whole is not None else None
+                    got = _copy(
+                        s,
+                        fd,
+                        pos,
+                        pool,
+                        progress,
+                        whole,
+                        writeback=durable and not split,
+                        stamp=stamp,
+                    )
                     if whole is None:
+                        assert got is not None
                         digests[s.path] = got
-                    elif got != digests[s.path]:
+                    elif got is not None and got != digests[s.path]:
                         problems.append(
                             f"{s.path}: sha256 is {got} but {digests[s.path]} was given for it"
                         )
@@ -581,12 +597,15 @@ def _copy(
     whole: Optional[_Whole] = None,
     *,
     writeback: bool = False,
-) -> str:
+    stamp: Optional[FileStamp] = None,
+) -> Optional[str]:
     """Copy one staged file to ``offset`` in the archive while hashing it; returns its sha256.
 
     The kernel copies chunk i+1 while ``pool`` hashes chunk i as it now lies in the archive
     (so the digest is of the archive's bytes, even if the source changes meanwhile); every
-    source byte is read once. Raises IntegrityError when the file changes size.
+    source byte is read once. With a ``stamp`` the file still shows, only ``whole`` hashes
+    it and None is returned (the digest the stamp vouches for stands). Raises
+    IntegrityError when the file changes size, or its stamp while it is copied.
     """
     assert s.src is not None
     digest = hashlib.sha256()
@@ -596,13 +615,14 @@ def _copy(
     try:
         with open(s.src, "rb", buffering=0) as f:
             src = f.fileno()
+            vouched = stamp is not None and FileStamp.of(os.fstat(src)) == stamp
             while remaining:
                 n = copier.copy(src, fd, offset, min(remaining, COPY_CHUNK))
                 if not n:
                     break
                 for p in pending:  # one chunk in flight per hash: memory stays bounded
                     p.result()
-                pending = [pool.submit(_hash_range, digest, fd, offset, n)]
+                pending = [] if vouched else [pool.submit(_hash_range, digest, fd, offset, n)]
                 if whole is not None:
                     pending.append(whole.feed_range(fd, offset, n))
                 if writeback:
@@ -612,15 +632,17 @@ def _copy(
                 if progress is not None:
                     progress(n)
             grew = bool(f.read(1))
+            moved = vouched and FileStamp.of(os.fstat(src)) != stamp
     finally:
         for p in pending:
             p.result()
-    if remaining or grew:
+    if remaining or grew or moved:
+        what = "changed size" if remaining or grew else "was modified (its mtime moved)"
         raise IntegrityError(
-            f"{s.path} changed size while it was being packed",
+            f"{s.path} {what} while it was being packed",
             hint="stop whatever is writing into the stage directory and pack again",
         )
-    return digest.hexdigest()
+    return None if vouched else digest.hexdigest()
 
 
 def archive_digest(tar: Path, *, region: bytes, progress: Progress = None) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from bundler import __version__, console
 from bundler.errors import BuildError, FetchError, GgufError, SpecError, UsageError
-from bundler.fsio import hash_file
+from bundler.fsio import FileStamp, hash_file
 from bundler.ggufinfo import read_facts, shards_of
 from bundler.hub import HubClient, HubSettings
 from bundler.licenses import license_facts
@@ -72,6 +72,8 @@ class _Staged:
 
     components: dict[str, dict[str, Any]] = field(default_factory=dict)
     digests: dict[str, tuple[int, str]] = field(default_factory=dict)  # bundle path -> size, sha
+    # bundle path -> the stamp under which its digest was computed (pack need not rehash it)
+    stamps: dict[str, FileStamp] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     entrypoints: dict[str, Path] = field(default_factory=dict)
 
@@ -79,17 +81,21 @@ class _Staged:
 # --- staging ---------------------------------------------------------------------------------
 
 
-def _place(src: Path, dest: Path, *, size: int, sha256: str) -> None:
-    """Put a verified cache blob at ``dest`` as a real file: hard link, else a checked copy."""
+def _place(src: Path, dest: Path, *, size: int, sha256: str) -> bool:
+    """Put a verified cache blob at ``dest`` as a real file: hard link, else a checked copy.
+
+    Returns True when ``dest`` is a hard link (the same inode: the blob's stamp holds).
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dest)
-        return
+        return True
     except OSError:
         pass  # another file system (or links not allowed): copy, hashing as we go
     got = _copy_hashing(src, dest)
     if got != (size, sha256):
         raise FetchError(f"{src} changed while it was copied to the stage", hint="rerun the build")
+    return False
 
 
 def _copy_hashing(src: Path, dest: Path) -> tuple[int, str]:
@@ -119,8 +125,10 @@ def _stage_hub(m: LockedModel, client: HubClient, stage: Path, st: _Staged) -> l
             sha256=f.sha256,
         )
         bundle_path = f"models/{m.name}/{f.path}"
-        _place(got.path, stage / bundle_path, size=f.size, sha256=f.sha256)
+        linked = _place(got.path, stage / bundle_path, size=f.size, sha256=f.sha256)
         st.digests[bundle_path] = (f.size, f.sha256)
+        if linked and got.stamp is not None:
+            st.stamps[bundle_path] = got.stamp
         entries.append(
             {
                 "path": bundle_path,
@@ -476,6 +484,8 @@ def _pack(
             split=options.split,
             durable=options.durable,
             progress=advance,
-            # digests checked while downloading: pack writes in one pass and re-checks them
+            # digests checked while downloading: pack writes in one pass and re-checks them,
+            # except cache blobs whose stat still shows the bytes that were checked
             known_digests={path: sha for path, (_size, sha) in st.digests.items()},
+            stamps=st.stamps,
         )

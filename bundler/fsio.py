@@ -11,8 +11,9 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Optional
 
 from bundler.errors import UsageError
 
@@ -61,3 +62,46 @@ def hash_file(path: Path) -> tuple[int, str]:
             h.update(chunk)
             size += len(chunk)
     return size, h.hexdigest()
+
+
+# A file modified this shortly before it was hashed could be modified again within the same
+# timestamp tick without its mtime moving ("racily clean" in git): no stamp vouches for it.
+RACY_NS = 2_000_000_000
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """A file's identity and content-change marker: device, inode, size, mtime (ns).
+
+    Taken when a digest is computed from the file, it lets a later step reuse that digest
+    while ``os.fstat`` still gives the same stamp, instead of hashing the bytes again (as
+    git's index, rsync and make do). Every ``write``, ``truncate`` or copy onto the file
+    moves its mtime to the current time; a hard link or chmod (ctime only) does not change
+    the content and is ignored. Not covered: a writer that sets the mtime back on purpose,
+    or stores through a shared writable mmap not yet written back (the digest is then
+    wrong, and verification refuses the bundle).
+    """
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def vouching_stamp(
+    before: os.stat_result, after: os.stat_result, started_ns: int
+) -> Optional[FileStamp]:
+    """The stamp that vouches for a digest of a file read between ``before`` and ``after``.
+
+    ``started_ns`` is ``time.time_ns()`` taken before ``before``. None when the file
+    changed while it was read or was modified less than RACY_NS before the read started
+    (a later change could then keep the same mtime).
+    """
+    stamp = FileStamp.of(before)
+    if FileStamp.of(after) != stamp or stamp.mtime_ns >= started_ns - RACY_NS:
+        return None
+    return stamp

@@ -17,6 +17,7 @@ import fnmatch
 import hashlib
 import os
 import re
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from bundler.download import (
     stream,
 )
 from bundler.errors import AirlockError, FetchError, IntegrityError
+from bundler.fsio import FileStamp, vouching_stamp
 from bundler.licenses import LICENSE_FILE_PATTERNS
 from bundler.lock import safe_relpath
 
@@ -112,6 +114,10 @@ class FetchedFile:
     size: int
     sha256: str
     downloaded: bool
+    # When the cached blob was read to check it: the stamp that lets pack reuse ``sha256``
+    # without hashing the blob again (fsio.FileStamp). None for a fresh download (its mtime
+    # is too recent to vouch for anything) or a blob that changed while it was read.
+    stamp: Optional[FileStamp] = None
 
 
 def git_blob_id(data: bytes) -> str:
@@ -328,16 +334,21 @@ class HubClient:
         blob_id: Optional[str],
         sha256: Optional[str],
     ) -> Optional[FetchedFile]:
+        started = time.time_ns()
         with blob.open("rb") as f, console.byte_progress(f"checking {path}", size) as advance:
+            before = os.fstat(f.fileno())
             with HashingWriter(
                 None, git_size=size, advance=advance, git_blob=lfs_sha256 is None
             ) as w:
                 while chunk := f.read(CHUNK):
                     w.write(chunk)
                 w.flush()
+            stamp = vouching_stamp(before, os.fstat(f.fileno()), started)
         problems = digest_problems(w, size, lfs_sha256, blob_id, sha256)
         if not problems:
-            return FetchedFile(path=blob, size=size, sha256=w.sha256.hexdigest(), downloaded=False)
+            return FetchedFile(
+                path=blob, size=size, sha256=w.sha256.hexdigest(), downloaded=False, stamp=stamp
+            )
         if self.settings.offline:
             raise IntegrityError(
                 f"cached {repo}/{path} ({blob}) does not match the lock",

@@ -303,3 +303,37 @@ def test_build_split_into_parts_verifies(hub: HubServer, project: Path) -> None:
     index = next(out.glob("*.parts*"))
     allowed = str(project / "allowed_signers")
     assert main(["verify", "--allowed-signers", allowed, str(index)]) == 0
+
+
+def test_a_rebuild_from_an_old_cache_hashes_hub_models_once_and_gives_the_same_bundle(
+    hub: HubServer, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import time
+
+    import bundler.archive as archive
+    from bundler.hub import HubSettings
+
+    spec_path = project / "airlock.yaml"
+    lock(load_spec(spec_path))
+    seen: list[dict[str, Any]] = []
+    real_pack = archive.pack
+
+    def pack(*args: Any, **kwargs: Any) -> Any:
+        seen.append(dict(kwargs["stamps"]))
+        return real_pack(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "pack", pack)
+    first = build(spec_path, _options(project))
+    assert seen == [{}]  # fresh downloads: too recent for a stamp, pack re-hashes them
+    old = time.time_ns() - 3600 * 10**9
+    for blob in HubSettings.from_env().cache_dir.glob("models--*/blobs/*"):
+        os.utime(blob, ns=(old, old))
+    again = build(spec_path, _options(project, out="again"))
+    hub_files = {
+        f["path"]
+        for f in _manifest(again.path)["files"]
+        if f["path"].startswith("models/") and f["component"] == "models"
+    }
+    assert set(seen[1]) and set(seen[1]) <= hub_files
+    assert again.path.read_bytes() == first.path.read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import pytest
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 
 from bundler.errors import FetchError, IntegrityError
-from bundler.hub import HubClient, HubSettings, git_blob_id
+from bundler.hub import FetchedFile, HubClient, HubSettings, git_blob_id
 from bundler.testing.hubserver import HubServer
 from bundler.testing.tinymodel import TinyModelOptions, write_tiny_model
 
@@ -406,3 +407,30 @@ def test_server_does_not_rehash_files_per_request(
         REPO, commit, "README.md", size=len(CARD), lfs_sha256=None, blob_id=git_blob_id(CARD)
     )
     assert got.path.read_bytes() == CARD
+
+
+def test_a_checked_old_cache_blob_comes_with_a_stamp_a_fresh_download_without(
+    hub: HubServer, model_bytes: bytes
+) -> None:
+    """The stamp lets pack reuse the digest of a blob read moments ago (fsio.FileStamp)."""
+    import time
+
+    from bundler.fsio import FileStamp
+
+    client = _client()
+    commit = client.resolve(REPO, "main").commit
+    sha = hashlib.sha256(model_bytes).hexdigest()
+
+    def fetch() -> FetchedFile:
+        return client.fetch(
+            REPO, commit, "tiny.gguf", size=len(model_bytes), lfs_sha256=sha, blob_id=None
+        )
+
+    fresh = fetch()
+    assert fresh.downloaded and fresh.stamp is None  # just written: too recent to vouch
+    assert fetch().stamp is None  # still modified less than fsio.RACY_NS ago
+    old = time.time_ns() - 3600 * 10**9
+    os.utime(fresh.path, ns=(old, old))
+    cached = fetch()
+    assert not cached.downloaded
+    assert cached.stamp == FileStamp.of(os.stat(fresh.path))

@@ -419,6 +419,121 @@ def test_known_digests_give_the_same_bundle_without_reading_the_tar_back(
     sshsig.verify(data, one_pass.signature_path.read_bytes(), namespace="airlock-archive-v1")
 
 
+def _aged_stamps(stage: Path, paths: list[str]) -> dict:
+    """Stamps as a check of old cache blobs gives them (last modified a minute ago)."""
+    import time
+
+    from bundler.fsio import FileStamp
+
+    stamps = {}
+    for rel in paths:
+        f = stage / rel
+        old = time.time_ns() - 60 * 10**9
+        os.utime(f, ns=(old, old))
+        stamps[rel] = FileStamp.of(os.stat(f))
+    return stamps
+
+
+def _hashed_bytes(monkeypatch) -> list[int]:
+    import bundler.archive as archive
+
+    counted: list[int] = []
+    real = archive._hash_range
+
+    def counting(digest, fd, offset, length) -> None:
+        counted.append(length)
+        real(digest, fd, offset, length)
+
+    monkeypatch.setattr(archive, "_hash_range", counting)
+    return counted
+
+
+def test_stamped_files_are_hashed_once_into_the_archive_digest_only(
+    tmp_path: Path, alice, monkeypatch
+) -> None:
+    stage = make_stage(tmp_path)
+    model = "models/tiny/tiny.gguf"
+    stamps = _aged_stamps(stage, [model])
+    known = _staged_digests(stage)
+    reference = _pack_with(tmp_path, alice, stage, "a", known_digests=known)
+    counted = _hashed_bytes(monkeypatch)
+    once = _pack_with(tmp_path, alice, stage, "b", known_digests=known, stamps=stamps)
+    assert once.path.read_bytes() == reference.path.read_bytes()
+    assert once.signature_path.read_bytes() == reference.signature_path.read_bytes()
+    payload = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
+    size = (stage / model).stat().st_size
+    assert sum(counted) == 2 * payload - size  # the model: archive digest only; rest: both
+
+
+def test_a_stamp_the_file_no_longer_shows_means_a_rehash_that_catches_the_change(
+    tmp_path: Path, alice
+) -> None:
+    stage = make_stage(tmp_path)
+    model = "models/tiny/tiny.gguf"
+    stamps = _aged_stamps(stage, [model])
+    known = _staged_digests(stage)
+    data = bytearray((stage / model).read_bytes())
+    data[100] ^= 1  # same size; the write moves the mtime
+    (stage / model).write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="changed after they were hashed") as failed:
+        _pack_with(tmp_path, alice, stage, "o", known_digests=known, stamps=stamps)
+    assert [p for p in failed.value.problems if p.startswith(model + ":")]
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_a_stamped_file_written_to_during_the_copy_fails_the_pack(
+    tmp_path: Path, alice, monkeypatch
+) -> None:
+    import bundler.archive as archive
+
+    stage = make_stage(tmp_path)
+    model = "models/tiny/tiny.gguf"
+    stamps = _aged_stamps(stage, [model])
+    known = _staged_digests(stage)
+    monkeypatch.setattr(archive, "COPY_CHUNK", 4096)
+    assert (stage / model).stat().st_size > 2 * 4096
+    real_copy = archive._Copier.copy
+    touched: list[int] = []
+
+    def copy(self, src: int, dst: int, offset: int, n: int) -> int:
+        done = real_copy(self, src, dst, offset, n)
+        if not touched and os.readlink(f"/proc/self/fd/{src}").endswith(model):
+            touched.append(done)  # after the model's first chunk: a same-size write into it
+            with open(stage / model, "r+b") as f:
+                f.seek(3 * 4096)
+                f.write(b"\0")
+        return done
+
+    monkeypatch.setattr(archive._Copier, "copy", copy)
+    with pytest.raises(IntegrityError, match=r"was modified .* while it was being packed"):
+        _pack_with(tmp_path, alice, stage, "o", known_digests=known, stamps=stamps)
+    assert touched
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_a_stamp_faked_by_setting_the_mtime_back_gives_a_bundle_verify_refuses(
+    tmp_path: Path, alice
+) -> None:
+    """The documented limit of stamps: such a writer is caught later, never let through."""
+    from bundler.errors import AirlockError
+    from bundler.verify import verify_bundle
+    from tests.bundlekit import policy_for
+
+    stage = make_stage(tmp_path)
+    model = "models/tiny/tiny.gguf"
+    stamps = _aged_stamps(stage, [model])
+    known = _staged_digests(stage)
+    st = os.stat(stage / model)
+    data = bytearray((stage / model).read_bytes())
+    data[100] ^= 1
+    (stage / model).write_bytes(bytes(data))
+    os.utime(stage / model, ns=(st.st_atime_ns, st.st_mtime_ns))
+    result = _pack_with(tmp_path, alice, stage, "o", known_digests=known, stamps=stamps)
+    with pytest.raises(AirlockError) as refused:
+        verify_bundle(result.path, policy_for(tmp_path, [alice]))
+    assert [p for p in refused.value.problems if model in p]
+
+
 def test_small_copy_chunks_give_the_same_bundle(tmp_path: Path, alice, monkeypatch) -> None:
     import bundler.archive as archive
 

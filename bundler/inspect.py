@@ -22,8 +22,14 @@ def inspect_bundle(
 
     Signers are listed unverified unless ``policy`` is given, in which case the policy and
     expiry are checked (TrustError / ExpiredError) and signers are marked verified. Reads
-    the payload only for the SBOM summary (one small member, hash-checked).
+    the payload only for the SBOM summary (one small member, hash-checked). Refuses, as
+    verify does (IntegrityError), a bundle whose co-sign was interrupted: its metadata
+    region may be half-written.
     """
+    if not path.name.endswith(".parts"):
+        from bundler.archive import refuse_pending_cosign
+
+        refuse_pending_cosign(path)
     with open_bundle(path) as f:
         meta = read_metadata_stream(f)
     verified: dict[str, list[str]] = {}

@@ -47,3 +47,17 @@ def test_policy_given_to_inspect_is_enforced(tmp_path: Path) -> None:
     bundle = make_bundle(tmp_path, [alice], stage=make_stage(tmp_path)).path
     with pytest.raises(TrustError):
         inspect_bundle(bundle, policy=policy_for(tmp_path, [make_key(tmp_path, "bob")]))
+
+
+def test_inspect_refuses_a_bundle_whose_cosign_was_interrupted(tmp_path: Path) -> None:
+    from bundler.archive import journal_path
+    from bundler.errors import IntegrityError
+
+    alice = make_key(tmp_path / "keys", "alice")
+    bundle = make_bundle(tmp_path, [alice]).path
+    journal_path(bundle).write_text("{}")  # as a co-sign killed mid-way leaves it
+    with pytest.raises(IntegrityError, match="interrupted") as refused:
+        inspect_bundle(bundle)
+    assert "airlock sign" in (refused.value.hint or "")
+    journal_path(bundle).unlink()
+    assert inspect_bundle(bundle)["name"] == "demo"

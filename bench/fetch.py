@@ -12,7 +12,7 @@ thread and its hash/write thread, curl, the server process) and the least wall t
 CPU could take on this machine's cores even if every piece overlapped perfectly: when that
 bound is itself above the target, the target is out of reach here, not a matter of tuning.
 
-    .venv/bin/python bench/fetch.py --mib 256 --rounds 3
+    .venv/bin/python bench/fetch.py --mib 256 --rounds 5
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _fmt(x: Optional[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256, help="file size in MiB (256)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of each (3); best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of each (5); best counts")
     args = parser.parse_args()
 
     data = os.urandom(args.mib * 1024 * 1024)

@@ -12,10 +12,11 @@ import pytest
 from runtime import select as s
 from runtime.detect import detect, recorded_commands
 from runtime.errors import HostError, UsageError
+from runtime.variants import X86_VARIANTS
 
 HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
 GIB = 1024**3
-ALL_X86 = list(s.X86_VARIANTS)
+ALL_X86 = list(X86_VARIANTS)
 
 TINY = {
     "name": "tiny",
@@ -160,7 +161,7 @@ def test_variant_scores_follow_ggml_bits() -> None:
         "AMX_INT8",
         "AVX_VNNI",
     ]
-    scores = {v: s.variant_score("x86_64", v, spr) for v in s.X86_VARIANTS}
+    scores = {v: s.variant_score("x86_64", v, spr) for v in X86_VARIANTS}
     assert max(scores, key=lambda v: scores[v]) == "sapphirerapids"
     assert scores["zen4"] > scores["icelake"] > scores["skylakex"] > scores["alderlake"]
     assert scores["alderlake"] > scores["haswell"] > scores["sandybridge"] > scores["x64"] == 1

@@ -1,0 +1,119 @@
+"""The llama-server command line: argv, environment and the options its --help lists."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Collection, Dict, List, Optional, Tuple
+
+from runtime.errors import UsageError
+
+
+def server_command(
+    engine: Dict[str, Any],
+    model_meta: Dict[str, Any],
+    name: str,
+    host: str,
+    port: int,
+    ctx: int,
+    par: int,
+    threads: int,
+    gpu_layers: int,
+    backend: str,
+    api_key_file: Optional[str],
+    server_flags: Optional[Collection[str]],
+) -> Tuple[List[str], Dict[str, str], List[str]]:
+    """argv, env and the reasons for the options not passed, paths relative to the release.
+    Raises UsageError when the model has no entrypoint and no .gguf file."""
+    server = str(engine.get("server") or "engine/bin/llama-server")
+    entry = model_meta.get("entrypoint")
+    if not entry:
+        files = [
+            f.get("path")
+            for f in model_meta.get("files") or []
+            if str(f.get("path", "")).endswith(".gguf")
+        ]
+        if not files:
+            raise UsageError(f"model {name} has no entrypoint and no .gguf file in the manifest")
+        entry = sorted(files)[0]
+    argv = [
+        server,
+        "--model",
+        str(entry),
+        "--alias",
+        name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--ctx-size",
+        str(ctx),
+        "--parallel",
+        str(par),
+        "--threads",
+        str(threads),
+        "--metrics",
+    ]
+    if engine.get("cuda"):
+        # Without a GPU backend in the bundle the option only earns a warning.
+        argv += ["--n-gpu-layers", str(gpu_layers)]
+    if api_key_file:
+        argv += ["--api-key-file", api_key_file]
+    lib_dir = str(engine.get("lib_dir") or "engine/lib")
+    ld = [lib_dir]
+    if backend == "cuda":
+        ld.append(str((engine.get("cuda") or {}).get("runtime_dir") or lib_dir + "/cuda"))
+    # The env forms are honoured by every llama-server that knows the option and ignored
+    # by older ones, so they are always safe; the flags only when --help lists them.
+    # llama.cpp reads each option from an environment variable too; the names moved
+    # between versions (LLAMA_ARG_OFFLINE / LLAMA_OFFLINE, LLAMA_ARG_UI=0 /
+    # LLAMA_ARG_NO_WEBUI=1). A server honours the names it knows and ignores the others,
+    # while an unknown command-line flag makes it exit: so the env forms are always set and
+    # the flags only when the server's --help lists them.
+    env = {"LD_LIBRARY_PATH": ":".join(ld), "HF_HUB_OFFLINE": "1"}
+    env_forms = {
+        "--offline": {"LLAMA_ARG_OFFLINE": "1", "LLAMA_OFFLINE": "1"},
+        "--no-webui": {"LLAMA_ARG_UI": "0", "LLAMA_ARG_NO_WEBUI": "1"},
+    }
+    reasons = []
+    known = (
+        set(server_flags)
+        if server_flags is not None
+        else set(str(f) for f in engine.get("server_flags") or [])
+    )
+    for flag, what in (("--offline", "never touch the network"), ("--no-webui", "no web UI")):
+        if flag in known:
+            argv.append(flag)
+        else:
+            env.update(env_forms[flag])
+            reasons.append(
+                f"{flag} not passed: this llama-server's --help was not checked or does not "
+                f"list it ({what} through the environment instead)"
+            )
+    if backend == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return argv, env, reasons
+
+
+def probe_server_flags(server: Path) -> Optional[List[str]]:
+    """Options listed by ``llama-server --help`` (runs it once, no network), or None."""
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = str(server.parent.parent / "lib")
+    try:
+        proc = subprocess.run(
+            [str(server), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env=env,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = proc.stdout + proc.stderr
+    flags = set()
+    for word in text.replace(",", " ").split():
+        if word.startswith("--") and len(word) > 2:
+            flags.add(word.split("=", 1)[0])
+    return sorted(flags) or None

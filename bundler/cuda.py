@@ -11,6 +11,7 @@ version.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -19,13 +20,17 @@ import sys
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from email.parser import HeaderParser
 from pathlib import Path
+from typing import Any
 
 from bundler.errors import BuildError, FetchError, UsageError
 
 __all__ = [
     "RUNTIME_LIBRARY",
     "CudaOptions",
+    "RuntimeWheel",
+    "carried_mismatches",
     "collect_cuda_runtime",
     "cuda_options",
     "cuda_sdk_flags",
@@ -34,6 +39,7 @@ __all__ = [
     "find_nvcc",
     "min_driver",
     "parse_nvcc_version",
+    "runtime_wheel",
 ]
 
 # Minimum Linux driver for each CUDA major version (CUDA minor version compatibility,
@@ -265,6 +271,123 @@ def collect_cuda_runtime(wheels: Iterable[Path], dest: Path) -> list[str]:
                 os.replace(tmp, dest / name)
                 written.append(name)
     return sorted(written)
+
+
+@dataclass(frozen=True)
+class RuntimeWheel:
+    """One NVIDIA wheel a build fetched: what PyPI publishes about it, and what it gave us.
+
+    ``sha256`` is the wheel file's (the digest the package index lists for that file);
+    ``libraries`` the runtime library file names carried out of it into ``lib/cuda``;
+    ``index_url`` the index pip was told to use (None: pip's configured index).
+    """
+
+    name: str
+    version: str
+    file: str
+    sha256: str
+    size: int
+    index_url: str | None
+    libraries: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "file": self.file,
+            "sha256": self.sha256,
+            "size": self.size,
+            "index_url": self.index_url,
+            "libraries": list(self.libraries),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RuntimeWheel:
+        return cls(
+            name=str(data["name"]),
+            version=str(data["version"]),
+            file=str(data["file"]),
+            sha256=str(data["sha256"]),
+            size=int(data["size"]),
+            index_url=None if data.get("index_url") is None else str(data["index_url"]),
+            libraries=tuple(str(x) for x in data.get("libraries", [])),
+        )
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_wheel(wheel: Path, *, index_url: str | None) -> RuntimeWheel:
+    """The facts about one downloaded NVIDIA wheel: name and version from its metadata
+    (``*.dist-info/METADATA``, falling back to the file name), the file's sha256 and size,
+    and the runtime libraries :func:`collect_cuda_runtime` carries out of it.
+
+    Raises:
+        BuildError: the file is not a readable wheel.
+    """
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = zf.namelist()
+            meta = [n for n in names if re.fullmatch(r"[^/]+\.dist-info/METADATA", n)]
+            headers = (
+                HeaderParser().parsestr(zf.read(meta[0]).decode("utf-8", "replace"))
+                if meta
+                else None
+            )
+    except (OSError, zipfile.BadZipFile) as e:
+        raise BuildError(
+            f"the CUDA runtime wheel {wheel.name} is not a readable wheel: {e}",
+            hint="delete it and rebuild; check the package index serves intact files",
+        ) from e
+    stem = wheel.name.split("-")
+    name = (headers.get("Name") if headers else None) or stem[0]
+    version = (headers.get("Version") if headers else None) or (stem[1] if len(stem) > 1 else "")
+    return RuntimeWheel(
+        name=_canonical_name(str(name).strip()),
+        version=str(version).strip(),
+        file=wheel.name,
+        sha256=_file_sha256(wheel),
+        size=wheel.stat().st_size,
+        index_url=index_url,
+        libraries=tuple(m.rsplit("/", 1)[1] for m in cuda_library_members(names)),
+    )
+
+
+def carried_mismatches(wheels: Iterable[Path], lib_dir: Path) -> list[str]:
+    """How the runtime libraries in ``lib_dir`` differ from those inside ``wheels``.
+
+    Empty when every carried library (:data:`RUNTIME_LIBRARY`) is byte-identical to the
+    wheels' copy and the wheels carry no library missing from ``lib_dir``: then the wheels'
+    facts describe the carried bytes exactly.
+    """
+    carried = {p.name for p in lib_dir.glob("*.so*") if RUNTIME_LIBRARY.match(p.name)}
+    problems = []
+    seen = set()
+    for wheel in wheels:
+        with zipfile.ZipFile(wheel) as zf:
+            for member in cuda_library_members(zf.namelist()):
+                name = member.rsplit("/", 1)[1]
+                seen.add(name)
+                if name not in carried:
+                    problems.append(f"{wheel.name} has {name}, not carried")
+                    continue
+                h = hashlib.sha256()
+                with zf.open(member) as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        h.update(block)
+                if h.hexdigest() != _file_sha256(lib_dir / name):
+                    problems.append(f"{name} differs from the copy in {wheel.name}")
+    problems += [f"{n} is in no fetched wheel" for n in sorted(carried - seen)]
+    return problems
 
 
 # NVIDIA's runtime wheels: CUDA 12 is tagged manylinux2014, cuBLAS 13 manylinux_2_27.

@@ -13,11 +13,13 @@ run cmake, copy files and check that the result is relocatable.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,8 @@ from typing import Any, Literal
 
 from bundler import cuda as cudalib
 from bundler.buildcache import BuildCache, CacheEntry, copy_log, log_tail
-from bundler.cuda import CudaOptions
-from bundler.errors import BuildError, UsageError
+from bundler.cuda import CudaOptions, RuntimeWheel
+from bundler.errors import BuildError, FetchError, UsageError
 from bundler.sdist import SourceArchive, source_tree
 from runtime import select
 
@@ -101,6 +103,14 @@ endif()
 """
 
 _OUR_LIBS = re.compile(r"^lib(llama|ggml|mtmd)[\w.-]*\.so")
+
+# In a CUDA engine's cache entry, next to bin/ and lib/: the NVIDIA wheels the build fetched
+# (bundler.cuda.RuntimeWheel), so a cache hit reports the same facts as the cold build.
+CUDA_WHEELS_FILE = "cuda-wheels.json"
+
+WheelRecord = tuple["list[RuntimeWheel] | None", "str | None"]
+"""The NVIDIA wheels a CUDA engine's libraries came from (None: unknown), and a note on how
+they were established (None: recorded by the build itself)."""
 
 
 # --------------------------------------------------------------------------- records
@@ -354,6 +364,8 @@ def build_engine(
         if cuda is not None:
             # fetched first: a missing wheel fails in seconds, not after the CUDA compile
             wheels = cudalib.download_cuda_wheels(cuda, out / "_cuda-wheels", index_url=index_url)
+            facts = [cudalib.runtime_wheel(w, index_url=index_url) for w in wheels]
+            _write_wheel_record(out, facts, None)
         tree = source_tree(source, cache_dir=cache_dir) / "vendor" / "llama.cpp"
         build_dir = out / "_build"
         include = out / "_airlock-variants.cmake"
@@ -402,7 +414,71 @@ def build_engine(
 
     entry = cache.build("engine", inputs, builder)
     copy_log(entry, log_dir, "engine-build.log")
-    return _engine_result(entry, source, chosen, flags, cuda, tools)
+    wheels: WheelRecord = (None, None)
+    if cuda is not None:
+        wheels = _read_wheel_record(entry.path) or _recover_wheel_record(entry, cuda, index_url)
+    return _engine_result(entry, source, chosen, flags, cuda, tools, wheels)
+
+
+def _write_wheel_record(entry: Path, wheels: list[RuntimeWheel] | None, note: str | None) -> None:
+    data = {"wheels": None if wheels is None else [w.as_dict() for w in wheels], "note": note}
+    tmp = entry / f".{CUDA_WHEELS_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, entry / CUDA_WHEELS_FILE)
+
+
+def _read_wheel_record(entry: Path) -> WheelRecord | None:
+    """The entry's wheel record, or None for an entry cached before it was kept."""
+    try:
+        data = json.loads((entry / CUDA_WHEELS_FILE).read_text())
+        wheels = data["wheels"]
+        facts = None if wheels is None else [RuntimeWheel.from_dict(w) for w in wheels]
+        note = data.get("note")
+        return facts, None if note is None else str(note)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _recover_wheel_record(
+    entry: CacheEntry, cuda: CudaOptions, index_url: str | None
+) -> WheelRecord:
+    """The wheel facts for a CUDA engine cached before airlock recorded them.
+
+    Its cache key is unchanged (the inputs are), so instead of a 90-minute rebuild the
+    wheels are fetched again for the same requirements: if every library the entry carries
+    is byte-identical to theirs, their facts describe the carried bytes and are kept in the
+    entry. If not (NVIDIA published a newer patch release since), the facts stay unknown,
+    recorded so, and the note says how to get them (rebuild). A failed fetch is not
+    recorded: the next build tries again.
+    """
+    reqs = " ".join(cuda.wheel_requirements())
+    old = "this cached engine was built by an airlock that did not record its CUDA wheels"
+    with tempfile.TemporaryDirectory(
+        prefix=f".wheels-{entry.key[:16]}-", dir=entry.path.parent
+    ) as t:
+        try:
+            fetched = cudalib.download_cuda_wheels(cuda, Path(t), index_url=index_url)
+        except FetchError as e:
+            return None, f"{old}, and fetching {reqs} again to establish them failed: {e.message}"
+        problems = cudalib.carried_mismatches(fetched, entry.path / "lib" / "cuda")
+        if problems:
+            note = (
+                f"{old}; the wheels fetched again for {reqs} do not match the carried "
+                f"libraries ({'; '.join(problems)}); delete {entry.path} to rebuild it with its "
+                "wheels recorded"
+            )
+            facts = None
+        else:
+            note = (
+                f"{old}; established afterwards: the wheels fetched again for {reqs} hold "
+                "byte-identical copies of every carried library"
+            )
+            facts = [cudalib.runtime_wheel(w, index_url=index_url) for w in fetched]
+    try:
+        _write_wheel_record(entry.path, facts, note)
+    except OSError:
+        pass  # a read-only cache: the facts are still reported for this build
+    return facts, note
 
 
 def _cuda_inputs(cuda: CudaOptions | None) -> Any:
@@ -520,6 +596,7 @@ def _engine_result(
     flags: Sequence[str],
     cuda: CudaOptions | None,
     tools: Mapping[str, str],
+    wheels: WheelRecord = (None, None),
 ) -> EngineBuild:
     files = tuple(
         sorted(
@@ -531,7 +608,7 @@ def _engine_result(
             and (p.parent.name != "cuda" or cudalib.RUNTIME_LIBRARY.match(p.name))
         )
     )
-    props = engine_properties(source, variants, flags, cuda, tools, files)
+    props = engine_properties(source, variants, flags, cuda, tools, files, wheels)
     props["glibc_min"] = glibc_min(entry.path / f for f in files if not f.startswith("lib/cuda/"))
     return EngineBuild(
         root=entry.path,
@@ -551,18 +628,35 @@ def engine_properties(
     cuda: CudaOptions | None,
     tools: Mapping[str, str],
     files: Sequence[str] = (),
+    wheels: WheelRecord = (None, None),
 ) -> dict[str, Any]:
-    """The manifest's ``components.engine.properties`` (agreed keys, docs/FORMAT.md)."""
+    """The manifest's ``components.engine.properties`` (agreed keys, docs/FORMAT.md).
+
+    ``wheels`` are the NVIDIA wheels the carried CUDA libraries came from (exact versions,
+    files and sha256) and a note when they were established after the build or are unknown.
+    """
     cuda_props = None
     if cuda is not None:
+        facts, note = wheels
+        runtime_dir = "engine/lib/cuda"
         cuda_props = {
             "architectures": list(cuda.architectures),
             "cuda_version": cuda.cuda_version,
             "min_driver": cudalib.min_driver(cuda.cuda_version),
             "module": "engine/lib/libggml-cuda.so",
-            "runtime_dir": "engine/lib/cuda",
+            "runtime_dir": runtime_dir,
             "runtime_libraries": sorted("engine/" + f for f in files if f.startswith("lib/cuda/")),
             "runtime_wheels": cuda.wheel_requirements(),
+            "runtime_wheel_files": None
+            if facts is None
+            else [
+                {
+                    **w.as_dict(),
+                    "libraries": [f"{runtime_dir}/{lib}" for lib in w.libraries],
+                }
+                for w in facts
+            ],
+            "runtime_wheel_files_note": note,
             "nvcc": tools.get("nvcc", "unknown"),
             "vmm": cuda.vmm,
         }

@@ -363,7 +363,9 @@ class _Builder:
         cuda = props.get("cuda") or {}
         used: list[Component] = []
         if cuda.get("runtime_dir"):
-            # NVIDIA's redistributable libraries are not llama.cpp and not MIT: own component.
+            # NVIDIA's redistributable libraries are not llama.cpp and not MIT: own component,
+            # with the exact NVIDIA wheels they were carried out of nested in it.
+            wheels = [self._cuda_wheel(w) for w in cuda.get("runtime_wheel_files") or []]
             used.append(
                 Component(
                     type=ComponentType.LIBRARY,
@@ -372,8 +374,15 @@ class _Builder:
                     bom_ref=_CUDA_REF,
                     licenses=_licenses("LicenseRef-NVIDIA-CUDA-EULA"),
                     description="NVIDIA CUDA runtime libraries shipped for the CUDA backend",
-                    components=self._files_under(str(cuda["runtime_dir"]).rstrip("/") + "/"),
-                    properties=_props([("cuda.runtime_dir", cuda["runtime_dir"])]),
+                    components=[
+                        *wheels,
+                        *self._files_under(str(cuda["runtime_dir"]).rstrip("/") + "/"),
+                    ],
+                    properties=_props(
+                        [("cuda.runtime_dir", cuda["runtime_dir"])]
+                        + [("cuda.runtime_wheel", r) for r in cuda.get("runtime_wheels", [])]
+                        + [("cuda.runtime_wheel_files_note", cuda.get("runtime_wheel_files_note"))]
+                    ),
                 )
             )
         engine = Component(
@@ -431,6 +440,33 @@ class _Builder:
             description="the pinned source distribution whose vendored llama.cpp was built",
         )
         return engine, [source, *used]
+
+    def _cuda_wheel(self, w: Mapping[str, Any]) -> Component:
+        """One NVIDIA wheel the CUDA libraries came from: exact version, the wheel file's
+        sha256 (as the package index lists it; the wheel itself is not shipped), and the
+        carried libraries taken out of it as nested files."""
+        name = str(w["name"]).lower().replace("_", "-")
+        libs = {str(p) for p in w.get("libraries", [])}
+        files = [self._file(f) for f in self.files if str(f["path"]) in libs - self.claimed]
+        return Component(
+            type=ComponentType.LIBRARY,
+            name=name,
+            version=str(w["version"]),
+            bom_ref=f"{_CUDA_REF}:{name}",
+            purl=PackageURL(
+                type="pypi",
+                name=name,
+                version=str(w["version"]),
+                qualifiers={"file_name": str(w["file"])},
+            ),
+            hashes=[_sha256(str(w["sha256"]))],
+            licenses=_licenses("LicenseRef-NVIDIA-CUDA-EULA"),
+            description="NVIDIA wheel the runtime libraries below were extracted from",
+            components=files,
+            properties=_props(
+                [("cuda.wheel_file", w["file"]), ("cuda.wheel_index", w.get("index_url"))]
+            ),
+        )
 
     def _wheels(self, cname: str, props: Mapping[str, Any]) -> list[Component]:
         out = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from pathlib import Path
 
@@ -137,3 +138,64 @@ def test_cuda_sdk_without_cublas_is_a_build_error(tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
     with pytest.raises(BuildError, match=r"no libcublas\.so"):
         cudalib.cuda_sdk_flags(tmp_path)
+
+
+def _nvidia_wheel(dest: Path, name: str, version: str, libs: dict[str, bytes]) -> Path:
+    dist = name.replace("-", "_")
+    wheel = dest / f"{dist}-{version}-py3-none-manylinux_2_27_x86_64.whl"
+    dest.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for lib, data in libs.items():
+            zf.writestr(f"nvidia/cu13/lib/{lib}", data)
+        zf.writestr("nvidia/cu13/include/cublas.h", b"header")
+        zf.writestr(
+            f"{dist}-{version}.dist-info/METADATA",
+            f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\nlong text\n",
+        )
+    return wheel
+
+
+def test_runtime_wheel_records_exact_version_file_sha256_and_carried_libraries(
+    tmp_path: Path,
+) -> None:
+    wheel = _nvidia_wheel(
+        tmp_path,
+        "nvidia-cublas",
+        "13.0.2.14",
+        {"libcublas.so.13": b"cublas", "libcublasLt.so.13": b"lt", "libnvblas.so.13": b"nv"},
+    )
+    fact = cudalib.runtime_wheel(wheel, index_url="https://pypi.example/simple")
+    assert fact == cudalib.RuntimeWheel(
+        name="nvidia-cublas",
+        version="13.0.2.14",
+        file="nvidia_cublas-13.0.2.14-py3-none-manylinux_2_27_x86_64.whl",
+        sha256=hashlib.sha256(wheel.read_bytes()).hexdigest(),
+        size=wheel.stat().st_size,
+        index_url="https://pypi.example/simple",
+        libraries=("libcublas.so.13", "libcublasLt.so.13"),  # not libnvblas: not carried
+    )
+    assert cudalib.RuntimeWheel.from_dict(fact.as_dict()) == fact
+
+
+def test_a_broken_runtime_wheel_is_a_build_error_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "nvidia_cublas-13.0.2.14-py3-none-any.whl"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(BuildError, match=r"nvidia_cublas-13\.0\.2\.14"):
+        cudalib.runtime_wheel(bad, index_url=None)
+
+
+def test_carried_libraries_match_only_the_wheels_they_came_from(tmp_path: Path) -> None:
+    libs = {"libcublas.so.13": b"cublas 13.0.2", "libcublasLt.so.13": b"lt 13.0.2"}
+    same = _nvidia_wheel(tmp_path / "same", "nvidia-cublas", "13.0.2.14", libs)
+    newer = _nvidia_wheel(
+        tmp_path / "newer", "nvidia-cublas", "13.0.3.1", {**libs, "libcublas.so.13": b"13.0.3"}
+    )
+    carried = tmp_path / "lib" / "cuda"
+    collect_cuda_runtime([same], carried)
+    (carried / "libnvblas.so.13").write_bytes(b"older entries kept it; never staged")
+    assert cudalib.carried_mismatches([same], carried) == []
+    assert cudalib.carried_mismatches([newer], carried) == [
+        "libcublas.so.13 differs from the copy in " + newer.name
+    ]
+    (carried / "libcudart.so.13").write_bytes(b"cudart")
+    assert cudalib.carried_mismatches([same], carried) == ["libcudart.so.13 is in no fetched wheel"]

@@ -265,3 +265,57 @@ def test_license_text_in_wheel_metadata_becomes_license_text_not_a_name() -> Non
     assert lic["license"]["name"] == "Copyright (c) 2005-2024, NumPy Developers."
     assert lic["license"]["text"]["content"] == text.strip()
     assert validate_sbom(json.dumps(doc).encode()) == []
+
+
+def test_cuda_runtime_names_the_exact_nvidia_wheels_its_libraries_came_from() -> None:
+    m = manifest()
+    cublas_whl = "nvidia_cublas-13.0.2.14-py3-none-manylinux_2_27_x86_64.whl"
+    m["components"]["engine"]["properties"]["cuda"] = {
+        "architectures": ["90"],
+        "cuda_version": "13.0",
+        "min_driver": "580.65.06",
+        "module": "engine/lib/libggml-cuda.so",
+        "runtime_dir": "engine/lib/cuda",
+        "runtime_libraries": ["engine/lib/cuda/libcublas.so.13", "engine/lib/cuda/libcudart.so.13"],
+        "runtime_wheels": ["nvidia-cuda-runtime==13.0.*", "nvidia-cublas==13.0.*"],
+        "runtime_wheel_files": [
+            {
+                "name": "nvidia-cublas",
+                "version": "13.0.2.14",
+                "file": cublas_whl,
+                "sha256": digest("cublas-wheel"),
+                "size": 1,
+                "index_url": None,
+                "libraries": ["engine/lib/cuda/libcublas.so.13"],
+            }
+        ],
+        "runtime_wheel_files_note": None,
+    }
+    for lib in ("libcublas.so.13", "libcudart.so.13"):
+        m["files"].append(
+            {
+                "path": "engine/lib/cuda/" + lib,
+                "size": 1000,
+                "sha256": digest(lib),
+                "mode": "0644",
+                "component": "engine",
+            }
+        )
+    data = _sbom(m)
+    assert validate_sbom(data) == []
+    refs = _by_ref(json.loads(data))
+    wheel = refs["runtime:cuda:nvidia-cublas"]
+    assert wheel["version"] == "13.0.2.14"
+    assert wheel["purl"] == f"pkg:pypi/nvidia-cublas@13.0.2.14?file_name={cublas_whl}"
+    assert wheel["hashes"] == [{"alg": "SHA-256", "content": digest("cublas-wheel")}]
+    # the library taken out of the wheel is nested under it, listed once, with its own hash
+    assert [c["name"] for c in wheel["components"]] == ["engine/lib/cuda/libcublas.so.13"]
+    cuda = refs["runtime:cuda"]
+    assert {c["bom-ref"] for c in cuda["components"]} == {
+        "runtime:cuda:nvidia-cublas",
+        "file:engine/lib/cuda/libcudart.so.13",
+    }
+    assert _props(cuda, "airlock:cuda.runtime_wheel") == [
+        "nvidia-cublas==13.0.*",
+        "nvidia-cuda-runtime==13.0.*",
+    ]

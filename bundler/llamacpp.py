@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bundler import console
 from bundler import cuda as cudalib
 from bundler.buildcache import BuildCache, CacheEntry, copy_log, log_tail
 from bundler.cuda import CudaOptions, RuntimeWheel
@@ -453,20 +454,27 @@ def _recover_wheel_record(
     """
     reqs = " ".join(cuda.wheel_requirements())
     old = "this cached engine was built by an airlock that did not record its CUDA wheels"
+    console.info(
+        f"cached engine {entry.key[:12]} predates the CUDA wheel record: fetching {reqs} "
+        "again to match its libraries against them"
+    )
     with tempfile.TemporaryDirectory(
         prefix=f".wheels-{entry.key[:16]}-", dir=entry.path.parent
     ) as t:
         try:
             fetched = cudalib.download_cuda_wheels(cuda, Path(t), index_url=index_url)
         except FetchError as e:
-            return None, f"{old}, and fetching {reqs} again to establish them failed: {e.message}"
+            note = f"{old}, and fetching {reqs} again to establish them failed: {e.message}"
+            console.warn(note)
+            return None, note
         problems = cudalib.carried_mismatches(fetched, entry.path / "lib" / "cuda")
         if problems:
             note = (
                 f"{old}; the wheels fetched again for {reqs} do not match the carried "
-                f"libraries ({'; '.join(problems)}); delete {entry.path} to rebuild it with its "
-                "wheels recorded"
+                f"libraries ({'; '.join(problems)}); delete the engine cache entry "
+                f"{entry.kind}/{entry.key} to rebuild it with its wheels recorded"
             )
+            console.warn(note)
             facts = None
         else:
             note = (

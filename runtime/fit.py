@@ -166,6 +166,17 @@ def fit_plan(
     )
 
 
+def _placement(gpu_layers: int, n_layer: int) -> str:
+    # --n-gpu-layers counts the output layer as one more layer: llama.cpp offloads the
+    # last N blocks, and the output layer only when N exceeds the block count.
+    if gpu_layers > n_layer:
+        return f"all {n_layer} blocks and the output layer on the GPU"
+    return (
+        f"{gpu_layers} of {n_layer} blocks on the GPU, the other {n_layer - gpu_layers} "
+        "and the output layer on the CPU"
+    )
+
+
 def gpu_offload(
     model: ModelShape, layers_gpu: int, *, forced: bool, vram: int, vram_usable: int
 ) -> Tuple[int, str]:
@@ -175,13 +186,9 @@ def gpu_offload(
     if layers_gpu <= 0:
         return 0, f"backend cpu: not even one layer fits in {gib(vram_usable)} of usable VRAM"
     gpu_layers = model.n_layer + 1 if layers_gpu >= model.n_layer else layers_gpu
+    placement = _placement(gpu_layers, model.n_layer)
     if forced:
-        return gpu_layers, f"gpu layers {gpu_layers}: operator override"
+        return gpu_layers, f"gpu layers {gpu_layers}: operator override, {placement}"
     if vram == 0:
-        return gpu_layers, (
-            f"gpu layers {gpu_layers} (all): VRAM unknown (no nvidia-smi), offloading everything"
-        )
-    return gpu_layers, (
-        f"gpu layers {min(gpu_layers, model.n_layer)} of {model.n_layer}: "
-        f"{gib(vram_usable)} usable VRAM"
-    )
+        return gpu_layers, f"gpu layers {gpu_layers}: VRAM unknown (no nvidia-smi), {placement}"
+    return gpu_layers, f"gpu layers {gpu_layers}: {placement} ({gib(vram_usable)} usable VRAM)"

@@ -8,7 +8,7 @@ import pytest
 
 from runtime import select as s
 from runtime.errors import HostError
-from runtime.fit import MIB, ModelShape, context_plans, effective_memory
+from runtime.fit import MIB, ModelShape, context_plans, effective_memory, gpu_offload
 from tests.unit.test_select import ALL_X86, CUDA, GIB, MISTRAL, TINY, facts, manifest, reasons
 
 
@@ -100,7 +100,9 @@ def test_vram_unknown_without_nvidia_smi_offloads_all_and_says_so() -> None:
     )
     assert d["backend"] == "cuda"
     assert d["gpu_layers"] == 33
-    assert reasons(d, "gpu layers 33 (all): VRAM unknown")
+    assert reasons(d, "gpu layers 33:") == [
+        "gpu layers 33: VRAM unknown (no nvidia-smi), all 32 blocks and the output layer on the GPU"
+    ]
 
 
 def test_model_larger_than_vram_is_partially_offloaded() -> None:
@@ -112,6 +114,27 @@ def test_model_larger_than_vram_is_partially_offloaded() -> None:
     d = s.select(f, manifest(variants=ALL_X86, cuda=CUDA, models=[big]))
     assert d["backend"] == "cuda"
     assert 0 < d["gpu_layers"] < 60
-    assert reasons(d, f"gpu layers {d['gpu_layers']} of 60:")
+    n = d["gpu_layers"]
+    assert reasons(d, f"gpu layers {n}:") == [
+        f"gpu layers {n}: {n} of 60 blocks on the GPU, the other {60 - n} and the output layer "
+        "on the CPU (14.2 GiB usable VRAM)"
+    ]
     # The layers left on the host are counted against host memory.
     assert d["memory"]["host_weights_bytes"] < 30 * GIB
+
+
+def test_gpu_layers_reason_counts_blocks_and_the_output_layer_apart() -> None:
+    # --n-gpu-layers 33 on a 32-block model: every block and the output layer.
+    mistral = ModelShape(MISTRAL)
+    assert gpu_offload(mistral, 32, forced=False, vram=80 * GIB, vram_usable=72 * GIB) == (
+        33,
+        "gpu layers 33: all 32 blocks and the output layer on the GPU (72.0 GiB usable VRAM)",
+    )
+    assert gpu_offload(mistral, 32, forced=True, vram=0, vram_usable=0) == (
+        33,
+        "gpu layers 33: operator override, all 32 blocks and the output layer on the GPU",
+    )
+    assert gpu_offload(mistral, 0, forced=False, vram=GIB, vram_usable=GIB // 2) == (
+        0,
+        "backend cpu: not even one layer fits in 0.5 GiB of usable VRAM",
+    )

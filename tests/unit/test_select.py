@@ -155,6 +155,9 @@ def test_real_h200_host_runs_a_cuda13_sm90_module_fully_offloaded() -> None:
     )
     assert d["backend"] == "cuda"
     assert d["gpu_layers"] == 33
+    assert reasons(d, "gpu layers 33:") == [
+        "gpu layers 33: all 32 blocks and the output layer on the GPU (125.8 GiB usable VRAM)"
+    ]
     (why,) = reasons(d, "backend cuda:")
     assert "NVIDIA H200, driver 580.159.04 >= 580.65.06 required by CUDA 13.0" in why
     assert d["env"]["LD_LIBRARY_PATH"] == "engine/lib:engine/lib/cuda"

@@ -53,7 +53,7 @@ def check_overrides(ov: Dict[str, Any]) -> Dict[str, Any]:
         raise UsageError(
             "invalid runtime overrides",
             problems=problems,
-            hint="fix airlock_runtime_overrides (or --overrides)",
+            hint="fix airlock_server_overrides (or --overrides)",
         )
     return out
 

@@ -19,6 +19,8 @@ def test_invalid_overrides_are_all_reported_at_once() -> None:
         )
     assert len(e.value.problems) == 3
     assert e.value.exit_code == 2
+    # The hint names the role variable an operator actually sets.
+    assert e.value.hint == "fix airlock_server_overrides (or --overrides)"
 
 
 def test_auto_and_null_mean_not_overridden() -> None:

@@ -31,7 +31,7 @@ from bundler.buildcache import BuildCache, CacheEntry, copy_log, log_tail
 from bundler.cuda import CudaOptions, RuntimeWheel
 from bundler.errors import BuildError, FetchError, UsageError
 from bundler.sdist import SourceArchive, source_tree
-from runtime import select
+from runtime import variants
 
 __all__ = [
     "ALL_X86_VARIANTS",
@@ -150,10 +150,10 @@ def best_variant(flags: Iterable[str]) -> str:
     """The x86 variant ggml would load among all 14 for a CPU with ``/proc/cpuinfo`` flags.
 
     Uses ggml's own feature-bit scoring, shared with the far side's selection
-    (``runtime.select``), so the build machine and the hosts agree on what "best" means.
+    (``runtime.variants``), so the build machine and the hosts agree on what "best" means.
     """
-    features = select.cpu_features("x86_64", list(flags))
-    return max(ALL_X86_VARIANTS, key=lambda v: select.variant_score("x86_64", v, features) or 0)
+    features = variants.cpu_features("x86_64", list(flags))
+    return max(ALL_X86_VARIANTS, key=lambda v: variants.variant_score("x86_64", v, features) or 0)
 
 
 def default_variants() -> list[str]:

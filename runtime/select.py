@@ -39,10 +39,6 @@ from runtime.fit import (
 from runtime.overrides import check_overrides, fixed_value
 from runtime.variants import bundled_variants, choose_variant
 
-# bundler/llamacpp.py picks the build machine's best variant with these, by this path.
-from runtime.variants import cpu_features as cpu_features
-from runtime.variants import variant_score as variant_score
-
 DECISION_SCHEMA = 1
 
 Decision = Dict[str, Any]

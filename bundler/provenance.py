@@ -135,8 +135,9 @@ def resolved_dependencies(components: Mapping[str, Mapping[str, Any]]) -> list[d
 
     Hub files become ``<endpoint>/<repo>/resolve/<commit>/<hub_path>``, wheels
     ``pkg:pypi/<name>@<version>?file_name=<wheel>`` and the llama-cpp-python source its
-    download URL (or its purl). Local models and wheels appear by purl as well; each wheel
-    file appears once even when two wheelhouses carry it.
+    download URL (or its purl), NVIDIA's CUDA runtime wheels (``cuda.runtime_wheel_files``)
+    by purl too. Local models and wheels appear by purl as well; each wheel file appears
+    once even when two wheelhouses carry it.
     """
     out: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -157,6 +158,13 @@ def resolved_dependencies(components: Mapping[str, Mapping[str, Any]]) -> list[d
             base = str(w["file"]).rsplit("/", 1)[-1]
             pname = str(w["name"]).lower().replace("_", "-")
             add(f"pkg:pypi/{pname}@{w['version']}?file_name={base}", str(w["sha256"]), base)
+        cuda = props.get("cuda") or {}
+        for w in cuda.get("runtime_wheel_files") or []:  # NVIDIA's wheels (CUDA builds)
+            add(
+                f"pkg:pypi/{w['name']}@{w['version']}?file_name={w['file']}",
+                str(w["sha256"]),
+                str(w["file"]),
+            )
         src = props.get("llama_cpp_python")
         if src:
             uri = str(src.get("url") or f"pkg:pypi/llama-cpp-python@{src['version']}")

@@ -173,6 +173,25 @@ def test_the_same_wheel_in_two_wheelhouses_is_one_dependency() -> None:
     assert sum(1 for d in deps if d["uri"].startswith("pkg:pypi/numpy@")) == 1
 
 
+def test_nvidia_runtime_wheels_of_a_cuda_engine_are_dependencies() -> None:
+    m = manifest()
+    wheel = "nvidia_cublas-13.0.2.14-py3-none-manylinux_2_27_x86_64.whl"
+    m["components"]["engine"]["properties"]["cuda"] = {
+        "runtime_wheels": ["nvidia-cublas==13.0.*"],
+        "runtime_wheel_files": [
+            {"name": "nvidia-cublas", "version": "13.0.2.14", "file": wheel, "sha256": "c" * 64}
+        ],
+    }
+    deps = resolved_dependencies(m["components"])
+    assert {
+        "uri": f"pkg:pypi/nvidia-cublas@13.0.2.14?file_name={wheel}",
+        "digest": {"sha256": "c" * 64},
+        "name": wheel,
+    } in deps
+    m["components"]["engine"]["properties"]["cuda"]["runtime_wheel_files"] = None  # unknown
+    assert not [d for d in resolved_dependencies(m["components"]) if "nvidia" in d["uri"]]
+
+
 def test_same_inputs_give_identical_bytes() -> None:
     assert _prov() == _prov()
     assert _prov(started=None, finished=None) == _prov(started=None, finished=None)

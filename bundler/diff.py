@@ -299,9 +299,34 @@ def _runtime(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
             set(oc.get("runtime_libraries") or []),
             set(nc.get("runtime_libraries") or []),
         )
+        out += _cuda_wheels(oc, nc)
     osd, nsd = old.get("server_defaults") or {}, new.get("server_defaults") or {}
     for key in sorted(set(osd) | set(nsd)):
         out += _changed("runtime", f"server {key}", osd.get(key), nsd.get(key))
+    return out
+
+
+def _cuda_wheels(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+    """NVIDIA runtime wheels (``cuda.runtime_wheel_files``) by name: version, then file bytes."""
+    ow = {str(w["name"]): w for w in old.get("runtime_wheel_files") or []}
+    nw = {str(w["name"]): w for w in new.get("runtime_wheel_files") or []}
+    out: list[Change] = []
+    for name in sorted(set(ow) | set(nw)):
+        o, n = ow.get(name), nw.get(name)
+        subject = f"cuda wheel {name}"
+        if o is None or n is None:
+            kind = "added" if o is None else "removed"
+            out.append(
+                Change(
+                    "runtime", kind, subject, _s(o and o.get("version")), _s(n and n.get("version"))
+                )
+            )
+        elif o.get("version") != n.get("version"):
+            out += _versioned("runtime", subject, o.get("version"), n.get("version"))
+        elif o.get("sha256") != n.get("sha256"):
+            out += _changed(
+                "runtime", f"{subject} sha256", _short(o.get("sha256")), _short(n.get("sha256"))
+            )
     return out
 
 

@@ -135,6 +135,29 @@ def test_runtime_flags_variants_and_cuda_changes() -> None:
     assert ("changed", "server port") in k
 
 
+def test_nvidia_runtime_wheel_versions_and_bytes_are_compared() -> None:
+    def with_wheels(*wheels: tuple[str, str, str]) -> dict:
+        m = manifest()
+        m["components"]["engine"]["properties"]["cuda"] = {
+            "architectures": ["90"],
+            "cuda_version": "13.0",
+            "runtime_wheel_files": [
+                {"name": n, "version": v, "file": f"{n}-{v}.whl", "sha256": sha * 64}
+                for n, v, sha in wheels
+            ],
+        }
+        return m
+
+    old = with_wheels(("nvidia-cublas", "13.0.0.19", "a"), ("nvidia-cuda-runtime", "13.0.48", "b"))
+    new = with_wheels(("nvidia-cublas", "13.0.2.14", "c"), ("nvidia-cuda-runtime", "13.0.48", "d"))
+    k = _kinds(diff_manifests(old, new), "runtime")
+    assert ("upgraded", "cuda wheel nvidia-cublas") in k
+    assert ("changed", "cuda wheel nvidia-cuda-runtime sha256") in k
+    assert ("added", "cuda wheel nvidia-nvjitlink") in _kinds(
+        diff_manifests(old, with_wheels(*[("nvidia-nvjitlink", "13.0.1", "e")])), "runtime"
+    )
+
+
 def test_license_change_of_a_model_is_flagged() -> None:
     new = manifest()
     model = new["components"]["models"]["properties"]["models"][0]

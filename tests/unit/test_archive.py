@@ -434,6 +434,14 @@ def _aged_stamps(stage: Path, paths: list[str]) -> dict:
     return stamps
 
 
+def _stamped_stage(tmp_path: Path) -> tuple[Path, str, dict, dict[str, str]]:
+    """A stage whose model has a vouching stamp, and every file's digest."""
+    stage = make_stage(tmp_path)
+    model = "models/tiny/tiny.gguf"
+    stamps = _aged_stamps(stage, [model])
+    return stage, model, stamps, _staged_digests(stage)
+
+
 def _hashed_bytes(monkeypatch) -> list[int]:
     import bundler.archive as archive
 
@@ -451,10 +459,7 @@ def _hashed_bytes(monkeypatch) -> list[int]:
 def test_stamped_files_are_hashed_once_into_the_archive_digest_only(
     tmp_path: Path, alice, monkeypatch
 ) -> None:
-    stage = make_stage(tmp_path)
-    model = "models/tiny/tiny.gguf"
-    stamps = _aged_stamps(stage, [model])
-    known = _staged_digests(stage)
+    stage, model, stamps, known = _stamped_stage(tmp_path)
     reference = _pack_with(tmp_path, alice, stage, "a", known_digests=known)
     counted = _hashed_bytes(monkeypatch)
     once = _pack_with(tmp_path, alice, stage, "b", known_digests=known, stamps=stamps)
@@ -468,10 +473,7 @@ def test_stamped_files_are_hashed_once_into_the_archive_digest_only(
 def test_a_stamp_the_file_no_longer_shows_means_a_rehash_that_catches_the_change(
     tmp_path: Path, alice
 ) -> None:
-    stage = make_stage(tmp_path)
-    model = "models/tiny/tiny.gguf"
-    stamps = _aged_stamps(stage, [model])
-    known = _staged_digests(stage)
+    stage, model, stamps, known = _stamped_stage(tmp_path)
     data = bytearray((stage / model).read_bytes())
     data[100] ^= 1  # same size; the write moves the mtime
     (stage / model).write_bytes(bytes(data))
@@ -486,10 +488,7 @@ def test_a_stamped_file_written_to_during_the_copy_fails_the_pack(
 ) -> None:
     import bundler.archive as archive
 
-    stage = make_stage(tmp_path)
-    model = "models/tiny/tiny.gguf"
-    stamps = _aged_stamps(stage, [model])
-    known = _staged_digests(stage)
+    stage, model, stamps, known = _stamped_stage(tmp_path)
     monkeypatch.setattr(archive, "COPY_CHUNK", 4096)
     assert (stage / model).stat().st_size > 2 * 4096
     real_copy = archive._Copier.copy
@@ -519,10 +518,7 @@ def test_a_stamp_faked_by_setting_the_mtime_back_gives_a_bundle_verify_refuses(
     from bundler.verify import verify_bundle
     from tests.bundlekit import policy_for
 
-    stage = make_stage(tmp_path)
-    model = "models/tiny/tiny.gguf"
-    stamps = _aged_stamps(stage, [model])
-    known = _staged_digests(stage)
+    stage, model, stamps, known = _stamped_stage(tmp_path)
     st = os.stat(stage / model)
     data = bytearray((stage / model).read_bytes())
     data[100] ^= 1

@@ -27,7 +27,7 @@ def inspect_bundle(
     region may be half-written.
     """
     if not path.name.endswith(".parts"):
-        from bundler.archive import refuse_pending_cosign
+        from bundler.cosign import refuse_pending_cosign
 
         refuse_pending_cosign(path)
     with open_bundle(path) as f:

@@ -101,7 +101,7 @@ def verify_bundle(
     if path.name.endswith(".parts"):
         check_index_signature(path, policy, now=now)
     else:
-        from bundler.archive import refuse_pending_cosign
+        from bundler.cosign import refuse_pending_cosign
 
         refuse_pending_cosign(path)  # an interrupted in-place co-sign: finish it first
     with open_bundle(path) as f:

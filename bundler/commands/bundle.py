@@ -145,7 +145,7 @@ def _register_sign(sub: Any) -> None:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from bundler.archive import cosign
+    from bundler.cosign import cosign
     from bundler.sshkeys import load_signer
 
     signer = load_signer(args.key)

@@ -25,12 +25,13 @@ import tarfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from runtime.drift import file_sha256, find_drift
 from runtime.errors import AirlockError, InstallError, IntegrityError, RollbackError, UsageError
+from runtime.health import check_completion, health_gate, wait_healthy
 
 STATE_SCHEMA = 1
 MANIFEST_MEMBER = "airlock/manifest.json"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-_CHUNK = 1024 * 1024
 
 
 class Layout:
@@ -248,193 +249,6 @@ def read_manifest(bundle: str, expected_sha256: str) -> bytes:
             hint="the bundle changed after verification; transfer it again",
         )
     return data
-
-
-# ---------------------------------------------------------------- drift
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_CHUNK)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
-def find_drift(layout: Layout, state: Dict[str, Any], version: str) -> List[Dict[str, str]]:
-    """Every file of ``version`` whose bytes differ from the signed manifest, plus extras."""
-    entry = state["releases"].get(version)
-    if entry is None:
-        raise InstallError(f"release {version} is not recorded in {layout.state_file}")
-    digest = entry["manifest_sha256"]
-    drift: List[Dict[str, str]] = []
-    manifest_path = layout.manifest_file(digest)
-    try:
-        with open(manifest_path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        return [{"file": manifest_path, "expected": digest, "actual": f"unreadable: {e}"}]
-    if hashlib.sha256(raw).hexdigest() != digest:
-        actual = hashlib.sha256(raw).hexdigest()
-        return [{"file": manifest_path, "expected": digest, "actual": actual}]
-    manifest = json.loads(raw.decode("utf-8"))
-    base = layout.release_dir(version)
-    expected = {}
-    for item in manifest.get("files", []):
-        expected[item["path"]] = item
-    for rel in sorted(expected):
-        path = os.path.join(base, rel)
-        want = expected[rel]["sha256"]
-        if os.path.islink(path) or not os.path.isfile(path):
-            drift.append({"file": path, "expected": want, "actual": "missing"})
-            continue
-        got = file_sha256(path)
-        if got != want:
-            drift.append({"file": path, "expected": want, "actual": got})
-    for dirpath, _dirs, files in os.walk(base):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, base)
-            if rel not in expected:
-                drift.append({"file": path, "expected": "absent", "actual": "unexpected file"})
-    return drift
-
-
-# ---------------------------------------------------------------- health gate
-
-
-def _http(url: str, body: Optional[bytes], timeout: float, api_key: Optional[str]) -> Any:
-    import urllib.request
-
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = "Bearer " + api_key
-    request = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310
-    # The gate only ever talks to the server on this host; no proxy may intercept it.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(request, timeout=timeout) as response:
-        return response.status, response.read()
-
-
-def wait_healthy(
-    base_url: str,
-    *,
-    timeout: float,
-    alive: Any = None,
-    api_key: Optional[str] = None,
-) -> None:
-    """Poll ``<base_url>/health`` until it answers 200; ``alive()`` False aborts early."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if alive is not None and not alive():
-            raise InstallError(
-                f"the server exited before it became healthy (last: {last})",
-                hint="read the server log for the reason (model load, memory, CPU)",
-            )
-        try:
-            code, _ = _http(base_url + "/health", None, 5.0, api_key)
-            if code == 200:
-                return
-            last = f"HTTP {code}"
-        except Exception as e:
-            last = str(e) or type(e).__name__
-        time.sleep(0.25)
-    raise InstallError(
-        f"{base_url}/health did not answer 200 within {timeout:.0f}s (last: {last})",
-        hint="read the server log; raise airlock_health_timeout for very large models",
-    )
-
-
-def check_completion(base_url: str, *, timeout: float, api_key: Optional[str] = None) -> str:
-    """One real completion through the OpenAI-compatible API; returns the text."""
-    body = json.dumps(
-        {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
-    ).encode()
-    try:
-        code, raw = _http(base_url + "/v1/completions", body, timeout, api_key)
-        answer = json.loads(raw.decode("utf-8"))
-        choices = answer["choices"]
-        text = str(choices[0].get("text", ""))
-        tokens = int(answer.get("usage", {}).get("completion_tokens", 1))
-    except Exception as e:
-        raise InstallError(
-            f"the server is healthy but a completion failed: {e}",
-            hint="the model loads but cannot generate; read the server log",
-        ) from e
-    if code != 200 or tokens < 1:
-        raise InstallError(f"completion returned HTTP {code} with {tokens} tokens")
-    return text
-
-
-def health_gate(
-    release_dir: str,
-    env_file: str,
-    *,
-    user: Optional[str],
-    log_file: str,
-    timeout: float,
-) -> Dict[str, Any]:
-    """Run the release's server, require /health 200 and one real completion, stop it."""
-    import subprocess
-
-    from runtime.supervise import _drop_privileges, launch_spec, settings_value
-
-    argv, env, cwd = launch_spec(release_dir, env_file)
-    base_url = settings_value(env_file, "AIRLOCK_HEALTH_URL") or "http://127.0.0.1:8080"
-    key_file = settings_value(env_file, "AIRLOCK_API_KEY_FILE")
-    api_key = None
-    if key_file:
-        with open(key_file, encoding="utf-8") as f:
-            api_key = f.read().strip()
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
-    started = time.monotonic()
-    if not os.path.isdir(cwd) or not os.access(argv[0], os.X_OK):
-        raise InstallError(
-            f"health gate failed for {release_dir}: {argv[0]} is not executable or the "
-            f"working directory {cwd} does not exist",
-            hint="the release is incomplete; reinstall it with install.yml",
-        )
-    with open(log_file, "wb") as log:
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdout=log,
-            stderr=log,
-            stdin=subprocess.DEVNULL,
-            preexec_fn=(lambda: _drop_privileges(user)) if user else None,
-        )
-        try:
-            wait_healthy(
-                base_url, timeout=timeout, alive=lambda: proc.poll() is None, api_key=api_key
-            )
-            text = check_completion(base_url, timeout=timeout, api_key=api_key)
-        except InstallError as e:
-            raise InstallError(
-                f"health gate failed for {release_dir}: {e.message}",
-                hint=f"server log: {log_file}\n{_tail(log_file)}",
-            ) from e
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    return {"url": base_url, "completion": text, "seconds": round(time.monotonic() - started, 2)}
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()[-8192:]
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
 # ---------------------------------------------------------------- failure recovery

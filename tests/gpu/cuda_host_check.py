@@ -206,7 +206,7 @@ def log_evidence(log_text: str) -> Dict[str, Any]:
 def check(carry: Path, out: Path, lib_dirs: Sequence[str], port: int) -> int:
     from runtime.bundle import parse_manifest
     from runtime.detect import detect
-    from runtime.release import health_gate
+    from runtime.health import health_gate
     from runtime.select import decide
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,12 @@
-"""runtime.release: state, sequence floor, atomic switch, drift, discard, rollback, the gate."""
+"""runtime.release: state, sequence floor, atomic switch, manifest copy, discard, rollback, CLI."""
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import io
 import json
 import os
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +22,7 @@ def layout(tmp_path: Path) -> release.Layout:
     )
 
 
-def _install(layout: release.Layout, version: str, files: dict[str, bytes], seq: int) -> str:
+def install_release(layout: release.Layout, version: str, files: dict[str, bytes], seq: int) -> str:
     """Lay out a release as unpack would and record it as install.yml does; returns digest."""
     base = Path(layout.release_dir(version))
     entries = []
@@ -67,8 +64,8 @@ def test_same_version_from_a_different_manifest_is_refused() -> None:
 
 
 def test_switch_is_a_symlink_replaced_atomically(layout: release.Layout) -> None:
-    _install(layout, "1.0", {"a.txt": b"one"}, 1)
-    _install(layout, "2.0", {"a.txt": b"two"}, 2)
+    install_release(layout, "1.0", {"a.txt": b"one"}, 1)
+    install_release(layout, "2.0", {"a.txt": b"two"}, 2)
     assert os.readlink(layout.current) == "releases/2.0"
     assert Path(layout.current, "a.txt").read_bytes() == b"two"
     assert not [p for p in os.listdir(layout.root) if ".tmp" in p]
@@ -88,31 +85,10 @@ def test_rejects_release_names_that_escape_the_releases_dir(layout: release.Layo
             layout.release_dir(bad)
 
 
-def test_verify_reports_every_modified_missing_and_extra_file(layout: release.Layout) -> None:
-    _install(layout, "1.0", {"a.txt": b"a", "b/c.txt": b"c", "d.txt": b"d"}, 1)
-    base = Path(layout.release_dir("1.0"))
-    (base / "a.txt").write_bytes(b"tampered")
-    (base / "d.txt").unlink()
-    (base / "implant.so").write_bytes(b"x")
-    drift = release.find_drift(layout, release.load_state(layout), "1.0")
-    by_file = {Path(d["file"]).name: d for d in drift}
-    assert set(by_file) == {"a.txt", "d.txt", "implant.so"}
-    assert by_file["a.txt"]["actual"] == hashlib.sha256(b"tampered").hexdigest()
-    assert by_file["a.txt"]["expected"] == hashlib.sha256(b"a").hexdigest()
-    assert by_file["d.txt"]["actual"] == "missing"
-
-
-def test_verify_catches_a_swapped_manifest_copy(layout: release.Layout) -> None:
-    digest = _install(layout, "1.0", {"a.txt": b"a"}, 1)
-    Path(layout.manifest_file(digest)).write_bytes(b'{"files": []}')
-    drift = release.find_drift(layout, release.load_state(layout), "1.0")
-    assert drift and drift[0]["expected"] == digest
-
-
 def test_verify_cli_fails_with_integrity_exit_code(
     layout: release.Layout, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _install(layout, "1.0", {"a.txt": b"a"}, 1)
+    install_release(layout, "1.0", {"a.txt": b"a"}, 1)
     Path(layout.release_dir("1.0"), "a.txt").write_bytes(b"b")
     argv = ["--root", layout.root, "--config", layout.config, "--state", layout.state, "verify"]
     assert release.main(argv) == IntegrityError.exit_code
@@ -132,8 +108,8 @@ def test_discard_after_a_failed_first_install_leaves_nothing(layout: release.Lay
 def test_discard_after_switch_restores_previous_release_and_floor(
     layout: release.Layout,
 ) -> None:
-    _install(layout, "1.0", {"a": b"1"}, 1)
-    _install(layout, "2.0", {"a": b"2"}, 7)
+    install_release(layout, "1.0", {"a": b"1"}, 1)
+    install_release(layout, "2.0", {"a": b"2"}, 7)
     release.discard(layout, "2.0", first_install=False, fresh=True, previous="1.0")
     state = release.load_state(layout)
     assert state["current"] == "1.0" and "2.0" not in state["releases"]
@@ -144,8 +120,8 @@ def test_discard_after_switch_restores_previous_release_and_floor(
 
 
 def test_rollback_to_previous_and_named(layout: release.Layout) -> None:
-    _install(layout, "1.0", {"a": b"1"}, 1)
-    _install(layout, "2.0", {"a": b"2"}, 2)
+    install_release(layout, "1.0", {"a": b"1"}, 1)
+    install_release(layout, "2.0", {"a": b"2"}, 2)
     assert release.rollback(layout, None)["current"] == "1.0"
     assert os.readlink(layout.current) == "releases/1.0"
     assert release.rollback(layout, "2.0")["changed"]
@@ -155,7 +131,7 @@ def test_rollback_to_previous_and_named(layout: release.Layout) -> None:
 
 
 def test_rollback_without_a_previous_release_explains(layout: release.Layout) -> None:
-    _install(layout, "1.0", {"a": b"1"}, 1)
+    install_release(layout, "1.0", {"a": b"1"}, 1)
     with pytest.raises(InstallError, match="no previous release"):
         release.rollback(layout, None)
 
@@ -186,57 +162,3 @@ def test_zip_self_is_byte_stable(tmp_path: Path) -> None:
     first = (tmp_path / "r.zip").read_bytes()
     assert release.zip_self(str(tmp_path / "r.zip")) is False
     assert (tmp_path / "r.zip").read_bytes() == first
-
-
-class _Server(http.server.BaseHTTPRequestHandler):
-    completion_status = 200
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-    def _reply(self, code: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._reply(200, {"status": "ok"})
-
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        body = {"choices": [{"text": " Paris"}], "usage": {"completion_tokens": 2}}
-        self._reply(self.completion_status, body)
-
-
-@pytest.fixture
-def server() -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Server)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-
-
-def test_health_and_completion_pass_against_a_serving_server(server: str) -> None:
-    release.wait_healthy(server, timeout=5)
-    assert release.check_completion(server, timeout=5) == " Paris"
-
-
-def test_health_gate_fails_when_the_server_dies(server: str) -> None:
-    with pytest.raises(InstallError, match="exited before it became healthy"):
-        release.wait_healthy("http://127.0.0.1:9", timeout=5, alive=lambda: False)
-
-
-def test_health_gate_times_out_with_the_last_error() -> None:
-    with pytest.raises(InstallError, match="did not answer 200"):
-        release.wait_healthy("http://127.0.0.1:9", timeout=0.6)
-
-
-def test_health_gate_fails_on_a_broken_completion(
-    server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_Server, "completion_status", 500)
-    with pytest.raises(InstallError, match="completion failed"):
-        release.check_completion(server, timeout=5)

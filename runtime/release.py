@@ -4,7 +4,7 @@ Layout on a host (every root configurable, see :class:`Layout`)::
 
     /opt/airlock/releases/<version>/   unpacked, verified payload of one bundle (read-only)
     /opt/airlock/current -> releases/<version>
-    /opt/airlock/lib/runtime/          this package, copied by the playbook
+    /opt/airlock/lib/runtime.zip       this package (zip-self), copied by the playbook
     /opt/airlock/incoming/             bundle transfers (``<digest>.tar.part`` while resuming)
     /etc/airlock/releases/<version>.env  rendered server settings for that release
     /var/lib/airlock/state.json        installed releases, sequence floor, verified digests

@@ -180,7 +180,16 @@ def test_unpacked_files_get_manifest_modes(tmp_path: Path) -> None:
     assert (tmp_path / "r/README.md").stat().st_mode & 0o7777 == 0o644
 
 
-@pytest.mark.parametrize("module", ["bundle", "unpack", "errors"])
+RUNTIME_MODULES = sorted(
+    p.stem for p in (Path(__file__).resolve().parents[2] / "runtime").glob("*.py")
+)
+
+
+def test_every_runtime_module_is_checked() -> None:
+    assert {"bundle", "unpack", "select", "release", "detect", "supervise"} <= set(RUNTIME_MODULES)
+
+
+@pytest.mark.parametrize("module", RUNTIME_MODULES)
 def test_runtime_modules_use_only_the_standard_library(repo_root: Path, module: str) -> None:
     # feature_version rejects syntax newer than the hosts' oldest Python (3.8).
     tree = ast.parse((repo_root / "runtime" / f"{module}.py").read_text(), feature_version=(3, 8))

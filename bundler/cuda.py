@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bundler.errors import BuildError, FetchError, UsageError
+from bundler.fsio import hash_file
 
 __all__ = [
     "RUNTIME_LIBRARY",
@@ -314,14 +315,6 @@ class RuntimeWheel:
         )
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
@@ -355,7 +348,7 @@ def runtime_wheel(wheel: Path, *, index_url: str | None) -> RuntimeWheel:
         name=_canonical_name(str(name).strip()),
         version=str(version).strip(),
         file=wheel.name,
-        sha256=_file_sha256(wheel),
+        sha256=hash_file(wheel)[1],
         size=wheel.stat().st_size,
         index_url=index_url,
         libraries=tuple(m.rsplit("/", 1)[1] for m in cuda_library_members(names)),
@@ -384,7 +377,7 @@ def carried_mismatches(wheels: Iterable[Path], lib_dir: Path) -> list[str]:
                 with zf.open(member) as src:
                     for block in iter(lambda: src.read(1 << 20), b""):
                         h.update(block)
-                if h.hexdigest() != _file_sha256(lib_dir / name):
+                if h.hexdigest() != hash_file(lib_dir / name)[1]:
                     problems.append(f"{name} differs from the copy in {wheel.name}")
     problems += [f"{n} is in no fetched wheel" for n in sorted(carried - seen)]
     return problems

@@ -1,6 +1,6 @@
 """Fetch-and-verify through huggingface_hub vs a plain `curl` download of the same bytes.
 
-Both read from the same local Hub server (bundler.testing.hubserver, run as its own process
+Both read from the same local Hub server (bundler.demo.hubserver, run as its own process
 as a real Hub would be, so it shares no interpreter lock with the client) in the same run
 and write to the same file system. airlock's fetch does the HEAD, streams through the
 huggingface_hub session, hashes every byte as it arrives (sha256 on a second thread),
@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.utils import get_session
 
-from bundler.hub import HubClient, HubSettings
+from bundler.sources.hub import HubClient, HubSettings
 
 REPO = "bench/model"
 NAME = "model.gguf"
@@ -116,7 +116,7 @@ def main() -> int:
     size = len(data)
     del data
     server = subprocess.Popen(
-        [sys.executable, "-m", "bundler.testing.hubserver", "--repo", f"{REPO}={work / 'repo'}"],
+        [sys.executable, "-m", "bundler.demo.hubserver", "--repo", f"{REPO}={work / 'repo'}"],
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
@@ -168,7 +168,7 @@ def main() -> int:
 
     mib = args.mib
     cores = _cores()
-    print(f"file: {mib} MiB over loopback from bundler.testing.hubserver (own process), ")
+    print(f"file: {mib} MiB over loopback from bundler.demo.hubserver (own process), ")
     print(f"{args.rounds} rounds, best counts; {cores} cores; CPU of the best round")
 
     def line(label: str, r: Runs, note: str) -> None:

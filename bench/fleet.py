@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bundler.testing.hosts import TestFleet  # noqa: E402
+from bundler.demo.hosts import TestFleet  # noqa: E402
 from tests.integration.playbook_support import (  # noqa: E402
     make_bundle,
     make_signer,

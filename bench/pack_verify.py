@@ -74,9 +74,9 @@ KNOWN_PACK = """
 import json, sys
 from datetime import datetime, timezone
 from pathlib import Path
-from bundler.archive import pack
+from bundler.bundle.pack import pack
 from bundler.fsio import FileStamp
-from bundler.sshkeys import load_signer
+from bundler.ssh.keys import load_signer
 stage, key, out, digests, stamps = sys.argv[1:6]
 pack(Path(stage), name="bench", version="1", sequence=1,
      expires=datetime(2036, 1, 1, tzinfo=timezone.utc), components={},

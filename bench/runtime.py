@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bundler import llamacpp, sdist
-from bundler.buildcache import BuildCache, default_cache_dir
-from bundler.smoke import free_port, server_env
-from bundler.testing.tinymodel import TinyModelOptions, write_tiny_model
+from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
+from bundler.engine import llamacpp, sdist
+from bundler.engine.buildcache import BuildCache, default_cache_dir
+from bundler.engine.smoke import free_port, server_env
 
 VERSION = "0.3.36"
 TARGET_RATIO = 0.95

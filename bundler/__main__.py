@@ -2,6 +2,6 @@
 
 import sys
 
-from bundler.cli import main
+from bundler.cli.main import main
 
 sys.exit(main())

@@ -9,9 +9,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from bundler.archive import PackResult, pack
-from bundler.sshkeys import Signer, generate_keypair, load_signer
-from bundler.trust import TrustPolicy, load_policy
+from bundler.bundle.pack import PackResult, pack
+from bundler.ssh.keys import Signer, generate_keypair, load_signer
+from bundler.ssh.trust import TrustPolicy, load_policy
 
 EPOCH = 1_767_225_600  # 2026-01-01T00:00:00Z
 CREATED = datetime.fromtimestamp(EPOCH, timezone.utc)

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bundler import sshkeys
-from bundler.archive import pack
-from bundler.sbom import build_sbom
+from bundler.bundle.pack import pack
+from bundler.evidence.sbom import build_sbom
+from bundler.ssh import keys as sshkeys
 from tests.evidence_fixtures import manifest as fixture_manifest
 
 

@@ -68,8 +68,8 @@ def sha256_file(path: Path) -> str:
 def prepare(
     bundle: Path, allowed_signers: Path, carry: Path, max_file_mib: int, compress_mib: int
 ) -> int:
-    from bundler.trust import load_policy
-    from bundler.verify import verify_bundle
+    from bundler.bundle.verify import verify_bundle
+    from bundler.ssh.trust import load_policy
     from runtime.bundle import parse_manifest, read_metadata
     from runtime.unpack import unpack
 

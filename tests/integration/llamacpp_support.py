@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bundler import llamacpp, sdist
-from bundler.buildcache import default_cache_dir
-from bundler.llamacpp import EngineBuild
+from bundler.engine import llamacpp, sdist
+from bundler.engine.buildcache import default_cache_dir
+from bundler.engine.llamacpp import EngineBuild
 
 VERSION = "0.3.36"
 

@@ -12,12 +12,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from bundler import llamacpp
-from bundler.archive import pack
-from bundler.ggufinfo import read_facts
-from bundler.sshkeys import generate_keypair, load_signer
-from bundler.testing.hosts import TestFleet
-from bundler.testing.tinymodel import write_tiny_model
+from bundler.bundle.pack import pack
+from bundler.demo.hosts import TestFleet
+from bundler.demo.tinymodel import write_tiny_model
+from bundler.engine import llamacpp
+from bundler.sources.ggufinfo import read_facts
+from bundler.ssh.keys import generate_keypair, load_signer
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -72,7 +72,7 @@ def make_bundle(
     shutil.copytree(engine.root, stage / "engine", ignore=shutil.ignore_patterns("_*", "*.log"))
     model_dir = stage / "models" / "tiny"
     model_dir.mkdir(parents=True)
-    from bundler.testing.tinymodel import TinyModelOptions
+    from bundler.demo.tinymodel import TinyModelOptions
 
     shards = write_tiny_model(model_dir / "tiny.gguf", TinyModelOptions(seed=seed))
     facts = read_facts(shards)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bundler.errors import KeyFileError
-from bundler.sshkeys import AgentSigner, PublicKey, generate_keypair, load_signer
-from bundler.sshsig import MANIFEST_NAMESPACE, sign, verify
+from bundler.ssh.keys import AgentSigner, PublicKey, generate_keypair, load_signer
+from bundler.ssh.sig import MANIFEST_NAMESPACE, sign, verify
 
 MESSAGE = b'{"format":"airlock-bundle","name":"agent-signed"}'
 

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from bundler import sshsig
+from bundler.bundle.verify import unpack_bundle, verify_bundle
 from bundler.errors import (
     ArchiveFormatError,
     ExpiredError,
     IntegrityError,
     TrustError,
 )
-from bundler.trust import TrustPolicy, load_policy
-from bundler.verify import unpack_bundle, verify_bundle
+from bundler.ssh import sig as sshsig
+from bundler.ssh.trust import TrustPolicy, load_policy
 from runtime.bundle import MANIFEST_NAME, read_metadata
 from runtime.unpack import unpack
 from tests.bundlekit import (
@@ -285,7 +285,7 @@ def test_rejects_traversal_and_absolute_member_paths(tmp_path, bundle, policy, n
 
 def test_rejects_traversal_path_in_a_signed_manifest(tmp_path, alice, policy) -> None:
     # A trusted signer was tricked into signing a manifest naming ../evil: still refused.
-    from bundler import manifest as mf
+    from bundler.bundle import manifest as mf
 
     good = make_bundle(tmp_path, [alice]).path
     meta = read_metadata(good)
@@ -388,7 +388,7 @@ def test_handles_a_file_larger_than_4_gib_in_constant_memory(tmp_path) -> None:
         "import resource, sys\n"
         "from pathlib import Path\n"
         "from tests.bundlekit import make_bundle, make_key, policy_for, DURING\n"
-        "from bundler.verify import verify_bundle\n"
+        "from bundler.bundle.verify import verify_bundle\n"
         "t = Path(sys.argv[1])\n"
         "k = make_key(t / 'k2', 'alice')\n"
         "b = make_bundle(t, [k], stage=t / 'stage').path\n"

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from bundler.build import BuildOptions, build, lock
-from bundler.cli import main
+from bundler.cli.main import main
+from bundler.demo.hubserver import HubServer
+from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
 from bundler.errors import GgufError, IntegrityError, SpecError
-from bundler.spec import load_spec
-from bundler.sshkeys import generate_keypair
-from bundler.testing.hubserver import HubServer
-from bundler.testing.tinymodel import TinyModelOptions, write_tiny_model
+from bundler.pipeline import BuildOptions, build, lock
+from bundler.project.spec import load_spec
+from bundler.ssh.keys import generate_keypair
 
 REPO = "org/tiny-GGUF"
 CARD = b"---\nlicense: apache-2.0\n---\n# tiny\n"
@@ -229,14 +229,14 @@ def test_lock_is_deterministic_and_unchanged_on_rerun(hub: HubServer, project: P
 def test_stage_copies_when_the_cache_is_on_another_file_system(
     hub: HubServer, project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bundler.build
+    import bundler.pipeline
 
     def no_link(src: object, dst: object) -> None:
         raise OSError(18, "Invalid cross-device link")
 
     spec_path = project / "airlock.yaml"
     lock(load_spec(spec_path))
-    monkeypatch.setattr(bundler.build.os, "link", no_link)
+    monkeypatch.setattr(bundler.pipeline.os, "link", no_link)
     result = build(spec_path, _options(project))
     commit = hub.repos[REPO].refs["main"]
     name = "hubmodel-00001-of-00002.gguf"
@@ -311,8 +311,8 @@ def test_a_rebuild_from_an_old_cache_hashes_hub_models_once_and_gives_the_same_b
     import os
     import time
 
-    import bundler.archive as archive
-    from bundler.hub import HubSettings
+    import bundler.bundle.pack as archive
+    from bundler.sources.hub import HubSettings
 
     spec_path = project / "airlock.yaml"
     lock(load_spec(spec_path))

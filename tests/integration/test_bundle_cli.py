@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.cli import main
+from bundler.cli.main import main
 from tests.bundlekit import COMPONENTS, EPOCH, make_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -183,7 +183,7 @@ def test_verify_without_a_readable_policy_fails_closed(env, capsys) -> None:
 def test_pax_size_records_round_trip_through_gnu_tar(env, capsys, monkeypatch) -> None:
     """Members of 8 GiB or more carry a PAX size; exercise that path on small files by
     lowering the threshold, and check GNU tar, sha256sum and airlock all agree."""
-    import bundler.archive as archive
+    import bundler.bundle.pack as archive
 
     tmp, alice, _, allowed, stage = env
     monkeypatch.setattr(archive, "_MAX_OCTAL_SIZE", 1000)

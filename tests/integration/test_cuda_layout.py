@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler import llamacpp
+from bundler.engine import llamacpp
 from bundler.errors import BuildError
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from bundler.archive import pack
-from bundler.cli import main
-from bundler.provenance import build_provenance, resolved_dependencies
-from bundler.sbom import SBOM_PATH, build_sbom
-from bundler.sshkeys import load_signer
+from bundler.bundle.pack import pack
+from bundler.cli.main import main
+from bundler.evidence.provenance import build_provenance, resolved_dependencies
+from bundler.evidence.sbom import SBOM_PATH, build_sbom
+from bundler.ssh.keys import load_signer
 from runtime.bundle import read_metadata
 from tests.evidence_fixtures import COMMIT, manifest
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url
 
+from bundler.demo.hubserver import HubServer
+from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
 from bundler.errors import FetchError, IntegrityError
-from bundler.hub import FetchedFile, HubClient, HubSettings, git_blob_id
-from bundler.testing.hubserver import HubServer
-from bundler.testing.tinymodel import TinyModelOptions, write_tiny_model
+from bundler.sources.hub import FetchedFile, HubClient, HubSettings, git_blob_id
 
 REPO = "org/tiny"
 CARD = b"---\nlicense: apache-2.0\n---\n# tiny\n"
@@ -183,7 +183,7 @@ def test_dropped_connection_is_resumed_from_the_exact_byte(
 def test_gives_up_after_repeated_drops_and_keeps_the_partial(
     hub: HubServer, model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bundler.download.time.sleep", lambda s: None)
+    monkeypatch.setattr("bundler.sources.download.time.sleep", lambda s: None)
     client = _client()
     commit = client.resolve(REPO, "main").commit
     cut = 1000
@@ -363,7 +363,7 @@ def test_drop_after_many_batches_resumes_from_the_exact_byte(
     hub: HubServer, model_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Small hand-over batches: the cut falls mid-batch, after many batches were stored.
-    from bundler.download import HashingWriter
+    from bundler.sources.download import HashingWriter
 
     monkeypatch.setattr(HashingWriter, "BATCH", 4096)
     monkeypatch.setattr(HashingWriter, "DEPTH", 2)
@@ -381,7 +381,7 @@ def test_server_does_not_rehash_files_per_request(
 ) -> None:
     # The digests are computed once per file (a real Hub stores them): HEAD/GET/tree must
     # not pay a full-file hash each time, or the server, not the client, sets the pace.
-    import bundler.testing.hubserver as hubserver
+    import bundler.demo.hubserver as hubserver
 
     client = _client()
     client.resolve(REPO, "main")  # digests known from here on

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler import llamacpp
+from bundler.engine import llamacpp
+from bundler.engine.llamacpp import EngineBuild
+from bundler.engine.sdist import SourceArchive
 from bundler.errors import BuildError
-from bundler.llamacpp import EngineBuild
-from bundler.sdist import SourceArchive
 from tests.integration.llamacpp_support import VERSION, engine_build
 
 # VEX/EVEX-encoded mnemonics all start with "v" (vmovups, vfmadd231ps, vpxor, vzeroupper...);

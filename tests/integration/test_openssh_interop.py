@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from bundler.cli import main
+from bundler.cli.main import main
 from bundler.errors import KeyFileError, SignatureError, TrustError
-from bundler.sshkeys import (
+from bundler.ssh.keys import (
     PASSPHRASE_ENV,
     PublicKey,
     fingerprint_line,
     generate_keypair,
     load_signer,
 )
-from bundler.sshsig import ARCHIVE_NAMESPACE, MANIFEST_NAMESPACE, parse, sign, verify
-from bundler.trust import (
+from bundler.ssh.sig import ARCHIVE_NAMESPACE, MANIFEST_NAMESPACE, parse, sign, verify
+from bundler.ssh.trust import (
     TrustPolicy,
     evaluate,
     load_policy,

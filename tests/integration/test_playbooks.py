@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.testing.hosts import TestFleet, TestHost
+from bundler.demo.hosts import TestFleet, TestHost
 
 from .playbook_support import (
     PORT,

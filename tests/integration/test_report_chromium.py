@@ -9,8 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from bundler.cli import main
-from bundler.init import allowed_signers_line
+from bundler.cli.main import main
+from bundler.project.init import allowed_signers_line
 from runtime.bundle import read_metadata
 from tests.evidence_fixtures import COMMIT
 from tests.report_fixtures import packed_bundle

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bundler.errors import TrustError
-from bundler.init import allowed_signers_line
-from bundler.report import write_report
+from bundler.evidence.report import write_report
+from bundler.project.init import allowed_signers_line
 from tests.report_fixtures import packed_bundle
 
 

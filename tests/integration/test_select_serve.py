@@ -15,9 +15,9 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from bundler import llamacpp, sdist
-from bundler.ggufinfo import read_facts
-from bundler.testing.tinymodel import write_tiny_model
+from bundler.demo.tinymodel import write_tiny_model
+from bundler.engine import llamacpp, sdist
+from bundler.sources.ggufinfo import read_facts
 from runtime import select
 from runtime.detect import detect
 

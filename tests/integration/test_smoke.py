@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from bundler import llamacpp
+from bundler.demo.tinymodel import write_tiny_model
+from bundler.engine import llamacpp
+from bundler.engine.smoke import smoke_test
 from bundler.errors import SmokeTestError
-from bundler.smoke import smoke_test
-from bundler.testing.tinymodel import write_tiny_model
 from tests.integration.llamacpp_support import engine_build
 
 

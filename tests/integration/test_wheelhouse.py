@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bundler import llamacpp, sdist, wheelhouse
-from bundler.buildcache import default_cache_dir
+from bundler.engine import llamacpp, sdist
+from bundler.engine.buildcache import default_cache_dir
 from bundler.errors import ClosureError
-from bundler.wheelhouse import Target
+from bundler.paths import repo_root
+from bundler.sources import wheelhouse
+from bundler.sources.wheelhouse import Target
 from tests.integration.llamacpp_support import VERSION
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -164,6 +166,6 @@ def test_airlock_wheel_is_reproducible_and_rebuilt_only_when_sources_change(
     second = wheelhouse.build_airlock_wheel(tmp_path / "b", cache_dir=cache)
     assert first.read_bytes() == second.read_bytes()  # fixed zip timestamps: same bytes
     [entry] = list((cache / "selfwheel").iterdir())
-    assert entry.name == wheelhouse._source_key(wheelhouse.repo_root())
+    assert entry.name == wheelhouse._source_key(repo_root())
     third = wheelhouse.build_airlock_wheel(tmp_path / "c", cache_dir=cache)
     assert third.read_bytes() == first.read_bytes()

@@ -1,0 +1,1 @@
+"""The bundle format: manifest, metadata region, pack, co-sign, split, verify, summary."""

@@ -1,0 +1,124 @@
+"""A bundle's summary from its metadata region only (fast for any size), SBOM if present."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from bundler.bundle.verify import check_policy, open_bundle
+from bundler.errors import AirlockError, SignatureError
+from bundler.ssh import sig as sshsig
+from bundler.ssh.trust import TrustPolicy
+from runtime.bundle import BundleMetadata, read_member, read_metadata_stream
+
+SBOM_PATH = "evidence/sbom.cdx.json"
+
+
+def inspect_bundle(
+    path: Path, *, policy: Optional[TrustPolicy] = None, now: Optional[datetime] = None
+) -> dict[str, Any]:
+    """Name, version, sequence, times, signers, components, files and sizes of ``path``.
+
+    Signers are listed unverified unless ``policy`` is given, in which case the policy and
+    expiry are checked (TrustError / ExpiredError) and signers are marked verified. Reads
+    the payload only for the SBOM summary (one small member, hash-checked). Refuses, as
+    verify does (IntegrityError), a bundle whose co-sign was interrupted: its metadata
+    region may be half-written.
+    """
+    if not path.name.endswith(".parts"):
+        from bundler.bundle.cosign import refuse_pending_cosign
+
+        refuse_pending_cosign(path)
+    with open_bundle(path) as f:
+        meta = read_metadata_stream(f)
+    verified: dict[str, list[str]] = {}
+    if policy is not None:
+        decision = check_policy(meta, policy, now=now or datetime.now(timezone.utc))
+        verified = {a.name: list(a.principals) for a in decision.accepted}
+    m = meta.manifest
+    summary: dict[str, Any] = {
+        "path": str(path),
+        "manifest_sha256": meta.manifest_sha256,
+        "name": m["name"],
+        "version": m["version"],
+        "sequence": m["sequence"],
+        "created": m["created"],
+        "expires": m["expires"],
+        "builder": m["builder"],
+        "signers": [_signer(n, sig, verified, policy is not None) for n, sig in meta.signatures],
+        "components": _components(m),
+        "files": len(m["files"]),
+        "bytes": sum(e["size"] for e in m["files"]),
+        "reserve_bytes": meta.reserve_size,
+        "licenses": _licenses(m),
+    }
+    summary["sbom"] = _sbom(path, meta)
+    return summary
+
+
+def _signer(
+    name: str, armored: bytes, verified: dict[str, list[str]], checked: bool
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name}
+    try:
+        sig = sshsig.parse(armored)
+        entry["fingerprint"] = sig.public_key.fingerprint
+        entry["key"] = sig.public_key.openssh()
+        entry["namespace"] = sig.namespace
+    except SignatureError as e:
+        entry["error"] = e.message
+    if checked:
+        entry["verified"] = name in verified
+        if name in verified:
+            entry["principals"] = verified[name]
+    else:
+        entry["verified"] = None
+    return entry
+
+
+def _components(m: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for cname, comp in sorted(m["components"].items()):
+        files = [e for e in m["files"] if e["component"] == cname]
+        out[cname] = {
+            "type": comp["type"],
+            "files": len(files),
+            "bytes": sum(e["size"] for e in files),
+        }
+    return out
+
+
+def _licenses(m: dict[str, Any]) -> list[dict[str, Any]]:
+    models = m["components"].get("models", {}).get("properties", {}).get("models", [])
+    out = []
+    for model in models if isinstance(models, list) else []:
+        if isinstance(model, dict):
+            out.append(
+                {
+                    "model": model.get("name"),
+                    "license": model.get("license"),
+                    "permissive": model.get("license_permissive"),
+                    "gated": model.get("gated"),
+                }
+            )
+    return out
+
+
+def _sbom(path: Path, meta: BundleMetadata) -> Optional[dict[str, Any]]:
+    if path.name.endswith(".parts") or not any(
+        e["path"] == SBOM_PATH for e in meta.manifest["files"]
+    ):
+        return None
+    try:
+        from bundler.evidence.sbom import summarize
+    except ImportError:  # pragma: no cover - the SBOM module ships with airlock
+        return None
+    try:
+        data = read_member(
+            path, SBOM_PATH, manifest=meta.manifest, payload_offset=meta.payload_offset
+        )
+        result: dict[str, Any] = summarize(data)
+        return result
+    except AirlockError as e:
+        return {"error": e.message}

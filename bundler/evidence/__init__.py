@@ -1,0 +1,1 @@
+"""What reviewers and auditors read: SBOM, provenance, report, diff, bundle README."""

@@ -1,0 +1,1 @@
+"""What the user writes and what ``airlock lock`` pins: spec, lock, pin, init."""

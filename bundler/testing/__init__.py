@@ -1,1 +1,0 @@
-"""Test helpers that ship with the product: a local Hub server, tiny GGUF models."""

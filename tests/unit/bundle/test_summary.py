@@ -1,0 +1,63 @@
+"""`airlock inspect`: metadata-region summary, signer fingerprints, SBOM summary via one seek."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bundler.bundle.summary import inspect_bundle
+from bundler.errors import TrustError
+from tests.bundlekit import DURING, make_bundle, make_key, make_stage, policy_for
+
+SBOM = {
+    "bomFormat": "CycloneDX",
+    "specVersion": "1.6",
+    "components": [{"type": "machine-learning-model", "name": "tiny", "bom-ref": "m"}],
+}
+
+
+def test_summary_lists_signers_components_and_the_sbom(tmp_path: Path) -> None:
+    alice = make_key(tmp_path / "keys", "alice")
+    stage = make_stage(tmp_path, {"evidence/sbom.cdx.json": json.dumps(SBOM).encode()})
+    bundle = make_bundle(tmp_path, [alice], stage=stage).path
+    info = inspect_bundle(bundle)
+    assert info["name"] == "demo" and info["files"] == 8
+    assert info["signers"][0]["fingerprint"] == alice.signer.public_key.fingerprint
+    assert info["signers"][0]["verified"] is None
+    assert info["components"]["models"] == {"type": "model", "files": 2, "bytes": 179211}
+    assert info["sbom"] is not None and "error" not in info["sbom"]
+    checked = inspect_bundle(bundle, policy=policy_for(tmp_path, [alice]), now=DURING)
+    assert checked["signers"][0]["verified"] is True
+
+
+def test_tampered_sbom_is_reported_not_trusted(tmp_path: Path) -> None:
+    alice = make_key(tmp_path / "keys", "alice")
+    stage = make_stage(tmp_path, {"evidence/sbom.cdx.json": json.dumps(SBOM).encode()})
+    bundle = make_bundle(tmp_path, [alice], stage=stage).path
+    data = bundle.read_bytes()
+    at = data.index(b'"bomFormat"')
+    bundle.write_bytes(data[:at] + b'"bomFormaT"' + data[at + 11 :])
+    assert "sha256 does not match" in inspect_bundle(bundle)["sbom"]["error"]
+
+
+def test_policy_given_to_inspect_is_enforced(tmp_path: Path) -> None:
+    alice = make_key(tmp_path / "keys", "alice")
+    bundle = make_bundle(tmp_path, [alice], stage=make_stage(tmp_path)).path
+    with pytest.raises(TrustError):
+        inspect_bundle(bundle, policy=policy_for(tmp_path, [make_key(tmp_path, "bob")]))
+
+
+def test_inspect_refuses_a_bundle_whose_cosign_was_interrupted(tmp_path: Path) -> None:
+    from bundler.bundle.cosign import journal_path
+    from bundler.errors import IntegrityError
+
+    alice = make_key(tmp_path / "keys", "alice")
+    bundle = make_bundle(tmp_path, [alice]).path
+    journal_path(bundle).write_text("{}")  # as a co-sign killed mid-way leaves it
+    with pytest.raises(IntegrityError, match="interrupted") as refused:
+        inspect_bundle(bundle)
+    assert "airlock sign" in (refused.value.hint or "")
+    journal_path(bundle).unlink()
+    assert inspect_bundle(bundle)["name"] == "demo"

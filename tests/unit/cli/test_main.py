@@ -1,0 +1,50 @@
+"""The command line's contract: version, usage errors, and error rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+from bundler import __version__
+from bundler.cli.main import main
+from bundler.errors import AirlockError, SignatureError
+
+
+def test_version_comes_from_version_file(repo_root, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    expected = (repo_root / "VERSION").read_text().strip()
+    assert __version__ == expected
+    assert capsys.readouterr().out.strip() == f"airlock {expected}"
+
+
+def test_missing_command_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+
+
+def test_error_render_lists_every_problem_and_the_fix() -> None:
+    err = SignatureError(
+        "2 signatures failed", problems=["a.sig: bad", "b.sig: bad"], hint="re-sign"
+    )
+    text = err.render()
+    assert text.splitlines() == [
+        "error: 2 signatures failed",
+        "  - a.sig: bad",
+        "  - b.sig: bad",
+        "hint: re-sign",
+    ]
+    assert isinstance(err, AirlockError) and err.exit_code == 10
+
+
+def test_json_callers_get_the_failure_as_json(tmp_path, capsys) -> None:
+    import json
+
+    missing = tmp_path / "nope.tar"
+    code = main(["inspect", str(missing), "--json"])
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert code == doc["exit_code"] != 0
+    assert str(missing) in doc["error"] + " ".join(doc["problems"])
+    assert out.err.startswith("error: ")

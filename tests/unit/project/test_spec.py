@@ -1,0 +1,175 @@
+"""airlock.yaml validation: every problem, with its key path and a fix, in one SpecError."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bundler.errors import SpecError
+from bundler.project.spec import load_spec, parse_spec
+
+NOW = dt.datetime(2026, 11, 27, tzinfo=dt.timezone.utc)
+
+
+def _base() -> dict[str, Any]:
+    return {
+        "name": "demo",
+        "version": "1.0.0",
+        "sequence": 3,
+        "expires": "90d",
+        "models": [{"name": "tiny", "repo": "org/tiny-GGUF", "revision": "main"}],
+    }
+
+
+def _parse(data: Any, tmp_path: Path) -> Any:
+    return parse_spec(data, base_dir=tmp_path, now=NOW)
+
+
+def _problems(data: Any, tmp_path: Path) -> list[str]:
+    with pytest.raises(SpecError) as e:
+        _parse(data, tmp_path)
+    return list(e.value.problems)
+
+
+def test_minimal_spec_gets_defaults(tmp_path: Path) -> None:
+    spec = _parse(_base(), tmp_path)
+    assert spec.expires == NOW + dt.timedelta(days=90)
+    assert spec.models[0].revision == "main" and not spec.models[0].pinned
+    assert spec.server.model == "tiny" and spec.server.ctx_size == "auto"
+    assert spec.runtime is None and spec.targets is None
+
+
+def test_full_spec_with_runtime_targets_server_and_local_model(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    data = _base()
+    data["models"].append({"name": "mine", "source": "local", "path": "m.gguf", "license": "MIT"})
+    data["runtime"] = {
+        "llama_cpp_python": "0.3.16",
+        "cpu_variants": ["x64", "haswell"],
+        "cuda": {"enabled": True, "architectures": ["80", "90"]},
+    }
+    data["targets"] = {"python": ["3.11", "3.12"], "requirements": ["numpy==2.1.0"]}
+    data["server"] = {"port": 9000, "ctx_size": 4096, "parallel": "auto", "model": "mine"}
+    data["expires"] = dt.date(2027, 5, 26)
+    spec = _parse(data, tmp_path)
+    assert spec.model("mine").path == (tmp_path / "m.gguf").resolve()
+    assert spec.runtime is not None and spec.runtime.cuda.architectures == ("80", "90")
+    assert spec.runtime.cpu_variants == ("x64", "haswell")
+    assert spec.targets is not None and spec.targets.python == ("3.11", "3.12")
+    assert spec.server.properties()["ctx_size"] == 4096
+    assert spec.expires == dt.datetime(2027, 5, 26, tzinfo=dt.timezone.utc)
+
+
+def test_targets_ship_the_binding_unless_told_not_to(tmp_path: Path) -> None:
+    data = _base()
+    data["targets"] = {"python": ["3.11"]}
+    assert _parse(data, tmp_path).targets.llama_cpp_python is True
+    data["targets"]["llama_cpp_python"] = False
+    assert _parse(data, tmp_path).targets.llama_cpp_python is False
+    data["targets"]["llama_cpp_python"] = "no"
+    assert any(p.startswith("targets.llama_cpp_python") for p in _problems(data, tmp_path))
+
+
+def test_commit_revision_counts_as_pinned(tmp_path: Path) -> None:
+    data = _base()
+    data["models"][0]["revision"] = "a" * 40
+    assert _parse(data, tmp_path).models[0].pinned
+
+
+def test_reports_every_problem_at_once_with_key_paths(tmp_path: Path) -> None:
+    data = _base()
+    data["expiry"] = "30d"  # typo of expires
+    data["sequence"] = "three"
+    del data["version"]
+    data["models"].append({"name": "Bad Name", "repo": "not-a-repo", "revison": "main"})
+    data["runtime"] = {"llama_cpp_python": "0.3.16", "cpu_variants": ["x64", "haswel"]}
+    data["server"] = {"port": 70000, "ctx_size": "big", "model": "tiyn"}
+    problems = _problems(data, tmp_path)
+    text = "\n".join(problems)
+    assert "expiry: unknown key (did you mean 'expires'?)" in text
+    assert any(p.startswith("sequence: expected an integer") for p in problems)
+    assert any(p.startswith("version: missing value") for p in problems)
+    assert any(p.startswith("models[1].name:") for p in problems)
+    assert any(p.startswith("models[1].repo:") for p in problems)
+    assert "models[1].revison: unknown key (did you mean 'revision'?)" in text
+    assert "did you mean 'haswell'?" in text
+    assert any(p.startswith("server.port:") for p in problems)
+    assert any(p.startswith("server.ctx_size:") for p in problems)
+    assert "server.model: no model named 'tiyn' (did you mean 'tiny'?)" in text
+    assert len(problems) >= 10
+
+
+def test_rejects_duplicate_model_names(tmp_path: Path) -> None:
+    data = _base()
+    data["models"].append(dict(data["models"][0]))
+    assert any("used twice" in p for p in _problems(data, tmp_path))
+
+
+def test_rejects_missing_local_model_file(tmp_path: Path) -> None:
+    data = _base()
+    data["models"] = [{"name": "x", "source": "local", "path": "nope.gguf"}]
+    assert any(p.startswith("models[0].path:") for p in _problems(data, tmp_path))
+
+
+def test_rejects_files_and_allow_together_and_hub_keys_on_local(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    data = _base()
+    data["models"][0]["files"] = ["a.gguf"]
+    data["models"][0]["allow"] = ["*.gguf"]
+    data["models"].append({"name": "l", "source": "local", "path": "m.gguf", "repo": "a/b"})
+    problems = _problems(data, tmp_path)
+    assert any(p.startswith("models[0].allow:") for p in problems)
+    assert any(p.startswith("models[1].repo: not used by a local source") for p in problems)
+
+
+def test_rejects_expiry_in_the_past(tmp_path: Path) -> None:
+    data = _base()
+    data["expires"] = dt.date(2020, 1, 1)
+    assert any(p.startswith("expires:") and "past" in p for p in _problems(data, tmp_path))
+
+
+def test_cuda_enabled_needs_architectures_and_variants_need_x64(tmp_path: Path) -> None:
+    data = _base()
+    data["runtime"] = {
+        "llama_cpp_python": "0.3.16",
+        "cpu_variants": ["haswell"],
+        "cuda": {"enabled": True},
+    }
+    problems = _problems(data, tmp_path)
+    assert any(p.startswith("runtime.cuda.architectures: missing") for p in problems)
+    assert any(p.startswith("runtime.cpu_variants: must include 'x64'") for p in problems)
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="mapping"):
+        _parse(["a"], tmp_path)
+
+
+def test_load_spec_reports_yaml_syntax_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "airlock.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="cannot read spec"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_example_spec_in_templates_is_valid(repo_root: Path) -> None:
+    example = repo_root / "templates" / "airlock.example.yaml"
+    data = yaml.safe_load(example.read_text())
+    # The example's local model points at a file that only exists in a real project.
+    data["models"] = [m for m in data["models"] if m.get("source", "hub") == "hub"]
+    spec = parse_spec(data, base_dir=example.parent, now=NOW)
+    assert spec.runtime is not None and spec.targets is not None
+    assert spec.lock_path.name == "airlock.lock"
+
+
+def test_cpu_variant_names_are_the_ones_the_engine_build_knows() -> None:
+    from bundler.engine.llamacpp import ALL_X86_VARIANTS
+    from bundler.project.spec import CPU_VARIANTS
+
+    assert CPU_VARIANTS == ALL_X86_VARIANTS

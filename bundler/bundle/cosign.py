@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bundler.bundle.pack import (
+from bundler.bundle.region import (
     ARCHIVE_HASH,
     Progress,
     archive_signature,

@@ -1,9 +1,10 @@
-"""Deterministic single-pass bundle writer (hash while writing) and in-place co-signing.
+"""Deterministic single-pass bundle writer: the payload copied by the kernel, hashed as written.
 
 Layout (docs/FORMAT.md, "Archive"): a metadata region sized up front from the file list
-(manifest, signatures, zero ``airlock/reserve``), then the payload sorted by path. The
-payload is streamed once while hashed; the region is written last into the space kept for
-it, so no input byte is read twice.
+(manifest, signatures, zero ``airlock/reserve``; :mod:`bundler.bundle.region`), then the
+payload sorted by path. The payload is streamed once while hashed; the region is written
+last into the space kept for it (or first, when the digests are known), so no input byte is
+read twice.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import mmap
 import os
 import stat
 import sys
@@ -23,41 +23,34 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from bundler.bundle.cosign import journal_path
 from bundler.bundle.manifest import Builder, Component, FileEntry, Manifest, check_path
-from bundler.errors import IntegrityError, UsageError
-from bundler.fsio import FileStamp, atomic_file, write_atomic
-from bundler.ssh import sig as sshsig
-from bundler.ssh.keys import Signer
-from runtime.bundle import (
-    BLOCK,
-    BUNDLE_COMPONENT,
-    MANIFEST_NAME,
-    PAX_NAME,
-    RECORD,
-    RESERVE_NAME,
-    SIGNATURE_DIR,
-    component_of,
+from bundler.bundle.region import (
+    ARCHIVE_HASH,
+    CHUNK,
+    Progress,
+    archive_digest,
+    hash_range,
+    member_header,
+    metadata_region_size,
+    pwrite_all,
+    sign_region,
+    signature_name,
+    write_archive_signature,
 )
+from bundler.bundle.split import write_parts
+from bundler.errors import IntegrityError, UsageError
+from bundler.fsio import FileStamp, atomic_file
+from bundler.ssh.keys import Signer
+from runtime.bundle import BLOCK, BUNDLE_COMPONENT, RECORD, component_of
 
 SUMS_NAME = "SHA256SUMS"
-CHUNK = 1 << 20
 # Pack copies each staged file into the archive in chunks of COPY_CHUNK with the kernel
 # (copy_file_range; no user-space copy) and hashes each chunk from the archive's page cache
 # (a read-only mmap window) on a second thread while the next chunk is copied; the digest is
 # therefore of exactly the bytes in the archive. At most two chunks are mapped at a time, so
 # memory stays flat whatever the bundle size. docs/DEVELOPING.md, "Performance", has numbers.
 COPY_CHUNK = 16 << 20
-HASH_WINDOW = 16 << 20  # mmap window for hashing the finished archive
-SIGNATURE_ALLOWANCE = 1024  # header + padded armored Ed25519 SSHSIG (about 300 bytes)
-COSIGN_SLOTS = 16  # co-signatures that fit in place before a rewrite is needed
-REGION_ALIGN = 4096
-_MAX_OCTAL_SIZE = 8**11 - 1
-# The whole-archive SSHSIG hashes with sha256: PROTOCOL.sshsig allows it, every
-# `ssh-keygen -Y verify` accepts it, and with SHA extensions it is about twice as fast as
-# sha512 over a multi-GB tar (the one extra read pack cannot avoid).
-ARCHIVE_HASH = "sha256"
-
-Progress = Optional[Callable[[int], None]]
 
 
 @dataclass(frozen=True)
@@ -84,76 +77,6 @@ class _Source:
 
 
 # --------------------------------------------------------------------------- tar headers
-
-
-def _pax_record(key: str, value: str) -> bytes:
-    body = f" {key}={value}\n".encode()
-    length = len(body) + len(str(len(body)))
-    if len(str(length)) != len(str(length - len(body))):
-        length = len(body) + len(str(length))
-    return str(length).encode("ascii") + body
-
-
-def _block(name: bytes, size: int, mode: int, mtime: int, typeflag: bytes) -> bytes:
-    header = bytearray(BLOCK)
-    header[0 : len(name)] = name
-    header[100:108] = b"%07o\0" % mode
-    header[108:116] = b"0000000\0"
-    header[116:124] = b"0000000\0"
-    header[124:136] = b"%011o\0" % size
-    header[136:148] = b"%011o\0" % mtime
-    header[148:156] = b" " * 8
-    header[156:157] = typeflag
-    header[257:263] = b"ustar\0"
-    header[263:265] = b"00"
-    header[329:337] = b"0000000\0"
-    header[337:345] = b"0000000\0"
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
-
-
-def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
-    """The header block(s) of one regular file; a PAX header only when ustar cannot hold it."""
-    raw = path.encode("utf-8")
-    records = b""
-    if len(raw) > 100 or not raw.isascii():
-        records += _pax_record("path", path)
-    if size > _MAX_OCTAL_SIZE:
-        records += _pax_record("size", str(size))
-    out = b""
-    if records:
-        out = _block(PAX_NAME.encode(), len(records), 0o644, mtime, b"x") + _pad(records)
-    name = raw if len(raw) <= 100 and raw.isascii() else raw[:100]
-    return out + _block(name, 0 if size > _MAX_OCTAL_SIZE else size, mode, mtime, b"0")
-
-
-def _pad(data: bytes) -> bytes:
-    return data + b"\0" * (-len(data) % BLOCK)
-
-
-def _member(path: str, data: bytes, mtime: int) -> bytes:
-    return member_header(path, len(data), 0o644, mtime) + _pad(data)
-
-
-def build_region(
-    manifest_bytes: bytes, signatures: Sequence[tuple[str, bytes]], size: int, mtime: int
-) -> Optional[bytes]:
-    """The metadata region of exactly ``size`` bytes, or None when it does not fit."""
-    head = _member(MANIFEST_NAME, manifest_bytes, mtime)
-    for name, sig in sorted(signatures, key=lambda s: s[0].encode()):
-        head += _member(name, sig, mtime)
-    for header_len in (BLOCK, 3 * BLOCK):  # a plain ustar header, or one with a PAX size
-        reserve = size - len(head) - header_len
-        if reserve < 0:
-            return None
-        header = member_header(RESERVE_NAME, reserve, 0o644, mtime)
-        if len(header) == header_len:
-            return head + header + b"\0" * reserve
-    return None
-
-
-def signature_name(signer: Signer) -> str:
-    return f"{SIGNATURE_DIR}{sshsig.signature_id(signer.public_key)}.sig"
 
 
 # --------------------------------------------------------------------------- pack
@@ -295,9 +218,8 @@ def pack(
     with atomic_file(final) as (tmp, out):
         fd = out.fileno()  # every write below is positional; ``out``'s buffer stays empty
         if known_digests is not None:
-            manifest_bytes, region = _sign_region(
-                manifest_for(digests), signers, region_size, mtime
-            )
+            manifest_bytes = manifest_for(digests).to_bytes()
+            region = sign_region(manifest_bytes, signers, region_size, mtime)
             pwrite_all(fd, region, 0)
             whole = _Whole(region)
         pos = region_size
@@ -352,9 +274,8 @@ def pack(
             sums = b"".join(_sums_line(s.path, digests[s.path]) for s in sources if s.src)
             digests[SUMS_NAME] = hashlib.sha256(sums).hexdigest()
             pwrite_all(fd, sums, sums_offset)
-            manifest_bytes, region = _sign_region(
-                manifest_for(digests), signers, region_size, mtime
-            )
+            manifest_bytes = manifest_for(digests).to_bytes()
+            region = sign_region(manifest_bytes, signers, region_size, mtime)
             pwrite_all(fd, region, 0)
         assert len(sums) == sums_size and len(manifest_bytes) == len(planned)
         if not split and whole is not None:
@@ -370,8 +291,6 @@ def pack(
                 sig_path = write_archive_signature(final, signers[-1], digest.result())
         else:
             # No fsync: this tar is only the source of the parts and is deleted.
-            from bundler.bundle.split import write_parts
-
             index = write_parts(
                 tmp, final, split, signer=signers[-1], region=region, durable=durable
             )
@@ -387,8 +306,6 @@ def pack(
                 parts=index.parts,
                 index=index.index,
             )
-    from bundler.bundle.cosign import journal_path
-
     journal_path(final).unlink(missing_ok=True)  # about the bundle just replaced, if any
     return PackResult(
         path=final,
@@ -413,7 +330,7 @@ class _Whole:
             self.pool.submit(self.hash.update, data)
 
     def feed_range(self, fd: int, offset: int, length: int) -> Future[None]:
-        return self.pool.submit(_hash_range, self.hash, fd, offset, length)
+        return self.pool.submit(hash_range, self.hash, fd, offset, length)
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -456,42 +373,11 @@ def _is_sha256_hex(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
-def _sign_region(
-    manifest: Manifest, signers: Sequence[Signer], region_size: int, mtime: int
-) -> tuple[bytes, bytes]:
-    """The manifest bytes and the metadata region carrying every signer's signature."""
-    manifest_bytes = manifest.to_bytes()
-    signatures = [
-        (signature_name(s), sshsig.sign(manifest_bytes, s, namespace=sshsig.MANIFEST_NAMESPACE))
-        for s in signers
-    ]
-    region = build_region(manifest_bytes, signatures, region_size, mtime)
-    if region is None:  # pragma: no cover - the allowance covers Ed25519 signatures
-        raise UsageError("signatures are larger than the space kept for them")
-    return manifest_bytes, region
-
-
 def _component(name: str, components: Mapping[str, Mapping[str, Any]]) -> Component:
     spec = components.get(name)
     if spec is None:
         return Component(type="files")
     return Component(type=str(spec.get("type", "files")), properties=spec.get("properties", {}))
-
-
-def metadata_region_size(manifest_len: int, signers: int) -> int:
-    # manifest header (with room for a PAX header) and padding, reserve header
-    used = 3 * BLOCK + manifest_len + BLOCK + BLOCK
-    used += (signers + COSIGN_SLOTS) * SIGNATURE_ALLOWANCE
-    return (used + REGION_ALIGN - 1) // REGION_ALIGN * REGION_ALIGN
-
-
-def pwrite_all(fd: int, data: bytes, offset: int) -> int:
-    """``os.pwrite`` all of ``data`` at ``offset``, through short writes."""
-    view = memoryview(data)
-    done = 0
-    while done < len(view):
-        done += os.pwrite(fd, view[done:], offset + done)
-    return done
 
 
 def _load_sync_file_range() -> Optional[Callable[[int, int, int, int], int]]:
@@ -551,31 +437,6 @@ class _Copier:
                 self.methods.pop(0)  # nothing was copied; try the next way
 
 
-def _hash_range(digest: Any, fd: int, offset: int, length: int) -> None:
-    """Feed ``length`` bytes of ``fd`` from ``offset`` into ``digest`` through an mmap window.
-
-    Falls back to pread on a file system that cannot map files.
-    """
-    base = offset - offset % mmap.ALLOCATIONGRANULARITY
-    try:
-        m = mmap.mmap(fd, offset + length - base, access=mmap.ACCESS_READ, offset=base)
-    except OSError:
-        _hash_by_pread(digest, fd, offset, length)
-        return
-    with m, memoryview(m) as whole, whole[offset - base :] as view:
-        digest.update(view)
-
-
-def _hash_by_pread(digest: Any, fd: int, offset: int, length: int) -> None:
-    end = offset + length
-    while offset < end:
-        data = os.pread(fd, min(CHUNK, end - offset), offset)
-        if not data:
-            raise IntegrityError(f"the file being hashed ended early at byte {offset}")
-        digest.update(data)
-        offset += len(data)
-
-
 def _copy(
     s: _Source,
     fd: int,
@@ -610,7 +471,7 @@ def _copy(
                     break
                 for p in pending:  # one chunk in flight per hash: memory stays bounded
                     p.result()
-                pending = [] if vouched else [pool.submit(_hash_range, digest, fd, offset, n)]
+                pending = [] if vouched else [pool.submit(hash_range, digest, fd, offset, n)]
                 if whole is not None:
                     pending.append(whole.feed_range(fd, offset, n))
                 if writeback:
@@ -631,36 +492,3 @@ def _copy(
             hint="stop whatever is writing into the stage directory and pack again",
         )
     return None if vouched else digest.hexdigest()
-
-
-def archive_digest(tar: Path, *, region: bytes, progress: Progress = None) -> bytes:
-    """ARCHIVE_HASH of the whole archive: the (in-memory) region, then the file after it.
-
-    Reads the file through mmap windows of HASH_WINDOW bytes (no copy into Python buffers).
-    """
-    h = hashlib.new(ARCHIVE_HASH, region)
-    with open(tar, "rb", buffering=0) as f:
-        fd = f.fileno()
-        end = os.fstat(fd).st_size
-        offset = len(region)
-        while offset < end:
-            n = min(HASH_WINDOW, end - offset)
-            _hash_range(h, fd, offset, n)
-            offset += n
-            if progress is not None:
-                progress(n)
-    return h.digest()
-
-
-def archive_signature(signer: Signer, digest: bytes) -> bytes:
-    """The armored SSHSIG (airlock-archive-v1) for a tar whose ARCHIVE_HASH is ``digest``."""
-    return sshsig.sign_digest(
-        digest, signer, namespace=sshsig.ARCHIVE_NAMESPACE, hash_algorithm=ARCHIVE_HASH
-    )
-
-
-def write_archive_signature(final: Path, signer: Signer, digest: bytes) -> Path:
-    """Write ``<final>.sig``: SSHSIG (airlock-archive-v1) given the tar's ARCHIVE_HASH digest."""
-    sig_path = Path(str(final) + ".sig")
-    write_atomic(sig_path, archive_signature(signer, digest))
-    return sig_path

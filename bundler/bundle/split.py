@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
+from bundler.bundle.region import ARCHIVE_HASH
 from bundler.errors import IntegrityError, UsageError
 from bundler.fsio import atomic_file, write_atomic
 from bundler.ssh import sig as sshsig
@@ -72,8 +73,6 @@ def write_parts(
     computed while copying. ``region`` is the archive's first bytes, already in memory.
     ``durable`` flushes each part to disk before it is renamed into place.
     """
-    from bundler.bundle.pack import ARCHIVE_HASH
-
     whole = hashlib.new(ARCHIVE_HASH)
     parts: list[Path] = []
     lines: list[str] = []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.bundle.pack import build_region, member_header
+from bundler.bundle.region import build_region, member_header
 from runtime import bundle as rb
 from runtime.errors import ArchiveFormatError, IntegrityError
 from runtime.unpack import main as unpack_main

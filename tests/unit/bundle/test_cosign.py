@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bundler.bundle.cosign import cosign
-from bundler.bundle.pack import COSIGN_SLOTS
+from bundler.bundle.region import COSIGN_SLOTS
 from bundler.errors import AirlockError, IntegrityError, UsageError
 from bundler.ssh import sig as sshsig
 from runtime.bundle import read_metadata
@@ -185,7 +185,7 @@ def test_interrupted_rewriting_cosign_leaves_a_consistent_bundle_and_sig(
     """Reserve full: the co-sign writes a new archive; a crash around its rename is safe."""
     import bundler.fsio as fsio
     from bundler.bundle.cosign import journal_path
-    from bundler.bundle.pack import build_region
+    from bundler.bundle.region import build_region
     from bundler.bundle.verify import verify_bundle
 
     def reserve_full() -> bool:

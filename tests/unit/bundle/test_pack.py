@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.bundle.pack import member_header, pack
+from bundler.bundle.pack import pack
+from bundler.bundle.region import member_header
 from bundler.errors import AirlockError, IntegrityError, UsageError
 from bundler.ssh import sig as sshsig
 from runtime.bundle import read_metadata
@@ -289,13 +290,13 @@ def _hashed_bytes(monkeypatch) -> list[int]:
     import bundler.bundle.pack as archive
 
     counted: list[int] = []
-    real = archive._hash_range
+    real = archive.hash_range
 
     def counting(digest, fd, offset, length) -> None:
         counted.append(length)
         real(digest, fd, offset, length)
 
-    monkeypatch.setattr(archive, "_hash_range", counting)
+    monkeypatch.setattr(archive, "hash_range", counting)
     return counted
 
 
@@ -373,11 +374,12 @@ def test_a_stamp_faked_by_setting_the_mtime_back_gives_a_bundle_verify_refuses(
 
 def test_small_copy_chunks_give_the_same_bundle(tmp_path: Path, alice, monkeypatch) -> None:
     import bundler.bundle.pack as archive
+    import bundler.bundle.region as region
 
     stage = make_stage(tmp_path)
     a = _pack_with(tmp_path, alice, stage, "a")
     monkeypatch.setattr(archive, "COPY_CHUNK", 4097)
-    monkeypatch.setattr(archive, "HASH_WINDOW", 3000)
+    monkeypatch.setattr(region, "HASH_WINDOW", 3000)
     b = _pack_with(tmp_path, alice, stage, "b")
     assert a.path.read_bytes() == b.path.read_bytes()
     assert a.signature_path.read_bytes() == b.signature_path.read_bytes()

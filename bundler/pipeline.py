@@ -10,7 +10,6 @@ step is the one full read of a model that was just downloaded.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 import shutil
 import tempfile
@@ -22,7 +21,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bundler import __version__, console
-from bundler.errors import BuildError, FetchError, GgufError, SpecError, UsageError
+from bundler.bundle.pack import PackResult, pack
+from bundler.engine import cuda as cudalib
+from bundler.engine import llamacpp, sdist, smoke
+from bundler.errors import FetchError, GgufError, SpecError, UsageError
+from bundler.evidence import provenance, sbom
+from bundler.evidence.readme import render_bundle_readme
 from bundler.fsio import FileStamp, hash_file
 from bundler.paths import FAR_SIDE_DIRS, repo_root
 from bundler.project.lock import (
@@ -33,9 +37,11 @@ from bundler.project.lock import (
 )
 from bundler.project.pin import lock
 from bundler.project.spec import ModelSpec, Spec, load_spec
+from bundler.sources import wheelhouse
 from bundler.sources.ggufinfo import read_facts, shards_of
 from bundler.sources.hub import HubClient, HubSettings
 from bundler.sources.licenses import license_facts
+from bundler.ssh.keys import Signer, load_signer
 
 __all__ = ["BuildOptions", "BuildResult", "build", "lock"]  # lock: from bundler.project.pin
 
@@ -231,8 +237,6 @@ def stage_far_side(stage: Path, st: _Staged) -> None:
 
 def stage_readme(spec: Spec, stage: Path, st: _Staged) -> None:
     """The bundle's top-level README.md: what the person holding the tarball reads first."""
-    from bundler.evidence.readme import render_bundle_readme
-
     models = st.components.get("models", {}).get("properties", {}).get("models", [])
     text = render_bundle_readme(
         name=spec.name,
@@ -244,25 +248,14 @@ def stage_readme(spec: Spec, stage: Path, st: _Staged) -> None:
     (stage / "README.md").write_text(text, encoding="utf-8")
 
 
-# --- runtime, evidence, smoke test (other areas' modules) ------------------------------------
+# --- engine, wheelhouses, evidence, smoke test ---------------------------------------------
 
 
-def _module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as e:
-        raise BuildError(
-            f"this airlock has no {name} module, needed by the spec's 'runtime' section",
-            hint="build with --skip-runtime, or install a complete airlock",
-        ) from e
-
-
-def stage_runtime(spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path) -> Any:
+def stage_runtime(
+    spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path
+) -> sdist.SourceArchive:
     """Build llama.cpp from the pinned sdist and stage it as ``engine/``; returns the source."""
     assert spec.runtime is not None
-    llamacpp = _module("bundler.engine.llamacpp")
-    sdist = _module("bundler.engine.sdist")
-    cudalib = _module("bundler.engine.cuda")
     rt = spec.runtime
     console.step(f"runtime: llama-cpp-python {rt.llama_cpp_python}")
     source = sdist.fetch_sdist(rt.llama_cpp_python, cache_dir=cache_dir)
@@ -278,17 +271,21 @@ def stage_runtime(spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir
 
 
 def stage_wheels(
-    spec: Spec, source: Any, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path
+    spec: Spec,
+    source: Optional[sdist.SourceArchive],
+    stage: Path,
+    st: _Staged,
+    cache_dir: Path,
+    log_dir: Path,
 ) -> None:
     """Hash-pinned wheelhouses for the targets and for the offline Ansible controller."""
-    wheelhouse = _module("bundler.sources.wheelhouse")
     targets = spec.targets
     extra: list[Path] = []
     if targets is not None:
         if spec.runtime is not None and source is not None and targets.llama_cpp_python:
             console.step("llama-cpp-python wheel (portable, from the same pinned source)")
             extra.append(
-                _module("bundler.engine.llamacpp").build_llama_cpp_python_wheel(
+                llamacpp.build_llama_cpp_python_wheel(
                     source, variants=spec.runtime.cpu_variants, cache_dir=cache_dir, log_dir=log_dir
                 )
             )
@@ -341,8 +338,6 @@ def _payload_files(stage: Path, st: _Staged) -> list[dict[str, Any]]:
 
 def stage_evidence(spec: Spec, stage: Path, st: _Staged, *, epoch: int, lock_bytes: bytes) -> None:
     """The CycloneDX SBOM and the in-toto/SLSA provenance in ``evidence/``."""
-    sbom = _module("bundler.evidence.sbom")
-    provenance = _module("bundler.evidence.provenance")
     console.step("evidence: SBOM and provenance")
     created = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     comps = {**st.components, "evidence": {"type": "evidence", "properties": {}}}
@@ -374,7 +369,6 @@ def stage_evidence(spec: Spec, stage: Path, st: _Staged, *, epoch: int, lock_byt
 
 def smoke_test(spec: Spec, stage: Path, st: _Staged) -> None:
     """Serve the default model with the built runtime before anything is signed."""
-    smoke = _module("bundler.engine.smoke")
     model = spec.server.model or spec.models[0].name
     console.step(f"smoke test: serving {model}")
     smoke.smoke_test(stage / "engine", st.entrypoints[model])
@@ -394,9 +388,7 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("AIRLOCK_CACHE") or Path.home() / ".cache" / "airlock")
 
 
-def _load_signers(keys: Sequence[str]) -> list[Any]:
-    from bundler.ssh.keys import load_signer
-
+def _load_signers(keys: Sequence[str]) -> list[Signer]:
     if not keys:
         raise UsageError("no signing key given", hint="pass --key PATH (airlock keygen makes one)")
     return [load_signer(k) for k in keys]
@@ -456,12 +448,10 @@ def _pack(
     spec: Spec,
     stage: Path,
     st: _Staged,
-    signers: Sequence[Any],
+    signers: Sequence[Signer],
     options: BuildOptions,
     epoch: int,
-) -> Any:
-    from bundler.bundle.pack import pack
-
+) -> PackResult:
     console.step("packing and signing")
     total = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file())
     comps: Mapping[str, Mapping[str, Any]] = st.components

@@ -311,19 +311,19 @@ def test_a_rebuild_from_an_old_cache_hashes_hub_models_once_and_gives_the_same_b
     import os
     import time
 
-    import bundler.bundle.pack as archive
+    import bundler.pipeline
     from bundler.sources.hub import HubSettings
 
     spec_path = project / "airlock.yaml"
     lock(load_spec(spec_path))
     seen: list[dict[str, Any]] = []
-    real_pack = archive.pack
+    real_pack = bundler.pipeline.pack
 
     def pack(*args: Any, **kwargs: Any) -> Any:
         seen.append(dict(kwargs["stamps"]))
         return real_pack(*args, **kwargs)
 
-    monkeypatch.setattr(archive, "pack", pack)
+    monkeypatch.setattr(bundler.pipeline, "pack", pack)
     first = build(spec_path, _options(project))
     assert seen == [{}]  # fresh downloads: too recent for a stamp, pack re-hashes them
     old = time.time_ns() - 3600 * 10**9

@@ -98,17 +98,8 @@ class FakeRuntime:
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRuntime:
     runtime = FakeRuntime()
-    real = bundler.pipeline._module
-    fakes = (
-        "bundler.engine.llamacpp",
-        "bundler.engine.sdist",
-        "bundler.engine.cuda",
-        "bundler.sources.wheelhouse",
-        "bundler.engine.smoke",
-    )
-    monkeypatch.setattr(
-        bundler.pipeline, "_module", lambda name: runtime if name in fakes else real(name)
-    )
+    for module in ("llamacpp", "sdist", "cudalib", "wheelhouse", "smoke"):
+        monkeypatch.setattr(bundler.pipeline, module, runtime)
     return runtime
 
 
@@ -194,16 +185,14 @@ def test_skip_runtime_leaves_the_runtime_out(fake: FakeRuntime, project: Path) -
 def test_build_fsync_reaches_pack(
     fake: FakeRuntime, project: Path, monkeypatch: pytest.MonkeyPatch, durable: bool
 ) -> None:
-    import bundler.bundle.pack as archive
-
     seen: list[bool] = []
-    real_pack = archive.pack
+    real_pack = bundler.pipeline.pack
 
     def pack(*args: Any, **kwargs: Any) -> Any:
         seen.append(kwargs["durable"])
         return real_pack(*args, **kwargs)
 
-    monkeypatch.setattr(archive, "pack", pack)
+    monkeypatch.setattr(bundler.pipeline, "pack", pack)
     opts = BuildOptions(
         out_dir=project / "dist",
         keys=(str(project / "key"),),

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
 from bundler.bundle.verify import check_policy, open_bundle
-from bundler.errors import AirlockError, SignatureError
+from bundler.errors import SignatureError
 from bundler.ssh import sig as sshsig
 from bundler.ssh.trust import TrustPolicy
-from runtime.bundle import BundleMetadata, read_member, read_metadata_stream
+from runtime.bundle import BundleMetadata, read_metadata_stream
 
-SBOM_PATH = "evidence/sbom.cdx.json"
+SbomSummary = Callable[[Path, BundleMetadata], Optional[dict[str, Any]]]
 
 
 def inspect_bundle(
-    path: Path, *, policy: Optional[TrustPolicy] = None, now: Optional[datetime] = None
+    path: Path,
+    *,
+    policy: Optional[TrustPolicy] = None,
+    now: Optional[datetime] = None,
+    sbom: Optional[SbomSummary] = None,
 ) -> dict[str, Any]:
     """Name, version, sequence, times, signers, components, files and sizes of ``path``.
 
     Signers are listed unverified unless ``policy`` is given, in which case the policy and
-    expiry are checked (TrustError / ExpiredError) and signers are marked verified. Reads
-    the payload only for the SBOM summary (one small member, hash-checked). Refuses, as
+    expiry are checked (TrustError / ExpiredError) and signers are marked verified. The
+    ``sbom`` entry is what ``sbom(path, metadata)`` returns (the evidence package's
+    ``bundle_sbom_summary``, which reads one small member, hash-checked), else None. Refuses, as
     verify does (IntegrityError), a bundle whose co-sign was interrupted: its metadata
     region may be half-written.
     """
@@ -53,7 +59,7 @@ def inspect_bundle(
         "reserve_bytes": meta.reserve_size,
         "licenses": _licenses(m),
     }
-    summary["sbom"] = _sbom(path, meta)
+    summary["sbom"] = sbom(path, meta) if sbom is not None else None
     return summary
 
 
@@ -103,22 +109,3 @@ def _licenses(m: dict[str, Any]) -> list[dict[str, Any]]:
                 }
             )
     return out
-
-
-def _sbom(path: Path, meta: BundleMetadata) -> Optional[dict[str, Any]]:
-    if path.name.endswith(".parts") or not any(
-        e["path"] == SBOM_PATH for e in meta.manifest["files"]
-    ):
-        return None
-    try:
-        from bundler.evidence.sbom import summarize
-    except ImportError:  # pragma: no cover - the SBOM module ships with airlock
-        return None
-    try:
-        data = read_member(
-            path, SBOM_PATH, manifest=meta.manifest, payload_offset=meta.payload_offset
-        )
-        result: dict[str, Any] = summarize(data)
-        return result
-    except AirlockError as e:
-        return {"error": e.message}

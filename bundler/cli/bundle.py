@@ -251,8 +251,9 @@ def _register_inspect(sub: Any) -> None:
 
 def _inspect(args: argparse.Namespace) -> int:
     from bundler.bundle.summary import inspect_bundle
+    from bundler.evidence.sbom import bundle_sbom_summary
 
-    summary = inspect_bundle(args.bundle, policy=_policy(args))
+    summary = inspect_bundle(args.bundle, policy=_policy(args), sbom=bundle_sbom_summary)
     if args.json:
         console.emit_json(summary)
         return 0

@@ -13,7 +13,7 @@ from bundler import console
 from bundler.bundle.verify import open_bundle
 from bundler.errors import AirlockError, ArchiveFormatError, UsageError
 from bundler.fsio import write_atomic
-from runtime.bundle import BundleMetadata, read_member, read_metadata_stream
+from runtime.bundle import BundleMetadata, read_metadata_stream
 
 # bundler.evidence.sbom and bundler.evidence.diff pull in cyclonedx and jsonschema (about a
 # second to import): they are imported inside the commands so every other command starts fast.
@@ -68,22 +68,19 @@ def _metadata(path: Path) -> BundleMetadata:
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
-    from bundler.evidence.sbom import SBOM_PATH, summarize
+    from bundler.evidence.sbom import SBOM_PATH, bundle_sbom, summarize
 
     if args.bundle.name.endswith(".parts"):
         raise UsageError(
             f"{args.bundle} is a split bundle's index; 'airlock sbom' reads a whole bundle",
             hint=f"run 'airlock join {args.bundle}' first, then pass the joined .tar",
         )
-    meta = _metadata(args.bundle)
-    if not any(f.get("path") == SBOM_PATH for f in meta.manifest.get("files", [])):
+    data = bundle_sbom(args.bundle, _metadata(args.bundle))
+    if data is None:
         raise ArchiveFormatError(
             f"{args.bundle} has no {SBOM_PATH}",
             hint="the bundle was packed without evidence; rebuild it with 'airlock build'",
         )
-    data = read_member(
-        args.bundle, SBOM_PATH, manifest=meta.manifest, payload_offset=meta.payload_offset
-    )
     summary = summarize(data)
     if args.out is not None:
         write_atomic(args.out, data)

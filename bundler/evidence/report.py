@@ -24,10 +24,9 @@ from bundler.fsio import write_atomic
 from bundler.paths import templates_dir
 from bundler.ssh import sig as sshsig
 from bundler.ssh import trust
-from runtime.bundle import read_member, read_metadata
+from runtime.bundle import read_metadata
 
 TEMPLATE = "report.html.j2"
-SBOM_PATH = "evidence/sbom.cdx.json"
 MANIFEST_NAMESPACE = "airlock-manifest-v1"
 ARCHIVE_NAMESPACE = "airlock-archive-v1"
 
@@ -376,12 +375,8 @@ def write_report(
     policy = trust.load_policy(allowed_signers) if allowed_signers is not None else None
     meta = read_metadata(bundle)
     signers = check_signers(meta.manifest_bytes, meta.signatures, policy, now=now)
-    sbom_summary: Mapping[str, Any] | None = None
-    if any(f.get("path") == SBOM_PATH for f in meta.manifest.get("files") or []):
-        data = read_member(
-            bundle, SBOM_PATH, manifest=meta.manifest, payload_offset=meta.payload_offset
-        )
-        sbom_summary = sbom.summarize(data)
+    data = sbom.bundle_sbom(bundle, meta)
+    sbom_summary = sbom.summarize(data) if data is not None else None
     report = build_report(
         meta.manifest,
         manifest_sha256=meta.manifest_sha256,

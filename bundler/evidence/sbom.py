@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Optional
 
 from cyclonedx.contrib.license.factories import LicenseFactory
@@ -35,9 +36,18 @@ from cyclonedx.validation.json import JsonStrictValidator
 from packageurl import PackageURL
 
 from bundler import __version__
-from bundler.errors import ArchiveFormatError, BuildError
+from bundler.errors import AirlockError, ArchiveFormatError, BuildError
+from runtime.bundle import BundleMetadata, read_member
 
-__all__ = ["SBOM_PATH", "build_sbom", "serial_number", "summarize", "validate_sbom"]
+__all__ = [
+    "SBOM_PATH",
+    "build_sbom",
+    "bundle_sbom",
+    "bundle_sbom_summary",
+    "serial_number",
+    "summarize",
+    "validate_sbom",
+]
 
 SBOM_PATH = "evidence/sbom.cdx.json"
 
@@ -135,6 +145,28 @@ def validate_sbom(data: bytes) -> list[str]:
         data.decode("utf-8"), all_errors=True
     )
     return [str(e) for e in errors] if errors else []
+
+
+def bundle_sbom(bundle: Path, meta: BundleMetadata) -> Optional[bytes]:
+    """The SBOM bytes of a whole bundle ``.tar``, hash-checked against its manifest; None
+    when the manifest lists no SBOM. Raises IntegrityError / ArchiveFormatError."""
+    if not any(f.get("path") == SBOM_PATH for f in meta.manifest.get("files") or []):
+        return None
+    return read_member(
+        bundle, SBOM_PATH, manifest=meta.manifest, payload_offset=meta.payload_offset
+    )
+
+
+def bundle_sbom_summary(bundle: Path, meta: BundleMetadata) -> Optional[dict[str, Any]]:
+    """``airlock inspect``'s SBOM line: the summary, None without an SBOM (or for a split
+    bundle's index, whose payload is not read), ``{"error": ...}`` when it cannot be read."""
+    if bundle.name.endswith(".parts"):
+        return None
+    try:
+        data = bundle_sbom(bundle, meta)
+        return None if data is None else summarize(data)
+    except AirlockError as e:
+        return {"error": e.message}
 
 
 def summarize(sbom: bytes) -> dict[str, Any]:

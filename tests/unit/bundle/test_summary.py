@@ -9,6 +9,7 @@ import pytest
 
 from bundler.bundle.summary import inspect_bundle
 from bundler.errors import TrustError
+from bundler.evidence.sbom import bundle_sbom_summary
 from tests.bundlekit import DURING, make_bundle, make_key, make_stage, policy_for
 
 SBOM = {
@@ -22,7 +23,7 @@ def test_summary_lists_signers_components_and_the_sbom(tmp_path: Path) -> None:
     alice = make_key(tmp_path / "keys", "alice")
     stage = make_stage(tmp_path, {"evidence/sbom.cdx.json": json.dumps(SBOM).encode()})
     bundle = make_bundle(tmp_path, [alice], stage=stage).path
-    info = inspect_bundle(bundle)
+    info = inspect_bundle(bundle, sbom=bundle_sbom_summary)
     assert info["name"] == "demo" and info["files"] == 8
     assert info["signers"][0]["fingerprint"] == alice.signer.public_key.fingerprint
     assert info["signers"][0]["verified"] is None
@@ -39,7 +40,10 @@ def test_tampered_sbom_is_reported_not_trusted(tmp_path: Path) -> None:
     data = bundle.read_bytes()
     at = data.index(b'"bomFormat"')
     bundle.write_bytes(data[:at] + b'"bomFormaT"' + data[at + 11 :])
-    assert "sha256 does not match" in inspect_bundle(bundle)["sbom"]["error"]
+    assert (
+        "sha256 does not match" in inspect_bundle(bundle, sbom=bundle_sbom_summary)["sbom"]["error"]
+    )
+    assert inspect_bundle(bundle)["sbom"] is None  # the SBOM is the caller's to read
 
 
 def test_policy_given_to_inspect_is_enforced(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Optional
 
 from bundler import __version__
 from bundler.errors import UsageError
@@ -31,6 +31,7 @@ __all__ = [
     "canonical_json",
     "check_path",
     "component_of",
+    "expiry_from_text",
     "format_time",
     "parse",
     "parse_expires",
@@ -196,8 +197,10 @@ def parse_time(text: str) -> datetime:
 _DURATION = re.compile(r"\A(\d+)([dw])\Z")
 
 
-def parse_expires(text: str, *, now: datetime) -> datetime:
-    """``180d``, ``26w``, ``2027-05-26`` or ``2027-05-26T00:00:00Z`` to an aware datetime."""
+def expiry_from_text(text: str, *, now: datetime) -> Optional[datetime]:
+    """The one expiry grammar (``airlock pack --expires`` and the spec's ``expires``):
+    ``180d``, ``26w`` (counted from ``now``), ``2027-05-26`` or ``2027-05-26T00:00:00Z``
+    (UTC). Returns an aware datetime, or None when ``text`` is none of these. Pure."""
     m = _DURATION.match(text.strip())
     if m:
         days = int(m.group(1)) * (7 if m.group(2) == "w" else 1)
@@ -207,6 +210,14 @@ def parse_expires(text: str, *, now: datetime) -> datetime:
             return datetime.strptime(text.strip(), fmt).replace(tzinfo=timezone.utc)
         except ValueError:
             continue
+    return None
+
+
+def parse_expires(text: str, *, now: datetime) -> datetime:
+    """:func:`expiry_from_text`, raising UsageError when ``text`` cannot be read."""
+    when = expiry_from_text(text, now=now)
+    if when is not None:
+        return when
     raise UsageError(
         f"cannot read the expiry {text!r}",
         hint="use a duration like 180d or 26w, or a date like 2027-05-26",

@@ -9,6 +9,7 @@ from typing import Any
 import jinja2
 
 from bundler.paths import templates_dir
+from bundler.ssh.sig import ARCHIVE_NAMESPACE, MANIFEST_NAMESPACE
 
 TEMPLATE = "README.bundle.md.j2"
 _UNSAFE = re.compile(r"[^A-Za-z0-9 ._:/@+-]")
@@ -49,4 +50,6 @@ def render_bundle_readme(
         expires=expires,
         models=list(models),
         bundle_file=f"{name}-{version}.tar",
+        manifest_namespace=MANIFEST_NAMESPACE,
+        archive_namespace=ARCHIVE_NAMESPACE,
     )

@@ -24,11 +24,10 @@ from bundler.fsio import write_atomic
 from bundler.paths import templates_dir
 from bundler.ssh import sig as sshsig
 from bundler.ssh import trust
+from bundler.ssh.sig import ARCHIVE_NAMESPACE, MANIFEST_NAMESPACE
 from runtime.bundle import read_metadata
 
 TEMPLATE = "report.html.j2"
-MANIFEST_NAMESPACE = "airlock-manifest-v1"
-ARCHIVE_NAMESPACE = "airlock-archive-v1"
 
 
 @dataclass(frozen=True)

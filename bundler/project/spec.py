@@ -12,12 +12,12 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from bundler.bundle.manifest import expiry_from_text
 from bundler.errors import SpecError
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-DURATION_RE = re.compile(r"^(\d+)d$")
 # ggml's x86 CPU backend variants in its order (bundler.engine.llamacpp.ALL_X86_VARIANTS; a test
 # keeps the two equal without making the spec import the build code).
 CPU_VARIANTS = (
@@ -216,11 +216,13 @@ def _expires(p: _Problems, value: Any, now: dt.datetime) -> dt.datetime:
         result = value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
     elif isinstance(value, dt.date):
         result = dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc)
-    elif isinstance(value, str) and DURATION_RE.match(value):
-        result = now + dt.timedelta(days=int(value[:-1]))
     else:
-        p.add("expires", f"cannot read {value!r}", "use a date (2027-05-26) or a duration (180d)")
-        return default
+        parsed = expiry_from_text(value, now=now) if isinstance(value, str) else None
+        if parsed is None:
+            hint = "use a date (2027-05-26) or a duration (180d)"
+            p.add("expires", f"cannot read {value!r}", hint)
+            return default
+        result = parsed
     if result <= now:
         p.add("expires", f"{result:%Y-%m-%d} is in the past", "choose a later date")
     return result.astimezone(dt.timezone.utc)

@@ -173,3 +173,20 @@ def test_cpu_variant_names_are_the_ones_the_engine_build_knows() -> None:
     from bundler.project.spec import CPU_VARIANTS
 
     assert CPU_VARIANTS == ALL_X86_VARIANTS
+
+
+@pytest.mark.parametrize("text", ["90d", "26w", "2027-05-26", "2027-05-26T12:00:00Z"])
+def test_expires_reads_the_same_grammar_as_pack(tmp_path: Path, text: str) -> None:
+    from bundler.bundle.manifest import parse_expires
+
+    data = _base()
+    data["expires"] = text  # quoted in YAML: text, not a date
+    assert _parse(data, tmp_path).expires == parse_expires(text, now=NOW)
+
+
+def test_unreadable_expires_is_one_problem(tmp_path: Path) -> None:
+    data = _base()
+    data["expires"] = "soon"
+    assert _problems(data, tmp_path) == [
+        "expires: cannot read 'soon' (use a date (2027-05-26) or a duration (180d))"
+    ]

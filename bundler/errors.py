@@ -74,17 +74,17 @@ class FetchError(AirlockError):
 
 
 class BuildError(AirlockError):
-    """Building the runtime or the wheelhouse failed."""
+    """Building the engine or the wheelhouse failed."""
 
     exit_code = 40
 
 
 class GgufError(BuildError):
-    """A model file for the llama.cpp runtime is not a readable GGUF (or a split is incomplete)."""
+    """A model file for the llama.cpp engine is not a readable GGUF (or a split is incomplete)."""
 
 
 class SmokeTestError(AirlockError):
-    """The built runtime could not serve the bundle's model; nothing was signed."""
+    """The built engine could not serve the bundle's model; nothing was signed."""
 
     exit_code = 41
 

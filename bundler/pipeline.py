@@ -55,7 +55,7 @@ class BuildOptions:
     keys: tuple[str, ...] = ()
     offline: bool = False
     update_lock: bool = False
-    skip_runtime: bool = False
+    skip_engine: bool = False  # models and code only (``--skip-engine``)
     source_date_epoch: Optional[int] = None
     split: Optional[int] = None
     durable: bool = False  # fsync the bundle before returning (archive.pack ``durable``)
@@ -251,17 +251,17 @@ def stage_readme(spec: Spec, stage: Path, st: _Staged) -> None:
 # --- engine, wheelhouses, evidence, smoke test ---------------------------------------------
 
 
-def stage_runtime(
+def stage_engine(
     spec: Spec, stage: Path, st: _Staged, cache_dir: Path, log_dir: Path
 ) -> sdist.SourceArchive:
     """Build llama.cpp from the pinned sdist and stage it as ``engine/``; returns the source."""
-    assert spec.runtime is not None
-    rt = spec.runtime
-    console.step(f"runtime: llama-cpp-python {rt.llama_cpp_python}")
-    source = sdist.fetch_sdist(rt.llama_cpp_python, cache_dir=cache_dir)
-    cuda = cudalib.cuda_options(rt.cuda.architectures) if rt.cuda.enabled else None
+    assert spec.engine is not None
+    eng = spec.engine
+    console.step(f"runtime: llama-cpp-python {eng.llama_cpp_python}")
+    source = sdist.fetch_sdist(eng.llama_cpp_python, cache_dir=cache_dir)
+    cuda = cudalib.cuda_options(eng.cuda.architectures) if eng.cuda.enabled else None
     engine = llamacpp.build_engine(
-        source, variants=rt.cpu_variants, cuda=cuda, cache_dir=cache_dir, log_dir=log_dir
+        source, variants=eng.cpu_variants, cuda=cuda, cache_dir=cache_dir, log_dir=log_dir
     )
     llamacpp.stage_engine(engine, stage / "engine")
     props = dict(engine.properties)
@@ -282,11 +282,11 @@ def stage_wheels(
     targets = spec.targets
     extra: list[Path] = []
     if targets is not None:
-        if spec.runtime is not None and source is not None and targets.llama_cpp_python:
+        if spec.engine is not None and source is not None and targets.llama_cpp_python:
             console.step("llama-cpp-python wheel (portable, from the same pinned source)")
             extra.append(
                 llamacpp.build_llama_cpp_python_wheel(
-                    source, variants=spec.runtime.cpu_variants, cache_dir=cache_dir, log_dir=log_dir
+                    source, variants=spec.engine.cpu_variants, cache_dir=cache_dir, log_dir=log_dir
                 )
             )
     if targets is not None and not targets.requirements and not extra:
@@ -421,9 +421,9 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
         stage_models(spec, lk, client, stage, st)
         stage_far_side(stage, st)
         stage_readme(spec, stage, st)
-        if (spec.runtime is not None or spec.targets is not None) and not options.skip_runtime:
+        if (spec.engine is not None or spec.targets is not None) and not options.skip_engine:
             log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
-            source = stage_runtime(spec, stage, st, cache, log_dir) if spec.runtime else None
+            source = stage_engine(spec, stage, st, cache, log_dir) if spec.engine else None
             stage_wheels(spec, source, stage, st, cache, log_dir)
         stage_evidence(spec, stage, st, epoch=epoch, lock_bytes=lock_bytes)
         if "engine" in st.components:

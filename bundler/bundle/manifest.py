@@ -63,7 +63,7 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class Component:
-    """A component's type (model, runtime, wheelhouse, code, evidence, files) and properties."""
+    """A component's type (model, runtime: the engine, wheelhouse, code, evidence, files)."""
 
     type: str
     properties: Mapping[str, Any] = field(default_factory=dict)

@@ -47,9 +47,12 @@ def register(sub: Any) -> None:
         help="re-resolve revisions and rewrite airlock.lock before building",
     )
     b.add_argument(
+        "--skip-engine",
         "--skip-runtime",
+        dest="skip_engine",
         action="store_true",
-        help="leave out the llama.cpp runtime and wheelhouses (models and code only)",
+        help="leave out the llama.cpp engine and wheelhouses (models and code only; "
+        "--skip-runtime is its older name)",
     )
     b.add_argument("--split", metavar="SIZE", help="also cut into parts of this size (4G, 700M)")
     b.add_argument(
@@ -99,7 +102,7 @@ def _build(args: argparse.Namespace) -> int:
             keys=tuple(args.key),
             offline=args.offline,
             update_lock=args.update_lock,
-            skip_runtime=args.skip_runtime,
+            skip_engine=args.skip_engine,
             split=parse_size(args.split) if args.split else None,
             durable=args.fsync,
         ),

@@ -42,7 +42,7 @@ DEMO_REPO = "airlock-demo/tiny-chat"
 MODEL_NAME = "tiny"
 QUESTION = "Say hello from the air-gapped host."
 RESULT_FILE = "result.json"
-# The runtime's tests build this same version with the same variants, so they share one
+# The engine's tests build this same version with the same variants, so they share one
 # cached build (keyed by its inputs) with the demo.
 LLAMA_CPP_PYTHON = "0.3.36"
 DEMO_REQUIREMENTS = ("openai==1.109.1",)
@@ -185,15 +185,15 @@ def make_model(directory: Path) -> dict[str, bytes]:
 
 
 def demo_spec(template_spec: str, *, variants: list[str], python: str) -> str:
-    """The project's spec from ``airlock init`` with the demo's model, runtime and targets."""
+    """The project's spec from ``airlock init`` with the demo's model, engine and targets."""
     data = yaml.safe_load(template_spec)
     data["name"] = DEMO_NAME
     data["models"] = [{"name": MODEL_NAME, "source": "hub", "repo": DEMO_REPO, "revision": "main"}]
-    runtime = data.get("runtime") or {}
-    runtime["llama_cpp_python"] = LLAMA_CPP_PYTHON
-    runtime["cpu_variants"] = variants
-    runtime.pop("cuda", None)
-    data["runtime"] = runtime
+    engine = data.pop("runtime", None) or data.get("engine") or {}
+    engine["llama_cpp_python"] = LLAMA_CPP_PYTHON
+    engine["cpu_variants"] = variants
+    engine.pop("cuda", None)
+    data["engine"] = engine
     targets = data.get("targets") or {}
     targets["python"] = [python]
     # The demo serves with llama-server; its far-side Python users get the OpenAI client.

@@ -162,9 +162,9 @@ def cuda_options(architectures: Sequence[str], *, nvcc: str | None = None) -> Cu
     nvcc = nvcc or find_nvcc()
     if nvcc is None:
         raise BuildError(
-            "the spec enables CUDA (runtime.cuda.enabled) but no CUDA toolkit was found",
+            "the spec enables CUDA (engine.cuda.enabled) but no CUDA toolkit was found",
             hint="install NVIDIA's CUDA toolkit, or set CUDACXX=/path/to/nvcc; "
-            "or set runtime.cuda.enabled: false",
+            "or set engine.cuda.enabled: false",
         )
     try:
         run = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False)
@@ -228,7 +228,7 @@ def cuda_sdk_flags(sdk: Path) -> list[str]:
         if not found:
             raise BuildError(
                 f"the CUDA runtime wheels carry no lib{lib}.so",
-                hint="check runtime.cuda: the wheels must include NVIDIA's cuBLAS",
+                hint="check engine.cuda: the wheels must include NVIDIA's cuBLAS",
             )
         flags.append(f"-DCUDA_{lib}_LIBRARY={found[0]}")
     return flags

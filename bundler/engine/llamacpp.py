@@ -1,4 +1,4 @@
-"""The llama.cpp runtime: llama-server with CPU variant modules, and the binding wheel.
+"""The llama.cpp engine: llama-server with CPU variant modules, and the binding wheel.
 
 ``llama-server`` is built from the pinned sdist's vendored llama.cpp (:mod:`bundler.engine.sdist`)
 with ``GGML_BACKEND_DL`` so the CPU backend is a set of loadable modules

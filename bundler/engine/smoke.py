@@ -1,7 +1,7 @@
 """Smoke test before signing: the freshly built llama-server must serve the bundle's model.
 
 The server runs offline on a free loopback port with the engine's own libraries; ``/health``
-must answer 200 and one short completion must come back. A runtime that cannot serve its
+must answer 200 and one short completion must come back. An engine that cannot serve its
 model raises :class:`SmokeTestError` with the server log's tail, so it is never signed.
 """
 

@@ -104,7 +104,7 @@ def diff_manifests(
     changes: list[Change] = []
     changes += _bundle(old, new)
     changes += _models(_models_of(old), _models_of(new))
-    changes += _runtime(_props(old, "runtime"), _props(new, "runtime"))
+    changes += _engine(_props(old, "runtime"), _props(new, "runtime"))
     changes += _wheels(old, new)
     changes += _licenses(old, new)
     changes += _sets("signers", "signer", set(old_signers), set(new_signers))
@@ -254,7 +254,7 @@ def _model_label(m: Mapping[str, Any]) -> str:
     return str(m.get("source") or "local")
 
 
-def _runtime(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+def _engine(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     out: list[Change] = []
     ol, nl = old.get("llama_cpp_python") or {}, new.get("llama_cpp_python") or {}
     out += _versioned("runtime", "llama-cpp-python", ol.get("version"), nl.get("version"))

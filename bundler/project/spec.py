@@ -66,7 +66,9 @@ class CudaSpec:
 
 
 @dataclass(frozen=True)
-class RuntimeSpec:
+class EngineSpec:
+    """The llama.cpp engine: the pinned llama-cpp-python sdist, CPU variants, CUDA."""
+
     llama_cpp_python: str
     cpu_variants: Union[str, tuple[str, ...]] = "all"
     cuda: CudaSpec = field(default_factory=CudaSpec)
@@ -77,7 +79,7 @@ class TargetsSpec:
     python: tuple[str, ...] = ("3.11",)
     platforms: tuple[str, ...] = ("manylinux_2_28_x86_64",)
     requirements: tuple[str, ...] = ()
-    # The portable llama-cpp-python wheel built from the runtime's pinned source (a second
+    # The portable llama-cpp-python wheel built from the engine's pinned source (a second
     # llama.cpp compile); off for wheelhouses that only need the server's clients.
     llama_cpp_python: bool = True
 
@@ -113,7 +115,7 @@ class Spec:
     expires: dt.datetime
     models: tuple[ModelSpec, ...]
     server: ServerSpec
-    runtime: Optional[RuntimeSpec] = None
+    engine: Optional[EngineSpec] = None
     targets: Optional[TargetsSpec] = None
     path: Optional[Path] = None
 
@@ -132,7 +134,19 @@ class Spec:
 
 # --- validation ------------------------------------------------------------------------------
 
-_TOP_KEYS = ("name", "version", "sequence", "expires", "models", "runtime", "targets", "server")
+# ``runtime`` is the engine section's first name, still read (templates/airlock.example.yaml).
+ENGINE_KEY, ENGINE_ALIAS = "engine", "runtime"
+_TOP_KEYS = (
+    "name",
+    "version",
+    "sequence",
+    "expires",
+    "models",
+    ENGINE_KEY,
+    ENGINE_ALIAS,
+    "targets",
+    "server",
+)
 _MODEL_KEYS = (
     "name",
     "source",
@@ -144,7 +158,7 @@ _MODEL_KEYS = (
     "path",
     "license",
 )
-_RUNTIME_KEYS = ("llama_cpp_python", "cpu_variants", "cuda")
+_ENGINE_KEYS = ("llama_cpp_python", "cpu_variants", "cuda")
 _CUDA_KEYS = ("enabled", "architectures")
 _TARGET_KEYS = ("python", "platforms", "requirements", "llama_cpp_python")
 _SERVER_KEYS = ("port", "host", "ctx_size", "parallel", "model", "api_key_file")
@@ -278,51 +292,59 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
     )
 
 
-def _runtime(p: _Problems, raw: Any) -> Optional[RuntimeSpec]:
+def _engine(p: _Problems, data: Mapping[str, Any]) -> Optional[EngineSpec]:
+    """The ``engine`` section (or its older name ``runtime``); problems name the key used."""
+    if ENGINE_KEY in data and ENGINE_ALIAS in data:
+        p.add(
+            ENGINE_ALIAS,
+            f"'{ENGINE_ALIAS}' is the older name of '{ENGINE_KEY}'; the spec has both",
+            f"keep only '{ENGINE_KEY}'",
+        )
+        return None
+    key = ENGINE_ALIAS if ENGINE_ALIAS in data else ENGINE_KEY
+    raw = data.get(key)
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        p.add("runtime", f"expected a mapping, got {_type_name(raw)}", "llama_cpp_python: 0.3.16")
+        p.add(key, f"expected a mapping, got {_type_name(raw)}", "llama_cpp_python: 0.3.16")
         return None
-    p.unknown_keys("runtime.", raw, _RUNTIME_KEYS)
-    version = _str(p, raw, "llama_cpp_python", "runtime.", required=True)
+    p.unknown_keys(f"{key}.", raw, _ENGINE_KEYS)
+    version = _str(p, raw, "llama_cpp_python", f"{key}.", required=True)
     variants_raw = raw.get("cpu_variants", "all")
     variants: Union[str, tuple[str, ...]] = "all"
     if variants_raw != "all":
-        listed = _str_list(p, raw, "cpu_variants", "runtime.")
+        listed = _str_list(p, raw, "cpu_variants", f"{key}.")
         for v in listed:
             if v not in CPU_VARIANTS:
                 close = difflib.get_close_matches(v, CPU_VARIANTS, n=1)
                 hint = (
                     f"did you mean '{close[0]}'?" if close else "one of " + ", ".join(CPU_VARIANTS)
                 )
-                p.add("runtime.cpu_variants", f"unknown CPU variant {v!r}", hint)
+                p.add(f"{key}.cpu_variants", f"unknown CPU variant {v!r}", hint)
         if listed and "x64" not in listed:
-            p.add("runtime.cpu_variants", "must include 'x64'", "x64 is the fallback for any CPU")
+            p.add(f"{key}.cpu_variants", "must include 'x64'", "x64 is the fallback for any CPU")
         variants = listed
     cuda = CudaSpec()
     cuda_raw = raw.get("cuda")
     if cuda_raw is not None:
         if not isinstance(cuda_raw, dict):
-            p.add(
-                "runtime.cuda", f"expected a mapping, got {_type_name(cuda_raw)}", "enabled: true"
-            )
+            p.add(f"{key}.cuda", f"expected a mapping, got {_type_name(cuda_raw)}", "enabled: true")
         else:
-            p.unknown_keys("runtime.cuda.", cuda_raw, _CUDA_KEYS)
+            p.unknown_keys(f"{key}.cuda.", cuda_raw, _CUDA_KEYS)
             enabled = cuda_raw.get("enabled", False)
             if not isinstance(enabled, bool):
-                p.add("runtime.cuda.enabled", f"expected true/false, got {enabled!r}", "")
+                p.add(f"{key}.cuda.enabled", f"expected true/false, got {enabled!r}", "")
                 enabled = False
-            archs = _str_list(p, cuda_raw, "architectures", "runtime.cuda.")
+            archs = _str_list(p, cuda_raw, "architectures", f"{key}.cuda.")
             for a in archs:
                 if not re.match(r"^\d{2,3}[a-z]?(-real|-virtual)?$", a):
-                    p.add("runtime.cuda.architectures", f"{a!r} is not a CUDA arch", "e.g. '80'")
+                    p.add(f"{key}.cuda.architectures", f"{a!r} is not a CUDA arch", "e.g. '80'")
             if enabled and not archs:
-                p.add("runtime.cuda.architectures", "missing value", "e.g. ['80', '90']")
+                p.add(f"{key}.cuda.architectures", "missing value", "e.g. ['80', '90']")
             cuda = CudaSpec(enabled=enabled, architectures=archs)
     if version is None:
         return None
-    return RuntimeSpec(llama_cpp_python=version, cpu_variants=variants, cuda=cuda)
+    return EngineSpec(llama_cpp_python=version, cpu_variants=variants, cuda=cuda)
 
 
 def _targets(p: _Problems, raw: Any) -> Optional[TargetsSpec]:
@@ -418,7 +440,7 @@ def parse_spec(
             if m.name in seen:
                 p.add("models", f"model name {m.name!r} used twice", "give each model its own name")
             seen.add(m.name)
-    runtime = _runtime(p, data.get("runtime"))
+    engine = _engine(p, data)
     targets = _targets(p, data.get("targets"))
     server = _server(p, data.get("server"), models)
     if p.items:
@@ -436,7 +458,7 @@ def parse_spec(
         expires=expires,
         models=tuple(models),
         server=server,
-        runtime=runtime,
+        engine=engine,
         targets=targets,
         path=path,
     )

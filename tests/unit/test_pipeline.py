@@ -168,12 +168,12 @@ def test_failed_smoke_test_signs_nothing(fake: FakeRuntime, project: Path) -> No
     assert list((project / "dist").iterdir()) == []
 
 
-def test_skip_runtime_leaves_the_runtime_out(fake: FakeRuntime, project: Path) -> None:
+def test_skip_engine_leaves_the_engine_out(fake: FakeRuntime, project: Path) -> None:
     opts = BuildOptions(
         out_dir=project / "dist",
         keys=(str(project / "key"),),
         source_date_epoch=EPOCH,
-        skip_runtime=True,
+        skip_engine=True,
     )
     result = build(project / "airlock.yaml", opts)
     assert fake.calls == []
@@ -197,7 +197,7 @@ def test_build_fsync_reaches_pack(
         out_dir=project / "dist",
         keys=(str(project / "key"),),
         source_date_epoch=EPOCH,
-        skip_runtime=True,
+        skip_engine=True,
         durable=durable,
     )
     build(project / "airlock.yaml", opts)

@@ -48,3 +48,12 @@ def test_json_callers_get_the_failure_as_json(tmp_path, capsys) -> None:
     assert code == doc["exit_code"] != 0
     assert str(missing) in doc["error"] + " ".join(doc["problems"])
     assert out.err.startswith("error: ")
+
+
+def test_skip_runtime_is_still_accepted_as_skip_engine() -> None:
+    from bundler.cli.main import build_parser
+
+    for flag in ("--skip-engine", "--skip-runtime"):
+        args = build_parser().parse_args(["build", "airlock.yaml", "--key", "k", flag])
+        assert args.skip_engine is True
+    assert build_parser().parse_args(["build", "airlock.yaml"]).skip_engine is False

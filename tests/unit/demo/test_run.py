@@ -36,10 +36,10 @@ def test_demo_spec_from_the_example_is_valid_and_points_at_the_demo_repo(tmp_pat
         DEMO_REPO,
         "main",
     )
-    assert spec.runtime is not None
-    assert spec.runtime.cpu_variants == ("x64", "haswell")
-    assert spec.runtime.llama_cpp_python == LLAMA_CPP_PYTHON
-    assert not spec.runtime.cuda.enabled
+    assert spec.engine is not None
+    assert spec.engine.cpu_variants == ("x64", "haswell")
+    assert spec.engine.llama_cpp_python == LLAMA_CPP_PYTHON
+    assert not spec.engine.cuda.enabled
     assert spec.server.model == "tiny"
 
 

@@ -40,14 +40,14 @@ def test_minimal_spec_gets_defaults(tmp_path: Path) -> None:
     assert spec.expires == NOW + dt.timedelta(days=90)
     assert spec.models[0].revision == "main" and not spec.models[0].pinned
     assert spec.server.model == "tiny" and spec.server.ctx_size == "auto"
-    assert spec.runtime is None and spec.targets is None
+    assert spec.engine is None and spec.targets is None
 
 
-def test_full_spec_with_runtime_targets_server_and_local_model(tmp_path: Path) -> None:
+def test_full_spec_with_engine_targets_server_and_local_model(tmp_path: Path) -> None:
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
     data = _base()
     data["models"].append({"name": "mine", "source": "local", "path": "m.gguf", "license": "MIT"})
-    data["runtime"] = {
+    data["engine"] = {
         "llama_cpp_python": "0.3.16",
         "cpu_variants": ["x64", "haswell"],
         "cuda": {"enabled": True, "architectures": ["80", "90"]},
@@ -57,8 +57,8 @@ def test_full_spec_with_runtime_targets_server_and_local_model(tmp_path: Path) -
     data["expires"] = dt.date(2027, 5, 26)
     spec = _parse(data, tmp_path)
     assert spec.model("mine").path == (tmp_path / "m.gguf").resolve()
-    assert spec.runtime is not None and spec.runtime.cuda.architectures == ("80", "90")
-    assert spec.runtime.cpu_variants == ("x64", "haswell")
+    assert spec.engine is not None and spec.engine.cuda.architectures == ("80", "90")
+    assert spec.engine.cpu_variants == ("x64", "haswell")
     assert spec.targets is not None and spec.targets.python == ("3.11", "3.12")
     assert spec.server.properties()["ctx_size"] == 4096
     assert spec.expires == dt.datetime(2027, 5, 26, tzinfo=dt.timezone.utc)
@@ -164,7 +164,7 @@ def test_example_spec_in_templates_is_valid(repo_root: Path) -> None:
     # The example's local model points at a file that only exists in a real project.
     data["models"] = [m for m in data["models"] if m.get("source", "hub") == "hub"]
     spec = parse_spec(data, base_dir=example.parent, now=NOW)
-    assert spec.runtime is not None and spec.targets is not None
+    assert spec.engine is not None and spec.targets is not None
     assert spec.lock_path.name == "airlock.lock"
 
 
@@ -189,4 +189,24 @@ def test_unreadable_expires_is_one_problem(tmp_path: Path) -> None:
     data["expires"] = "soon"
     assert _problems(data, tmp_path) == [
         "expires: cannot read 'soon' (use a date (2027-05-26) or a duration (180d))"
+    ]
+
+
+def test_runtime_is_still_read_as_the_engine_section(tmp_path: Path) -> None:
+    data = _base()
+    data["runtime"] = {"llama_cpp_python": "0.3.16", "cpu_variants": ["x64"]}
+    engine = _parse(data, tmp_path).engine
+    assert engine is not None and engine.llama_cpp_python == "0.3.16"
+    data["runtime"]["cpu_variants"] = ["haswell"]  # problems name the key the spec used
+    assert _problems(data, tmp_path) == [
+        "runtime.cpu_variants: must include 'x64' (x64 is the fallback for any CPU)"
+    ]
+
+
+def test_engine_and_runtime_together_is_a_problem(tmp_path: Path) -> None:
+    data = _base()
+    data["engine"] = {"llama_cpp_python": "0.3.16"}
+    data["runtime"] = {"llama_cpp_python": "0.3.15"}
+    assert _problems(data, tmp_path) == [
+        "runtime: 'runtime' is the older name of 'engine'; the spec has both (keep only 'engine')"
     ]

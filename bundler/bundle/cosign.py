@@ -21,6 +21,7 @@ from bundler.bundle.region import (
     Progress,
     archive_signature,
     build_region,
+    journal_path,
     metadata_region_size,
     pwrite_all,
     signature_name,
@@ -137,12 +138,7 @@ def cosign(bundle: Path, signer: Signer, *, progress: Progress = None) -> Cosign
 # full) is atomic by its rename; its journal only carries the .tar.sig across a crash
 # between the rename and the .tar.sig.
 
-JOURNAL_SUFFIX = ".cosign-journal"
 _JOURNAL_FORMAT = "airlock-cosign-journal"
-
-
-def journal_path(bundle: Path) -> Path:
-    return Path(str(bundle) + JOURNAL_SUFFIX)
 
 
 def _write_journal(

@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from bundler.bundle.cosign import journal_path
 from bundler.bundle.manifest import Builder, Component, FileEntry, Manifest, check_path
 from bundler.bundle.region import (
     ARCHIVE_HASH,
@@ -31,6 +30,7 @@ from bundler.bundle.region import (
     Progress,
     archive_digest,
     hash_range,
+    journal_path,
     member_header,
     metadata_region_size,
     pwrite_all,

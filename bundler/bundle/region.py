@@ -193,6 +193,12 @@ def archive_signature(signer: Signer, digest: bytes) -> bytes:
     )
 
 
+def journal_path(bundle: Path) -> Path:
+    """``<bundle>.cosign-journal``: the redo journal of an in-place co-sign (bundle.cosign),
+    beside the bundle like its ``.tar.sig``; pack removes a stale one, verify refuses one."""
+    return Path(str(bundle) + ".cosign-journal")
+
+
 def write_archive_signature(final: Path, signer: Signer, digest: bytes) -> Path:
     """Write ``<final>.sig``: SSHSIG (airlock-archive-v1) given the tar's ARCHIVE_HASH digest."""
     sig_path = Path(str(final) + ".sig")

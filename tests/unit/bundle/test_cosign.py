@@ -112,7 +112,7 @@ def _crash_cosign(monkeypatch, point: str) -> None:
 def test_interrupted_cosign_is_refused_by_verify_and_finished_by_signing_again(
     tmp_path: Path, alice, monkeypatch, point: str
 ) -> None:
-    from bundler.bundle.cosign import journal_path
+    from bundler.bundle.region import journal_path
     from bundler.bundle.verify import verify_bundle
 
     bob = make_key(tmp_path / "keys", "bob")
@@ -166,7 +166,7 @@ def test_a_different_cosigner_finishes_an_interrupted_cosign_first(
 
 
 def test_a_damaged_cosign_journal_is_refused_and_nothing_is_changed(tmp_path: Path, alice) -> None:
-    from bundler.bundle.cosign import journal_path
+    from bundler.bundle.region import journal_path
     from bundler.errors import ArchiveFormatError
 
     bob = make_key(tmp_path / "keys", "bob")
@@ -184,8 +184,7 @@ def test_interrupted_rewriting_cosign_leaves_a_consistent_bundle_and_sig(
 ) -> None:
     """Reserve full: the co-sign writes a new archive; a crash around its rename is safe."""
     import bundler.fsio as fsio
-    from bundler.bundle.cosign import journal_path
-    from bundler.bundle.region import build_region
+    from bundler.bundle.region import build_region, journal_path
     from bundler.bundle.verify import verify_bundle
 
     def reserve_full() -> bool:

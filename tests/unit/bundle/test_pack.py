@@ -203,7 +203,7 @@ def test_every_staged_byte_is_read_exactly_once(
 
 
 def test_pack_drops_a_journal_left_for_the_bundle_it_replaces(tmp_path: Path, alice) -> None:
-    from bundler.bundle.cosign import journal_path
+    from bundler.bundle.region import journal_path
 
     result = make_bundle(tmp_path, [alice])
     journal_path(result.path).write_text("left over from an older bundle")

@@ -54,7 +54,7 @@ def test_policy_given_to_inspect_is_enforced(tmp_path: Path) -> None:
 
 
 def test_inspect_refuses_a_bundle_whose_cosign_was_interrupted(tmp_path: Path) -> None:
-    from bundler.bundle.cosign import journal_path
+    from bundler.bundle.region import journal_path
     from bundler.errors import IntegrityError
 
     alice = make_key(tmp_path / "keys", "alice")

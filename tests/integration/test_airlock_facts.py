@@ -11,7 +11,7 @@ from typing import Any, Dict
 
 import pytest
 
-from tests.unit.test_select import ALL_X86, MISTRAL, manifest
+from tests.unit.runtime.test_select import ALL_X86, MISTRAL, manifest
 
 REPO = Path(__file__).resolve().parent.parent.parent
 HOSTS = REPO / "tests" / "fixtures" / "hosts"

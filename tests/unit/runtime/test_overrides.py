@@ -7,7 +7,7 @@ import pytest
 from runtime import select as s
 from runtime.errors import UsageError
 from runtime.overrides import check_overrides, fixed_value
-from tests.unit.test_select import facts, manifest
+from tests.unit.runtime.test_select import facts, manifest
 
 
 def test_invalid_overrides_are_all_reported_at_once() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runtime import drift, release
-from tests.unit.test_release import install_release
+from tests.unit.runtime.test_release import install_release
 
 
 @pytest.fixture

@@ -9,7 +9,16 @@ import pytest
 from runtime import select as s
 from runtime.errors import HostError
 from runtime.fit import MIB, ModelShape, context_plans, effective_memory, gpu_offload
-from tests.unit.test_select import ALL_X86, CUDA, GIB, MISTRAL, TINY, facts, manifest, reasons
+from tests.unit.runtime.test_select import (
+    ALL_X86,
+    CUDA,
+    GIB,
+    MISTRAL,
+    TINY,
+    facts,
+    manifest,
+    reasons,
+)
 
 
 def test_auto_plans_halve_slots_then_per_slot_context_down_to_512() -> None:

@@ -17,7 +17,7 @@ from runtime.detect import detect, recorded_commands
 from runtime.errors import HostError, UsageError
 from runtime.variants import X86_VARIANTS
 
-HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
+HOSTS = Path(__file__).resolve().parents[2] / "fixtures" / "hosts"
 
 GIB = 1024**3
 

@@ -9,7 +9,7 @@ import pytest
 from runtime import select as s
 from runtime.command import probe_server_flags, server_command
 from runtime.errors import UsageError
-from tests.unit.test_select import CUDA, TINY, facts, manifest, reasons
+from tests.unit.runtime.test_select import CUDA, TINY, facts, manifest, reasons
 
 
 def test_argv_env_and_cwd_for_the_launcher() -> None:

@@ -25,99 +25,14 @@ import tarfile
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from runtime.drift import file_sha256, find_drift
+from runtime.bundle import MANIFEST_NAME, MAX_MANIFEST_BYTES
+from runtime.drift import find_drift
 from runtime.errors import AirlockError, InstallError, IntegrityError, RollbackError, UsageError
+from runtime.fsio import atomic_write, file_sha256
 from runtime.health import check_completion, health_gate, wait_healthy
+from runtime.layout import Layout, load_state, save_state
 
-STATE_SCHEMA = 1
-MANIFEST_MEMBER = "airlock/manifest.json"
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-
-
-class Layout:
-    """Where airlock lives on one host."""
-
-    def __init__(
-        self,
-        *,
-        root: str = "/opt/airlock",
-        config: str = "/etc/airlock",
-        state: str = "/var/lib/airlock",
-    ) -> None:
-        self.root = root
-        self.config = config
-        self.state = state
-
-    @property
-    def releases(self) -> str:
-        return os.path.join(self.root, "releases")
-
-    @property
-    def current(self) -> str:
-        return os.path.join(self.root, "current")
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.state, "state.json")
-
-    def release_dir(self, version: str) -> str:
-        if not version or "/" in version or version in (".", "..") or version.startswith("."):
-            raise UsageError(
-                f"release version {version!r} cannot name a directory",
-                hint="bundle versions must be plain names such as 1.2.0",
-            )
-        return os.path.join(self.releases, version)
-
-    def manifest_file(self, digest: str) -> str:
-        return os.path.join(self.state, "manifests", digest + ".json")
-
-    def env_file(self, version: str) -> str:
-        return os.path.join(self.config, "releases", version + ".env")
-
-
-# ---------------------------------------------------------------- state (pure + atomic I/O
-
-
-def empty_state() -> Dict[str, Any]:
-    return {"schema": STATE_SCHEMA, "current": None, "releases": {}, "floor": 0, "history": []}
-
-
-def load_state(layout: Layout) -> Dict[str, Any]:
-    """The host's state, or an empty one before the first install."""
-    try:
-        with open(layout.state_file, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        return empty_state()
-    except ValueError as e:
-        raise InstallError(
-            f"state file {layout.state_file} is not valid JSON: {e}",
-            hint="restore it from backup or remove it and reinstall the release",
-        ) from e
-    if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
-        raise InstallError(
-            f"state file {layout.state_file} has an unknown schema",
-            hint="this host was installed by a newer airlock; use that version's playbooks",
-        )
-    return data
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and os.replace."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def save_state(layout: Layout, state: Dict[str, Any]) -> None:
-    text = json.dumps(state, indent=2, sort_keys=True) + "\n"
-    atomic_write(layout.state_file, text.encode("utf-8"), 0o644)
+# ---------------------------------------------------------------- state changes (pure)
 
 
 def _event(state: Dict[str, Any], event: str, version: Optional[str], detail: str) -> None:
@@ -226,9 +141,9 @@ def read_manifest(bundle: str, expected_sha256: str) -> bytes:
     try:
         with tarfile.open(bundle, mode="r:") as tar:
             member = tar.next()
-            if member is None or member.name != MANIFEST_MEMBER or not member.isreg():
+            if member is None or member.name != MANIFEST_NAME or not member.isreg():
                 raise IntegrityError(
-                    f"{bundle} does not start with {MANIFEST_MEMBER}",
+                    f"{bundle} does not start with {MANIFEST_NAME}",
                     hint="this is not an airlock bundle; transfer the original file again",
                 )
             if member.size > MAX_MANIFEST_BYTES:

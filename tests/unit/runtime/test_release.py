@@ -13,16 +13,18 @@ import pytest
 
 from runtime import release
 from runtime.errors import InstallError, IntegrityError, RollbackError
+from runtime.fsio import atomic_write
+from runtime.layout import Layout, empty_state, load_state, save_state
 
 
 @pytest.fixture
-def layout(tmp_path: Path) -> release.Layout:
-    return release.Layout(
+def layout(tmp_path: Path) -> Layout:
+    return Layout(
         root=str(tmp_path / "opt"), config=str(tmp_path / "etc"), state=str(tmp_path / "var")
     )
 
 
-def install_release(layout: release.Layout, version: str, files: dict[str, bytes], seq: int) -> str:
+def install_release(layout: Layout, version: str, files: dict[str, bytes], seq: int) -> str:
     """Lay out a release as unpack would and record it as install.yml does; returns digest."""
     base = Path(layout.release_dir(version))
     entries = []
@@ -32,16 +34,16 @@ def install_release(layout: release.Layout, version: str, files: dict[str, bytes
         entries.append({"path": rel, "sha256": hashlib.sha256(data).hexdigest()})
     manifest = json.dumps({"files": entries, "version": version}, sort_keys=True).encode()
     digest = hashlib.sha256(manifest).hexdigest()
-    release.atomic_write(layout.manifest_file(digest), manifest)
-    state = release.load_state(layout)
+    atomic_write(layout.manifest_file(digest), manifest)
+    state = load_state(layout)
     release.switch_current(layout, version)
     release.record_release(state, version=version, digest=digest, sequence=seq, name="demo")
-    release.save_state(layout, state)
+    save_state(layout, state)
     return digest
 
 
 def test_rejects_rollback_below_floor() -> None:
-    state = release.empty_state()
+    state = empty_state()
     state["floor"] = 5
     with pytest.raises(RollbackError) as e:
         release.check_sequence(state, 4, allow_downgrade=False)
@@ -50,43 +52,43 @@ def test_rejects_rollback_below_floor() -> None:
 
 
 def test_downgrade_needs_the_explicit_flag_and_is_reported() -> None:
-    state = release.empty_state()
+    state = empty_state()
     state["floor"] = 5
     assert "DOWNGRADE" in release.check_sequence(state, 4, allow_downgrade=True)
     assert "at or above" in release.check_sequence(state, 5, allow_downgrade=False)
 
 
 def test_same_version_from_a_different_manifest_is_refused() -> None:
-    state = release.empty_state()
+    state = empty_state()
     release.record_release(state, version="1.0", digest="a" * 64, sequence=1, name="d")
     with pytest.raises(InstallError, match="different manifest"):
         release.record_release(state, version="1.0", digest="b" * 64, sequence=2, name="d")
 
 
-def test_switch_is_a_symlink_replaced_atomically(layout: release.Layout) -> None:
+def test_switch_is_a_symlink_replaced_atomically(layout: Layout) -> None:
     install_release(layout, "1.0", {"a.txt": b"one"}, 1)
     install_release(layout, "2.0", {"a.txt": b"two"}, 2)
     assert os.readlink(layout.current) == "releases/2.0"
     assert Path(layout.current, "a.txt").read_bytes() == b"two"
     assert not [p for p in os.listdir(layout.root) if ".tmp" in p]
-    state = release.load_state(layout)
+    state = load_state(layout)
     assert state["floor"] == 2 and state["current"] == "2.0"
     assert release.previous_release(state) == "1.0"
 
 
-def test_switch_refuses_a_missing_release(layout: release.Layout) -> None:
+def test_switch_refuses_a_missing_release(layout: Layout) -> None:
     with pytest.raises(InstallError, match="does not exist"):
         release.switch_current(layout, "9.9")
 
 
-def test_rejects_release_names_that_escape_the_releases_dir(layout: release.Layout) -> None:
+def test_rejects_release_names_that_escape_the_releases_dir(layout: Layout) -> None:
     for bad in ("..", "../x", ".hidden", ""):
         with pytest.raises(release.UsageError):
             layout.release_dir(bad)
 
 
 def test_verify_cli_fails_with_integrity_exit_code(
-    layout: release.Layout, capsys: pytest.CaptureFixture[str]
+    layout: Layout, capsys: pytest.CaptureFixture[str]
 ) -> None:
     install_release(layout, "1.0", {"a.txt": b"a"}, 1)
     Path(layout.release_dir("1.0"), "a.txt").write_bytes(b"b")
@@ -96,7 +98,7 @@ def test_verify_cli_fails_with_integrity_exit_code(
     assert out["failed"] and "a.txt" in out["problems"][0]
 
 
-def test_discard_after_a_failed_first_install_leaves_nothing(layout: release.Layout) -> None:
+def test_discard_after_a_failed_first_install_leaves_nothing(layout: Layout) -> None:
     Path(layout.release_dir("1.0")).mkdir(parents=True)
     Path(layout.config).mkdir()
     removed = release.discard(layout, "1.0", first_install=True, fresh=True, previous=None)
@@ -106,12 +108,12 @@ def test_discard_after_a_failed_first_install_leaves_nothing(layout: release.Lay
 
 
 def test_discard_after_switch_restores_previous_release_and_floor(
-    layout: release.Layout,
+    layout: Layout,
 ) -> None:
     install_release(layout, "1.0", {"a": b"1"}, 1)
     install_release(layout, "2.0", {"a": b"2"}, 7)
     release.discard(layout, "2.0", first_install=False, fresh=True, previous="1.0")
-    state = release.load_state(layout)
+    state = load_state(layout)
     assert state["current"] == "1.0" and "2.0" not in state["releases"]
     assert state["floor"] == 1
     assert os.readlink(layout.current) == "releases/1.0"
@@ -119,7 +121,7 @@ def test_discard_after_switch_restores_previous_release_and_floor(
     assert os.path.isdir(layout.release_dir("1.0"))
 
 
-def test_rollback_to_previous_and_named(layout: release.Layout) -> None:
+def test_rollback_to_previous_and_named(layout: Layout) -> None:
     install_release(layout, "1.0", {"a": b"1"}, 1)
     install_release(layout, "2.0", {"a": b"2"}, 2)
     assert release.rollback(layout, None)["current"] == "1.0"
@@ -130,7 +132,7 @@ def test_rollback_to_previous_and_named(layout: release.Layout) -> None:
         release.rollback(layout, "3.0")
 
 
-def test_rollback_without_a_previous_release_explains(layout: release.Layout) -> None:
+def test_rollback_without_a_previous_release_explains(layout: Layout) -> None:
     install_release(layout, "1.0", {"a": b"1"}, 1)
     with pytest.raises(InstallError, match="no previous release"):
         release.rollback(layout, None)

@@ -8,7 +8,7 @@ import pytest
 
 from runtime.backend import choose_backend
 from runtime.errors import HostError
-from tests.unit.runtime.test_select import ALL_X86, CUDA, GIB, facts, manifest
+from tests.unit.runtime.test_selection import ALL_X86, CUDA, GIB, facts, manifest
 
 
 def backend(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from runtime import select as s
+from runtime import selection as s
 from runtime.command import probe_server_flags, server_command
 from runtime.errors import UsageError
-from tests.unit.runtime.test_select import CUDA, TINY, facts, manifest, reasons
+from tests.unit.runtime.test_selection import CUDA, TINY, facts, manifest, reasons
 
 
 def test_argv_env_and_cwd_for_the_launcher() -> None:

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 
-from runtime import select as s
+from runtime import selection as s
 from runtime.errors import HostError
 from runtime.fit import MIB, ModelShape, context_plans, effective_memory, gpu_offload
-from tests.unit.runtime.test_select import (
+from tests.unit.runtime.test_selection import (
     ALL_X86,
     CUDA,
     GIB,

@@ -7,6 +7,7 @@ that needs a name from one that imports it back means a concept sits in the wron
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 from typing import Dict, List, Set
 
@@ -67,3 +68,10 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 def test_drift_reads_the_layout_not_the_release_commands() -> None:
     graph = runtime_imports()
     assert "layout" in graph["drift"] and "release" not in graph["drift"]
+
+
+def test_no_runtime_module_shadows_a_standard_library_module() -> None:
+    # runtime/select.py once did: with runtime/ itself on sys.path (python3 runtime/x.py,
+    # a zip's directory) ``import select`` inside subprocess would have found it.
+    modules = {p.stem for p in RUNTIME.glob("*.py")} - {"__init__"}
+    assert modules & sys.stdlib_module_names == set()

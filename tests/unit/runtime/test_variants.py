@@ -14,7 +14,7 @@ from runtime.variants import (
     cpu_features,
     variant_score,
 )
-from tests.unit.runtime.test_select import ALL_X86, facts
+from tests.unit.runtime.test_selection import ALL_X86, facts
 
 
 def flags(host: str) -> List[str]:

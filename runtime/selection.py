@@ -10,7 +10,7 @@ one-line reason for the install report. The parts live beside it: ``runtime.over
 ``HostError`` (exit 50) with the numbers. The rules are explained in docs/SELECTION.md.
 Standard library only: this runs on target hosts (3.8+).
 
-CLI: ``python3 -m runtime.select (--facts F.json | --detect) --manifest M.json
+CLI: ``python3 -m runtime.selection (--facts F.json | --detect) --manifest M.json
 [--overrides JSON] [--release-dir DIR] [--json]``
 """
 
@@ -317,7 +317,7 @@ def _load_json(path: Path, what: str) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m runtime.select",
+        prog="python3 -m runtime.selection",
         description="Choose backend, threads, context and llama-server arguments for this host.",
     )
     src = parser.add_mutually_exclusive_group(required=True)

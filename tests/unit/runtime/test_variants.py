@@ -6,6 +6,7 @@ from typing import List
 
 import pytest
 
+from runtime.components import parse_engine
 from runtime.errors import HostError
 from runtime.variants import (
     X86_VARIANTS,
@@ -105,7 +106,7 @@ def test_variant_scores_follow_ggml_bits() -> None:
 
 
 def test_module_files_in_the_bundle_win_over_the_listed_variants() -> None:
-    engine = {"cpu_variants": ["x64", "haswell", "zen4"], "lib_dir": "engine/lib"}
+    engine = parse_engine({"cpu_variants": ["x64", "haswell", "zen4"], "lib_dir": "engine/lib"})
     paths = ["engine/bin/llama-server", "engine/be/libggml-cpu-x64.so", "engine/lib/libllama.so"]
     assert bundled_variants(engine, paths) == (["x64"], "engine/be")
     assert bundled_variants(engine, ["engine/bin/llama-server"]) == (

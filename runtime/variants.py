@@ -70,6 +70,9 @@ X86_VARIANTS: Dict[str, Tuple[str, ...]] = {
         "AMX_INT8",
     ),
 }
+X86_VARIANT_NAMES: Tuple[str, ...] = tuple(X86_VARIANTS)
+"""Every x86 variant name in ggml's order, written once: the bundler's spec validation
+(``engine.cpu_variants``) and its llama.cpp build (one CMake target each) use this list."""
 X86_SCORE_BITS = {
     "FMA": 1,
     "F16C": 1 << 1,

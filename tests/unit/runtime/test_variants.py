@@ -9,6 +9,7 @@ import pytest
 from runtime.components import parse_engine
 from runtime.errors import HostError
 from runtime.variants import (
+    X86_VARIANT_NAMES,
     X86_VARIANTS,
     bundled_variants,
     choose_variant,
@@ -113,3 +114,24 @@ def test_module_files_in_the_bundle_win_over_the_listed_variants() -> None:
         ["x64", "haswell", "zen4"],
         "engine/lib",
     )
+
+
+def test_x86_variant_names_are_ggmls_list_in_its_order() -> None:
+    # ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS; docs/FORMAT.md lists the same order.
+    assert X86_VARIANT_NAMES == (
+        "x64",
+        "sse42",
+        "sandybridge",
+        "ivybridge",
+        "piledriver",
+        "haswell",
+        "skylakex",
+        "cannonlake",
+        "cascadelake",
+        "icelake",
+        "cooperlake",
+        "zen4",
+        "alderlake",
+        "sapphirerapids",
+    )
+    assert X86_VARIANT_NAMES == tuple(X86_VARIANTS)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 import tarfile
+import zipfile
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -164,3 +169,131 @@ def test_zip_self_is_byte_stable(tmp_path: Path) -> None:
     first = (tmp_path / "r.zip").read_bytes()
     assert release.zip_self(str(tmp_path / "r.zip")) is False
     assert (tmp_path / "r.zip").read_bytes() == first
+
+
+# ---------------------------------------------------------------- the zip and host-facts
+
+
+def test_zip_self_holds_the_entry_point_and_every_runtime_module(tmp_path: Path) -> None:
+    release.zip_self(str(tmp_path / "r.zip"))
+    with zipfile.ZipFile(tmp_path / "r.zip") as z:
+        names = z.namelist()
+        assert names[0] == "__main__.py"
+        assert z.read("__main__.py") == release.ZIP_MAIN.encode()
+    runtime_dir = Path(release.__file__).parent
+    assert names[1:] == sorted(f"runtime/{p.name}" for p in runtime_dir.glob("*.py"))
+
+
+def test_zip_entry_point_parses_without_newer_syntax() -> None:
+    # No f-strings, annotations or walrus: a Python too old for the runtime must still
+    # reach the version check (the oldest grammar ast can check is 3.4's).
+    ast.parse(release.ZIP_MAIN, feature_version=(3, 4))
+
+
+@pytest.fixture
+def runtime_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("zip") / "runtime.zip"
+    release.zip_self(str(path))
+    return path
+
+
+def run_zip(python: str, runtime_zip: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # -S and no PYTHONPATH: only the zip, never the checkout, provides the runtime package.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    return subprocess.run(
+        [python, "-S", str(runtime_zip), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd="/",
+        env=env,
+    )
+
+
+def test_the_zip_reports_host_facts_and_creates_nothing(runtime_zip: Path, tmp_path: Path) -> None:
+    layout = ["--root", str(tmp_path / "opt"), "--state", str(tmp_path / "var")]
+    install = tmp_path / "opt" / "airlock"
+    proc = run_zip(
+        sys.executable,
+        runtime_zip,
+        "release",
+        *layout,
+        "host-facts",
+        "--install-path",
+        str(install),
+    )
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert sorted(facts) == ["arch", "free", "python", "state", "systemd"]
+    assert facts["state"] == empty_state()
+    assert facts["python"] == list(sys.version_info[:3])
+    assert facts["arch"] == os.uname().machine
+    assert facts["systemd"] == os.path.isdir("/run/systemd/system")
+    st = os.statvfs(tmp_path)
+    assert abs(facts["free"] - st.f_bavail * st.f_frsize) < 64 << 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_host_facts_reads_the_state_and_refuses_an_unknown_schema(
+    layout: Layout, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_release(layout, "1.0", {"a": b"a"}, 3)
+    argv = ["--root", layout.root, "--config", layout.config, "--state", layout.state]
+    assert release.main([*argv, "host-facts", "--install-path", layout.root]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["state"] == load_state(layout)
+    assert facts["state"]["current"] == "1.0" and facts["state"]["floor"] == 3
+    Path(layout.state_file).write_text('{"schema": 2}')
+    assert release.main([*argv, "host-facts", "--install-path", layout.root]) == 60
+    out = capsys.readouterr()
+    assert json.loads(out.out)["failed"] is True
+    assert "has an unknown schema" in out.err
+
+
+def test_the_zip_runs_any_runtime_command_line_like_python_m(
+    runtime_zip: Path, tmp_path: Path
+) -> None:
+    proc = run_zip(sys.executable, runtime_zip, "selection", "--help")
+    assert proc.returncode == 0 and "usage: python3 -m runtime.selection" in proc.stdout
+    # Arguments and exit codes pass through: unpack refuses a short digest with 2.
+    proc = run_zip(
+        sys.executable,
+        runtime_zip,
+        "unpack",
+        "b.tar",
+        str(tmp_path / "d"),
+        "--manifest-sha256",
+        "0",
+    )
+    assert proc.returncode == 2 and "64 hex digits" in proc.stderr
+    for args in ([], ["nope"], ["fsio"], ["../x"]):
+        proc = run_zip(sys.executable, runtime_zip, *args)
+        assert proc.returncode == 2 and "usage: python3 runtime.zip MODULE" in proc.stderr
+
+
+def _old_pythons() -> List[str]:
+    found = []
+    for p in sorted(Path("/root/.pyenv/versions").glob("*/bin/python")):
+        try:
+            version = tuple(int(x) for x in p.parts[-3].split(".")[:2])
+        except ValueError:
+            continue
+        if version < (3, 8):
+            found.append(str(p))
+    return found
+
+
+OLD_PYTHONS = _old_pythons()
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python older than 3.8 on this machine")
+@pytest.mark.parametrize("python", OLD_PYTHONS)
+def test_an_old_python_reports_its_version_and_nothing_else(python: str, runtime_zip: Path) -> None:
+    proc = run_zip(python, runtime_zip, "release", "host-facts", "--install-path", "/opt/airlock")
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert list(facts) == ["python"] and facts["python"] < [3, 8]
+    proc = run_zip(python, runtime_zip, "unpack", "b.tar", "/tmp/d", "--manifest-sha256", "0")
+    assert proc.returncode == 50
+    assert "needs Python 3.8 or newer" in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from runtime.components import CudaFacts, EngineFacts
 from runtime.errors import HostError
 
 
@@ -15,17 +16,22 @@ def _version_tuple(v: str) -> Tuple[int, ...]:
     return tuple(out)
 
 
+def _cuda_version(cuda: CudaFacts) -> str:
+    return "?" if cuda.cuda_version is None else cuda.cuda_version
+
+
 def choose_backend(
-    facts: Dict[str, Any], engine: Dict[str, Any], paths: Sequence[str], forced: Optional[str]
+    facts: Dict[str, Any], engine: EngineFacts, paths: Sequence[str], forced: Optional[str]
 ) -> Tuple[str, str, List[Dict[str, Any]]]:
-    """("cpu"|"cuda", reason, usable NVIDIA GPUs)."""
+    """("cpu"|"cuda", reason, usable NVIDIA GPUs). Raises HostError when ``forced`` is
+    "cuda" and the host or the bundle cannot run CUDA."""
     if forced == "cpu":
         return "cpu", "backend cpu: operator override backend=cpu", []
-    cuda = engine.get("cuda")
+    cuda = engine.cuda
     nvidia = [g for g in facts.get("gpus") or [] if g.get("vendor") == "nvidia"]
     driver = (facts.get("nvidia") or {}).get("driver_version")
     problem = None
-    if not cuda:
+    if cuda is None:
         problem = "the bundle has no CUDA module"
         if nvidia:
             problem = f"{len(nvidia)} NVIDIA GPU(s) present but the bundle has no CUDA module"
@@ -37,21 +43,20 @@ def choose_backend(
                 "; the AMD GPU at {} needs a ROCm/Vulkan backend, which airlock does "
                 "not bundle".format(amd[0].get("pci"))
             )
-    elif cuda.get("module") and paths and cuda["module"] not in paths:
-        problem = "the CUDA module {} is not in the bundle's files".format(cuda["module"])
+    elif cuda.module and paths and cuda.module not in paths:
+        problem = f"the CUDA module {cuda.module} is not in the bundle's files"
     elif not driver:
         problem = "NVIDIA GPU present but no NVIDIA driver is loaded (/proc/driver/nvidia/version)"
     else:
-        need = str(cuda.get("min_driver") or "0")
+        need = cuda.min_driver or "0"
         if _version_tuple(driver) < _version_tuple(need):
-            problem = "NVIDIA driver {} is older than {} required by the CUDA {} module".format(
-                driver,
-                need,
-                cuda.get("cuda_version", "?"),
+            version = _cuda_version(cuda)
+            problem = (
+                f"NVIDIA driver {driver} is older than {need} required by the CUDA {version} module"
             )
     usable = nvidia
     if problem is None and cuda is not None:
-        archs = [a for a in cuda.get("architectures") or [] if str(a).isdigit()]
+        archs = [a for a in cuda.architectures if a.isdigit()]
         if archs:
             lowest = min(int(a) for a in archs)
             usable = [
@@ -63,7 +68,7 @@ def choose_backend(
                 problem = (
                     "GPU compute capability {} is below the bundle's CUDA architectures {}".format(
                         ", ".join(str(g.get("compute_cap")) for g in nvidia),
-                        ", ".join(str(a) for a in archs),
+                        ", ".join(archs),
                     )
                 )
     if problem is not None:
@@ -77,8 +82,7 @@ def choose_backend(
     names = ", ".join(str(g.get("name") or g.get("device_id")) for g in usable)
     return (
         "cuda",
-        "backend cuda: {}, driver {} >= {} required by CUDA {}".format(
-            names, driver, cuda.get("min_driver"), cuda.get("cuda_version", "?")
-        ),
+        f"backend cuda: {names}, driver {driver} >= {cuda.min_driver} required by CUDA "
+        + _cuda_version(cuda),
         usable,
     )

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Collection, Dict, List, Optional, Tuple
+from typing import Collection, Dict, List, Optional, Tuple
 
+from runtime.components import EngineFacts, ModelFacts
 from runtime.errors import UsageError
 
 
 def server_command(
-    engine: Dict[str, Any],
-    model_meta: Dict[str, Any],
+    engine: EngineFacts,
+    model: ModelFacts,
     name: str,
     host: str,
     port: int,
@@ -26,19 +27,15 @@ def server_command(
 ) -> Tuple[List[str], Dict[str, str], List[str]]:
     """argv, env and the reasons for the options not passed, paths relative to the release.
     Raises UsageError when the model has no entrypoint and no .gguf file."""
-    server = str(engine.get("server") or "engine/bin/llama-server")
-    entry = model_meta.get("entrypoint")
+    entry = model.entrypoint
     if not entry:
-        files = [
-            f.get("path")
-            for f in model_meta.get("files") or []
-            if str(f.get("path", "")).endswith(".gguf")
-        ]
+        paths = (str(f.get("path", "")) for f in model.files)
+        files = [p for p in paths if p.endswith(".gguf")]
         if not files:
             raise UsageError(f"model {name} has no entrypoint and no .gguf file in the manifest")
         entry = sorted(files)[0]
     argv = [
-        server,
+        engine.server,
         "--model",
         str(entry),
         "--alias",
@@ -55,15 +52,14 @@ def server_command(
         str(threads),
         "--metrics",
     ]
-    if engine.get("cuda"):
+    if engine.cuda is not None:
         # Without a GPU backend in the bundle the option only earns a warning.
         argv += ["--n-gpu-layers", str(gpu_layers)]
     if api_key_file:
         argv += ["--api-key-file", api_key_file]
-    lib_dir = str(engine.get("lib_dir") or "engine/lib")
-    ld = [lib_dir]
-    if backend == "cuda":
-        ld.append(str((engine.get("cuda") or {}).get("runtime_dir") or lib_dir + "/cuda"))
+    ld = [engine.lib_dir]
+    if backend == "cuda" and engine.cuda is not None:
+        ld.append(engine.cuda.runtime_dir)
     # The env forms are honoured by every llama-server that knows the option and ignored
     # by older ones, so they are always safe; the flags only when --help lists them.
     # llama.cpp reads each option from an environment variable too; the names moved
@@ -77,11 +73,7 @@ def server_command(
         "--no-webui": {"LLAMA_ARG_UI": "0", "LLAMA_ARG_NO_WEBUI": "1"},
     }
     reasons = []
-    known = (
-        set(server_flags)
-        if server_flags is not None
-        else set(str(f) for f in engine.get("server_flags") or [])
-    )
+    known = set(server_flags) if server_flags is not None else set(engine.server_flags)
     for flag, what in (("--offline", "never touch the network"), ("--no-webui", "no web UI")):
         if flag in known:
             argv.append(flag)

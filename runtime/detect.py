@@ -529,7 +529,9 @@ def _gpu_facts(
     return gpus, nvidia
 
 
-def _disk_facts(install_path: Optional[Path], warnings: List[str]) -> Optional[Dict[str, Any]]:
+def disk_facts(install_path: Optional[Path], warnings: List[str]) -> Optional[Dict[str, Any]]:
+    """Free and total bytes of the filesystem ``install_path`` is (or will be) on; None,
+    with a line in ``warnings``, when it cannot be measured."""
     if install_path is None:
         return None
     # The install path may not exist yet: measure the filesystem it will be created on.
@@ -578,7 +580,7 @@ def detect(
         "cgroup": _cgroup_facts(r),
         "gpus": gpus,
         "nvidia": nvidia,
-        "disk": _disk_facts(install_path, warnings),
+        "disk": disk_facts(install_path, warnings),
         "warnings": warnings,
     }
     return facts

@@ -5,25 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import Any, Dict, List
 
 from runtime.errors import InstallError
-
-if TYPE_CHECKING:
-    from runtime.release import Layout
-
-_CHUNK = 1024 * 1024
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_CHUNK)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
+from runtime.fsio import file_sha256
+from runtime.layout import Layout
 
 
 def find_drift(layout: Layout, state: Dict[str, Any], version: str) -> List[Dict[str, str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from runtime.components import ModelFacts
 from runtime.errors import HostError
 
 GIB = 1024**3
@@ -33,21 +34,23 @@ def gib(n: float) -> str:
 
 
 class ModelShape:
-    """The sizes of a bundled model that memory planning needs, from its manifest entry."""
+    """The sizes of a bundled model that memory planning needs, from its gguf facts.
 
-    def __init__(self, m: Dict[str, Any]) -> None:
-        g = m.get("gguf") or {}
-        self.name = str(m.get("name") or "model")
-        self.weights = int(
-            g.get("file_size") or sum(int(f.get("size") or 0) for f in m.get("files") or [])
-        )
-        self.n_layer = int(g.get("block_count") or 1)
-        self.n_embd = int(g.get("embedding_length") or 0)
-        n_head = int(g.get("head_count") or 1)
-        n_head_kv = int(g.get("head_count_kv") or n_head)
+    A fact the manifest lacks (0 or None) takes the value that plans conservatively: one
+    block, the files' total size as the weights, AUTO_SLOT_CTX as the trained context.
+    """
+
+    def __init__(self, m: ModelFacts) -> None:
+        g = m.gguf
+        self.name = m.name or "model"
+        self.weights = int(g.file_size or sum(int(f.get("size") or 0) for f in m.files))
+        self.n_layer = g.block_count or 1
+        self.n_embd = g.embedding_length or 0
+        n_head = g.head_count or 1
+        n_head_kv = g.head_count_kv or n_head
         self.n_embd_kv = self.n_embd * n_head_kv // max(n_head, 1)
-        self.ctx_train = int(g.get("context_length") or AUTO_SLOT_CTX)
-        self.quant = g.get("quantization")
+        self.ctx_train = g.context_length or AUTO_SLOT_CTX
+        self.quant = g.quantization
 
     def kv_bytes(self, ctx: int, layers: Optional[int] = None) -> int:
         n = self.n_layer if layers is None else layers

@@ -19,105 +19,30 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import shutil
 import sys
 import tarfile
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from runtime.drift import file_sha256, find_drift
-from runtime.errors import AirlockError, InstallError, IntegrityError, RollbackError, UsageError
+from runtime.bundle import MANIFEST_NAME, MAX_MANIFEST_BYTES
+from runtime.detect import disk_facts
+from runtime.drift import find_drift
+from runtime.errors import (
+    AirlockError,
+    HostError,
+    InstallError,
+    IntegrityError,
+    RollbackError,
+    UsageError,
+)
+from runtime.fsio import atomic_write, file_sha256
 from runtime.health import check_completion, health_gate, wait_healthy
+from runtime.layout import Layout, load_state, save_state
 
-STATE_SCHEMA = 1
-MANIFEST_MEMBER = "airlock/manifest.json"
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
-
-
-class Layout:
-    """Where airlock lives on one host."""
-
-    def __init__(
-        self,
-        *,
-        root: str = "/opt/airlock",
-        config: str = "/etc/airlock",
-        state: str = "/var/lib/airlock",
-    ) -> None:
-        self.root = root
-        self.config = config
-        self.state = state
-
-    @property
-    def releases(self) -> str:
-        return os.path.join(self.root, "releases")
-
-    @property
-    def current(self) -> str:
-        return os.path.join(self.root, "current")
-
-    @property
-    def state_file(self) -> str:
-        return os.path.join(self.state, "state.json")
-
-    def release_dir(self, version: str) -> str:
-        if not version or "/" in version or version in (".", "..") or version.startswith("."):
-            raise UsageError(
-                f"release version {version!r} cannot name a directory",
-                hint="bundle versions must be plain names such as 1.2.0",
-            )
-        return os.path.join(self.releases, version)
-
-    def manifest_file(self, digest: str) -> str:
-        return os.path.join(self.state, "manifests", digest + ".json")
-
-    def env_file(self, version: str) -> str:
-        return os.path.join(self.config, "releases", version + ".env")
-
-
-# ---------------------------------------------------------------- state (pure + atomic I/O
-
-
-def empty_state() -> Dict[str, Any]:
-    return {"schema": STATE_SCHEMA, "current": None, "releases": {}, "floor": 0, "history": []}
-
-
-def load_state(layout: Layout) -> Dict[str, Any]:
-    """The host's state, or an empty one before the first install."""
-    try:
-        with open(layout.state_file, "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
-    except FileNotFoundError:
-        return empty_state()
-    except ValueError as e:
-        raise InstallError(
-            f"state file {layout.state_file} is not valid JSON: {e}",
-            hint="restore it from backup or remove it and reinstall the release",
-        ) from e
-    if not isinstance(data, dict) or data.get("schema") != STATE_SCHEMA:
-        raise InstallError(
-            f"state file {layout.state_file} has an unknown schema",
-            hint="this host was installed by a newer airlock; use that version's playbooks",
-        )
-    return data
-
-
-def atomic_write(path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory and os.replace."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
-def save_state(layout: Layout, state: Dict[str, Any]) -> None:
-    text = json.dumps(state, indent=2, sort_keys=True) + "\n"
-    atomic_write(layout.state_file, text.encode("utf-8"), 0o644)
+# ---------------------------------------------------------------- state changes (pure)
 
 
 def _event(state: Dict[str, Any], event: str, version: Optional[str], detail: str) -> None:
@@ -193,6 +118,34 @@ def previous_release(state: Dict[str, Any]) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------- host facts
+
+
+def host_facts(layout: Layout, install_path: str) -> Dict[str, Any]:
+    """What the install role reads on a host before it changes anything there.
+
+    ``state`` is :func:`load_state` (the empty state before the first install, the schema
+    checked), ``systemd`` whether systemd is PID 1, ``free`` the bytes available at
+    ``install_path`` (or its nearest existing parent), ``arch`` the machine and ``python``
+    this interpreter's version. Raises InstallError for an unreadable state file, HostError
+    when the free disk cannot be measured.
+    """
+    warnings: List[str] = []
+    disk = disk_facts(Path(install_path), warnings)
+    if disk is None:
+        raise HostError(
+            warnings[0] if warnings else f"cannot measure free disk at {install_path}",
+            hint="set airlock_install_root to a directory on a local filesystem",
+        )
+    return {
+        "state": load_state(layout),
+        "systemd": os.path.isdir("/run/systemd/system"),
+        "free": int(disk["free_bytes"]),
+        "arch": platform.machine(),
+        "python": list(sys.version_info[:3]),
+    }
+
+
 # ---------------------------------------------------------------- the current link
 
 
@@ -226,9 +179,9 @@ def read_manifest(bundle: str, expected_sha256: str) -> bytes:
     try:
         with tarfile.open(bundle, mode="r:") as tar:
             member = tar.next()
-            if member is None or member.name != MANIFEST_MEMBER or not member.isreg():
+            if member is None or member.name != MANIFEST_NAME or not member.isreg():
                 raise IntegrityError(
-                    f"{bundle} does not start with {MANIFEST_MEMBER}",
+                    f"{bundle} does not start with {MANIFEST_NAME}",
                     hint="this is not an airlock bundle; transfer the original file again",
                 )
             if member.size > MAX_MANIFEST_BYTES:
@@ -331,28 +284,81 @@ def rollback(layout: Layout, to: Optional[str]) -> Dict[str, Any]:
 
 # ---------------------------------------------------------------- shipping this package
 
+# The zip's own entry point, written by zip_self: ``python3 runtime.zip MODULE ARGS...`` runs
+# ``runtime.MODULE``'s command line as ``python3 -m runtime.MODULE`` would. The install role
+# runs ``release host-facts`` this way (Ansible's script module) before anything is on the
+# host. The text uses only syntax every Python parses (no f-strings, no annotations), so an
+# old Python gets as far as the version check: for host-facts it reports just its version
+# and preflight refuses it by name, instead of the play failing with a SyntaxError.
+ZIP_MAIN = """\
+\"\"\"python3 runtime.zip MODULE [ARGS...]: airlock's runtime.MODULE, as python3 -m runs it.\"\"\"
+import json
+import sys
+
+if sys.version_info < (3, 8):
+    if sys.argv[1:2] == ["release"] and "host-facts" in sys.argv[2:]:
+        sys.stdout.write(json.dumps({"python": list(sys.version_info[:3])}) + "\\n")
+        sys.exit(0)
+    sys.stderr.write(
+        "error: the airlock runtime needs Python 3.8 or newer, this is %s\\n"
+        % sys.version.split()[0]
+    )
+    sys.exit(50)
+
+import importlib
+
+USAGE = "usage: python3 runtime.zip MODULE [ARGS...]  (release, selection, unpack, detect, ...)"
+
+
+def main(argv):
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    if not argv or not argv[0].isidentifier() or argv[0].startswith("_"):
+        sys.stderr.write(USAGE + "\\n")
+        return 2
+    name = "runtime." + argv[0]
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name != name:
+            raise
+        module = None
+    if not callable(getattr(module, "main", None)):
+        sys.stderr.write("error: runtime has no command line module %r\\n%s\\n" % (argv[0], USAGE))
+        return 2
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
+"""
+
 
 def zip_self(out: str) -> bool:
     """Write the ``runtime`` package's sources to ``out`` as a byte-stable zip.
 
-    Hosts import it from the zip (``PYTHONPATH=.../runtime.zip``): one file to copy, and
-    the same bytes for the same sources so a second install run changes nothing.
+    Hosts import it from the zip (``PYTHONPATH=.../runtime.zip``) or run it
+    (``python3 runtime.zip MODULE ...``, :data:`ZIP_MAIN`): one file to copy, and the same
+    bytes for the same sources so a second install run changes nothing.
     Returns whether ``out`` changed.
     """
     import io
     import zipfile
 
     here = os.path.dirname(os.path.abspath(__file__))
+    members = [("__main__.py", ZIP_MAIN.encode("utf-8"))]
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                members.append(("runtime/" + name, f.read()))
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name in sorted(os.listdir(here)):
-            if not name.endswith(".py"):
-                continue
-            info = zipfile.ZipInfo("runtime/" + name, date_time=(1980, 1, 1, 0, 0, 0))
+        for member, content in members:
+            info = zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             info.compress_type = zipfile.ZIP_DEFLATED
-            with open(os.path.join(here, name), "rb") as f:
-                z.writestr(info, f.read())
+            z.writestr(info, content)
     data = buf.getvalue()
     try:
         with open(out, "rb") as f:
@@ -380,6 +386,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     sub.add_parser("status", help="installed releases, current, floor (JSON)")
+
+    p = sub.add_parser(
+        "host-facts", help="state, systemd, free disk, arch, Python: what install reads first"
+    )
+    p.add_argument("--install-path", required=True, help="measure free disk here")
 
     p = sub.add_parser("check-sequence", help="refuse a sequence below the floor")
     p.add_argument("--sequence", type=int, required=True)
@@ -433,6 +444,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         return dict(
             state, link=current_target(layout), previous=previous_release(state), changed=False
         )
+    if cmd == "host-facts":
+        return host_facts(layout, args.install_path)
     if cmd == "check-sequence":
         message = check_sequence(
             load_state(layout), args.sequence, allow_downgrade=args.allow_downgrade

@@ -20,6 +20,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from runtime.errors import AirlockError, InstallError
+from runtime.fsio import atomic_write
 
 PATH_KEYS = ("LD_LIBRARY_PATH", "GGML_BACKEND_PATH")
 BACKOFF_START = 1.0
@@ -164,9 +165,7 @@ def _supervise(paths: Paths) -> int:
             argv, env=env, cwd=cwd, stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
         child[0] = proc
-        with open(paths.childfile + ".tmp", "w") as f:
-            f.write(f"{proc.pid}\n")
-        os.replace(paths.childfile + ".tmp", paths.childfile)
+        atomic_write(paths.childfile, f"{proc.pid}\n".encode())
         code = proc.wait()
         child[0] = None
         if stopping:
@@ -215,9 +214,7 @@ def start(paths: Paths, *, user: Optional[str]) -> bool:
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             _drop_privileges(user)
-            with open(paths.pidfile + ".tmp", "w") as f:
-                f.write(f"{os.getpid()}\n")
-            os.replace(paths.pidfile + ".tmp", paths.pidfile)
+            atomic_write(paths.pidfile, f"{os.getpid()}\n".encode())
             os.write(write_end, b"ok")
             os.close(write_end)
             code = _supervise(paths)

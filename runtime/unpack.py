@@ -17,6 +17,7 @@ from typing import IO, Any, Dict, List, NamedTuple, Optional, Sequence, Set
 
 from runtime.bundle import MODES, check_payload, read_metadata_stream
 from runtime.errors import AirlockError, InstallError, IntegrityError, UsageError
+from runtime.fsio import fsync_dir
 
 
 class UnpackResult(NamedTuple):
@@ -82,9 +83,9 @@ def unpack(
             if own:
                 f.close()
         os.chmod(staging, 0o755)  # noqa: S103 - a release directory is world-readable
-        _fsync_dir(staging)
+        fsync_dir(staging)
         os.rename(staging, dest)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -119,19 +120,6 @@ def _create(root: str, path: str, mode: int, made: Set[str]) -> IO[bytes]:
     fd = os.open(os.path.join(root, path), flags, 0o600)
     os.fchmod(fd, mode)
     return os.fdopen(fd, "wb")
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

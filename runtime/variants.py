@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
+from runtime.components import EngineFacts
 from runtime.errors import HostError
 
 # ggml's CPU backend variants (ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS) and the
@@ -69,6 +70,9 @@ X86_VARIANTS: Dict[str, Tuple[str, ...]] = {
         "AMX_INT8",
     ),
 }
+X86_VARIANT_NAMES: Tuple[str, ...] = tuple(X86_VARIANTS)
+"""Every x86 variant name in ggml's order, written once: the bundler's spec validation
+(``engine.cpu_variants``) and its llama.cpp build (one CMake target each) use this list."""
 X86_SCORE_BITS = {
     "FMA": 1,
     "F16C": 1 << 1,
@@ -199,14 +203,14 @@ def choose_variant(
     return best, reason
 
 
-def bundled_variants(engine: Dict[str, Any], paths: Sequence[str]) -> Tuple[List[str], str]:
-    """Variant names and the directory their modules are in (relative to the release)."""
+def bundled_variants(engine: EngineFacts, paths: Sequence[str]) -> Tuple[List[str], str]:
+    """Variant names and the directory their modules are in (relative to the release):
+    the ``libggml-cpu-*.so`` files of the bundle, else the engine's listed variants."""
     found = []
-    module_dir = str(engine.get("backend_dir") or engine.get("lib_dir") or "engine/lib")
+    module_dir = engine.backend_dir
     for p in paths:
         name = p.rsplit("/", 1)[-1]
         if name.startswith("libggml-cpu-") and name.endswith(".so"):
             found.append(name[len("libggml-cpu-") : -3])
             module_dir = p.rsplit("/", 1)[0]
-    listed = [str(v) for v in engine.get("cpu_variants") or []]
-    return (found or listed), module_dir
+    return (found or list(engine.cpu_variants)), module_dir

@@ -17,7 +17,7 @@ package only) then
    (``--cuda-libs DIR``; the device image's pip ``nvidia/*/lib`` directories are searched
    by default) and records whether its sha256 is the signed one;
 3. checks every file of the engine and model components against the manifest (drift);
-4. runs ``runtime.detect`` on the real host and ``runtime.select`` on its facts, and
+4. runs ``runtime.detect`` on the real host and ``runtime.selection`` on its facts, and
    requires the CUDA backend to be chosen; also re-runs the selection with the driver
    pretended older than the bundle's floor and requires the CPU fallback with its reason;
 5. renders the server settings as the install playbook does and runs the release's
@@ -207,7 +207,7 @@ def check(carry: Path, out: Path, lib_dirs: Sequence[str], port: int) -> int:
     from runtime.bundle import parse_manifest
     from runtime.detect import detect
     from runtime.health import health_gate
-    from runtime.select import decide
+    from runtime.selection import decide
 
     out.mkdir(parents=True, exist_ok=True)
     report: Dict[str, Any] = {"ok": False, "failures": []}
@@ -260,7 +260,7 @@ def check(carry: Path, out: Path, lib_dirs: Sequence[str], port: int) -> int:
     }
     report["reasons"] = decision.get("reasons")
     if decision.get("backend") != "cuda":
-        fail("runtime.select did not choose the CUDA backend on this GPU host")
+        fail("runtime.selection did not choose the CUDA backend on this GPU host")
 
     old = json.loads(json.dumps(facts))
     old.setdefault("nvidia", {})["driver_version"] = "525.60.13"
@@ -270,7 +270,7 @@ def check(carry: Path, out: Path, lib_dirs: Sequence[str], port: int) -> int:
         "reason": next((r for r in fallback.get("reasons", []) if r.startswith("backend")), None),
     }
     if fallback.get("backend") != "cpu":
-        fail("with a driver below the bundle's floor runtime.select did not fall back to CPU")
+        fail("with a driver below the bundle's floor runtime.selection did not fall back to CPU")
 
     env_file = out / "server.env"
     env_file.write_text(render_env(decision, manifest["version"]))

@@ -123,3 +123,44 @@ def test_install_killed_during_unpack_then_rerun_converges(
     assert host.run("readlink /opt/airlock/current").stdout.strip() == "releases/1.0.0"
     again = run_playbook(fleet, work, "install.yml", bundle=bundle, signer=signer)
     assert again.rc == 0 and again.changed(host.name) == 0, again.output[-4000:]
+
+
+def _old_python() -> str | None:
+    """A Python older than 3.8 on this machine (pyenv), for the preflight refusal."""
+    for p in sorted(Path("/root/.pyenv/versions").glob("3.[0-7].*/bin/python")):
+        return str(p)
+    return None
+
+
+@pytest.mark.skipif(_old_python() is None, reason="no Python older than 3.8 on this machine")
+def test_python_older_than_3_8_is_refused_by_name_and_nothing_changes(
+    fleet: TestFleet, work: Path, signer: Signer
+) -> None:
+    """The host facts run the bundle's runtime zip; an old Python still reports its version."""
+    old = _old_python()
+    assert old is not None
+    version = old.split("/")[-3]
+    bundle = make_bundle(work, real_engine(), signer, version="0.1.0", sequence=1)
+    run = run_playbook(
+        fleet, work, "install.yml", "-e", f"airlock_python={old}", bundle=bundle, signer=signer
+    )
+    assert run.rc != 0
+    assert f"has Python {version}; the airlock runtime needs Python 3.8+" in run.output
+    assert "is undefined" not in run.output, run.output[-4000:]
+    assert "Nothing on the host was changed" in run.output
+    assert _clean(fleet.hosts[0])
+
+
+def test_state_file_of_an_unknown_schema_is_refused_before_anything_changes(
+    fleet: TestFleet, work: Path, signer: Signer
+) -> None:
+    host = fleet.hosts[0]
+    host.run("mkdir -p /var/lib/airlock && echo '{\"schema\": 99}' > /var/lib/airlock/state.json")
+    bundle = make_bundle(work, real_engine(), signer, version="0.1.0", sequence=1)
+    run = run_playbook(fleet, work, "install.yml", bundle=bundle, signer=signer)
+    assert run.rc != 0
+    assert "has an unknown schema" in run.output
+    assert "Nothing on the host was changed" in run.output, run.output[-4000:]
+    assert host.run("cat /var/lib/airlock/state.json").stdout == '{"schema": 99}\n'
+    out = host.run("ls -d /opt/airlock /etc/airlock 2>/dev/null", check=False)
+    assert out.stdout.strip() == ""

@@ -1,5 +1,5 @@
 """The selection drives the real llama-server: its argv, env and cwd serve a generated model,
-and ggml loads the CPU variant that runtime.select predicted for this machine."""
+and ggml loads the CPU variant that runtime.selection predicted for this machine."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from bundler.demo.tinymodel import write_tiny_model
 from bundler.engine import llamacpp, sdist
 from bundler.sources.ggufinfo import read_facts
-from runtime import select
+from runtime import selection
 from runtime.detect import detect
 
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -84,7 +84,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def served(release: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
-    decision = select.decide(detect(Path("/")), release["manifest"], release_dir=release["dir"])
+    decision = selection.decide(detect(Path("/")), release["manifest"], release_dir=release["dir"])
     log = release["dir"] / "server.log"
     env = {"PATH": "/usr/bin:/bin", **decision["env"]}
     with open(log, "wb") as out:

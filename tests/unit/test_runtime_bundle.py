@@ -186,7 +186,9 @@ RUNTIME_MODULES = sorted(
 
 
 def test_every_runtime_module_is_checked() -> None:
-    assert {"bundle", "unpack", "select", "release", "detect", "supervise"} <= set(RUNTIME_MODULES)
+    assert {"bundle", "unpack", "selection", "release", "detect", "supervise"} <= set(
+        RUNTIME_MODULES
+    )
 
 
 @pytest.mark.parametrize("module", RUNTIME_MODULES)

@@ -7,14 +7,15 @@ from typing import Any, Dict, List, Optional, Tuple
 import pytest
 
 from runtime.backend import choose_backend
+from runtime.components import parse_engine
 from runtime.errors import HostError
-from tests.unit.test_select import ALL_X86, CUDA, GIB, facts, manifest
+from tests.unit.runtime.test_selection import ALL_X86, CUDA, GIB, facts, manifest
 
 
 def backend(
     host_facts: Dict[str, Any], m: Dict[str, Any], forced: Optional[str] = None
 ) -> Tuple[str, str, List[Dict[str, Any]]]:
-    engine = m["components"]["engine"]["properties"]
+    engine = parse_engine(m["components"]["engine"]["properties"])
     return choose_backend(host_facts, engine, [f["path"] for f in m["files"]], forced)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from runtime import select as s
+from runtime import selection as s
 from runtime.errors import UsageError
 from runtime.overrides import check_overrides, fixed_value
-from tests.unit.test_select import facts, manifest
+from tests.unit.runtime.test_selection import facts, manifest
 
 
 def test_invalid_overrides_are_all_reported_at_once() -> None:

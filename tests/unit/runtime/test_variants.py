@@ -6,15 +6,17 @@ from typing import List
 
 import pytest
 
+from runtime.components import parse_engine
 from runtime.errors import HostError
 from runtime.variants import (
+    X86_VARIANT_NAMES,
     X86_VARIANTS,
     bundled_variants,
     choose_variant,
     cpu_features,
     variant_score,
 )
-from tests.unit.test_select import ALL_X86, facts
+from tests.unit.runtime.test_selection import ALL_X86, facts
 
 
 def flags(host: str) -> List[str]:
@@ -105,10 +107,31 @@ def test_variant_scores_follow_ggml_bits() -> None:
 
 
 def test_module_files_in_the_bundle_win_over_the_listed_variants() -> None:
-    engine = {"cpu_variants": ["x64", "haswell", "zen4"], "lib_dir": "engine/lib"}
+    engine = parse_engine({"cpu_variants": ["x64", "haswell", "zen4"], "lib_dir": "engine/lib"})
     paths = ["engine/bin/llama-server", "engine/be/libggml-cpu-x64.so", "engine/lib/libllama.so"]
     assert bundled_variants(engine, paths) == (["x64"], "engine/be")
     assert bundled_variants(engine, ["engine/bin/llama-server"]) == (
         ["x64", "haswell", "zen4"],
         "engine/lib",
     )
+
+
+def test_x86_variant_names_are_ggmls_list_in_its_order() -> None:
+    # ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS; docs/FORMAT.md lists the same order.
+    assert X86_VARIANT_NAMES == (
+        "x64",
+        "sse42",
+        "sandybridge",
+        "ivybridge",
+        "piledriver",
+        "haswell",
+        "skylakex",
+        "cannonlake",
+        "cascadelake",
+        "icelake",
+        "cooperlake",
+        "zen4",
+        "alderlake",
+        "sapphirerapids",
+    )
+    assert X86_VARIANT_NAMES == tuple(X86_VARIANTS)

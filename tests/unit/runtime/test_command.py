@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime import select as s
+from runtime import selection as s
 from runtime.command import probe_server_flags, server_command
+from runtime.components import parse_engine, parse_model
 from runtime.errors import UsageError
-from tests.unit.test_select import CUDA, TINY, facts, manifest, reasons
+from tests.unit.runtime.test_selection import CUDA, TINY, facts, manifest, reasons
 
 
 def test_argv_env_and_cwd_for_the_launcher() -> None:
@@ -44,9 +45,22 @@ def test_flags_listed_by_the_server_are_passed() -> None:
 
 
 def test_cuda_backend_adds_the_cuda_runtime_dir_and_gpu_layers() -> None:
-    engine = manifest(variants=["x64"], cuda=CUDA)["components"]["engine"]["properties"]
+    engine = parse_engine(
+        manifest(variants=["x64"], cuda=CUDA)["components"]["engine"]["properties"]
+    )
     argv, env, _ = server_command(
-        engine, TINY, "tiny", "127.0.0.1", 8080, 4096, 1, 8, 3, "cuda", None, ["--offline"]
+        engine,
+        parse_model(TINY),
+        "tiny",
+        "127.0.0.1",
+        8080,
+        4096,
+        1,
+        8,
+        3,
+        "cuda",
+        None,
+        ["--offline"],
     )
     assert argv[argv.index("--n-gpu-layers") + 1] == "3"
     assert env["LD_LIBRARY_PATH"] == "engine/lib:engine/lib/cuda"
@@ -55,14 +69,16 @@ def test_cuda_backend_adds_the_cuda_runtime_dir_and_gpu_layers() -> None:
 
 
 def test_model_without_entrypoint_serves_its_first_gguf_or_is_refused() -> None:
-    engine = manifest(variants=["x64"])["components"]["engine"]["properties"]
+    engine = parse_engine(manifest(variants=["x64"])["components"]["engine"]["properties"])
     files = [{"path": "models/m/b.gguf"}, {"path": "models/m/a.gguf"}, {"path": "models/m/x"}]
     argv, _, _ = server_command(
-        engine, {"files": files}, "m", "h", 1, 512, 1, 1, 0, "cpu", None, None
+        engine, parse_model({"files": files}), "m", "h", 1, 512, 1, 1, 0, "cpu", None, None
     )
     assert argv[argv.index("--model") + 1] == "models/m/a.gguf"
     with pytest.raises(UsageError, match=r"model m has no entrypoint and no \.gguf file"):
-        server_command(engine, {"files": files[2:]}, "m", "h", 1, 512, 1, 1, 0, "cpu", None, None)
+        server_command(
+            engine, parse_model({"files": files[2:]}), "m", "h", 1, 512, 1, 1, 0, "cpu", None, None
+        )
 
 
 def test_probe_reads_the_options_listed_by_help(tmp_path: Path) -> None:

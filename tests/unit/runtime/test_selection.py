@@ -1,4 +1,4 @@
-"""runtime.select: decisions for real machine types, with their reasons, and refusals.
+"""runtime.selection: decisions for real machine types, with their reasons, and refusals.
 
 The parts have their own tests (test_variants, test_backend, test_fit, test_command,
 test_overrides); the helpers here (fixture host facts, manifests, models) serve them all.
@@ -12,12 +12,12 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from runtime import select as s
+from runtime import selection as s
 from runtime.detect import detect, recorded_commands
 from runtime.errors import HostError, UsageError
 from runtime.variants import X86_VARIANTS
 
-HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
+HOSTS = Path(__file__).resolve().parents[2] / "fixtures" / "hosts"
 
 GIB = 1024**3
 

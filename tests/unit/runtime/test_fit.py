@@ -6,25 +6,35 @@ import copy
 
 import pytest
 
-from runtime import select as s
+from runtime import selection as s
+from runtime.components import parse_model
 from runtime.errors import HostError
 from runtime.fit import MIB, ModelShape, context_plans, effective_memory, gpu_offload
-from tests.unit.test_select import ALL_X86, CUDA, GIB, MISTRAL, TINY, facts, manifest, reasons
+from tests.unit.runtime.test_selection import (
+    ALL_X86,
+    CUDA,
+    GIB,
+    MISTRAL,
+    TINY,
+    facts,
+    manifest,
+    reasons,
+)
 
 
 def test_auto_plans_halve_slots_then_per_slot_context_down_to_512() -> None:
-    plans = context_plans(ModelShape(MISTRAL), None, None)
+    plans = context_plans(ModelShape(parse_model(MISTRAL)), None, None)
     assert plans == [(16384, 4), (8192, 2), (4096, 1), (2048, 1), (1024, 1), (512, 1)]
     # A model trained on less than 4096 tokens never gets more per slot.
-    assert context_plans(ModelShape(TINY), None, 2)[0] == (4096, 2)
+    assert context_plans(ModelShape(parse_model(TINY)), None, 2)[0] == (4096, 2)
     # A fixed ctx_size is kept and split into as many trained-context slots as fit (max 4).
-    assert context_plans(ModelShape(MISTRAL), 8192, None) == [(8192, 2)]
+    assert context_plans(ModelShape(parse_model(MISTRAL)), 8192, None) == [(8192, 2)]
 
 
 def test_kv_cache_counts_only_the_kv_heads() -> None:
     # Mistral: 8 of 32 heads carry K and V, so 1024 wide, f16: 2 x 32 x ctx x 1024 x 2.
-    assert ModelShape(MISTRAL).kv_bytes(4096) == 2 * 32 * 4096 * 1024 * 2
-    assert ModelShape(MISTRAL).host_overhead() == 256 * MIB + int(4_368_439_584 * 0.05)
+    assert ModelShape(parse_model(MISTRAL)).kv_bytes(4096) == 2 * 32 * 4096 * 1024 * 2
+    assert ModelShape(parse_model(MISTRAL)).host_overhead() == 256 * MIB + int(4_368_439_584 * 0.05)
 
 
 def test_effective_memory_is_the_lower_of_memavailable_and_the_cgroup_limit() -> None:
@@ -125,7 +135,7 @@ def test_model_larger_than_vram_is_partially_offloaded() -> None:
 
 def test_gpu_layers_reason_counts_blocks_and_the_output_layer_apart() -> None:
     # --n-gpu-layers 33 on a 32-block model: every block and the output layer.
-    mistral = ModelShape(MISTRAL)
+    mistral = ModelShape(parse_model(MISTRAL))
     assert gpu_offload(mistral, 32, forced=False, vram=80 * GIB, vram_usable=72 * GIB) == (
         33,
         "gpu layers 33: all 32 blocks and the output layer on the GPU (72.0 GiB usable VRAM)",

@@ -1,16 +1,16 @@
 """Runtime selection: the decision document for one host, its I/O edge and its CLI.
 
-``select(facts, manifest)`` is pure: it takes the host facts from ``runtime.detect`` and
-the verified bundle manifest (a dict) and returns the decision document (backend, CPU
-variant, threads, context and slots, llama-server argv/env), every decision with a
-one-line reason for the install report. The parts live beside it: ``runtime.overrides``
-(operator overrides), ``runtime.variants`` (ggml's CPU variant scoring),
-``runtime.backend`` (CPU or CUDA), ``runtime.fit`` (the memory model) and
-``runtime.command`` (the llama-server command line). A model that cannot fit raises
-``HostError`` (exit 50) with the numbers. The rules are explained in docs/SELECTION.md.
-Standard library only: this runs on target hosts (3.8+).
+``select(facts, manifest)`` is pure: it takes the host facts from ``runtime.detect`` and the
+verified bundle manifest (a dict) and returns the decision document (backend, CPU variant,
+threads, context and slots, llama-server argv/env), every decision with a one-line reason
+for the install report. The parts live beside it: ``runtime.components`` (the manifest's
+engine and models records), ``runtime.overrides`` (operator overrides), ``runtime.variants``
+(ggml's CPU variant scoring), ``runtime.backend`` (CPU or CUDA), ``runtime.fit`` (the memory
+model) and ``runtime.command`` (the llama-server command line). A model that cannot fit
+raises ``HostError`` (exit 50) with the numbers. The rules are explained in
+docs/SELECTION.md. Standard library only: this runs on target hosts (3.8+).
 
-CLI: ``python3 -m runtime.select (--facts F.json | --detect) --manifest M.json
+CLI: ``python3 -m runtime.selection (--facts F.json | --detect) --manifest M.json
 [--overrides JSON] [--release-dir DIR] [--json]``
 """
 
@@ -26,6 +26,7 @@ from typing import Any, Collection, Dict, List, Optional, Sequence, Tuple
 
 from runtime.backend import choose_backend
 from runtime.command import probe_server_flags, server_command
+from runtime.components import find_model, require_engine
 from runtime.errors import AirlockError, HostError, UsageError
 from runtime.fit import (
     MEMORY_SHARE,
@@ -45,40 +46,6 @@ Decision = Dict[str, Any]
 
 
 # --------------------------------------------------------------------------- manifest
-
-
-def _engine(manifest: Dict[str, Any]) -> Dict[str, Any]:
-    try:
-        props = manifest["components"]["engine"]["properties"]
-    except (KeyError, TypeError):
-        raise UsageError(
-            "the manifest has no components.engine.properties",
-            hint="pass the bundle's airlock/manifest.json (a bundle built by airlock build)",
-        ) from None
-    if not isinstance(props, dict):
-        raise UsageError("components.engine.properties in the manifest is not an object")
-    return props
-
-
-def _model(manifest: Dict[str, Any], wanted: Optional[str]) -> Dict[str, Any]:
-    try:
-        models = manifest["components"]["models"]["properties"]["models"]
-    except (KeyError, TypeError):
-        models = None
-    if not models:
-        raise UsageError(
-            "the manifest lists no models (components.models.properties.models)",
-            hint="pass the bundle's airlock/manifest.json",
-        )
-    if wanted is None:
-        return dict(models[0])
-    for m in models:
-        if m.get("name") == wanted:
-            return dict(m)
-    raise UsageError(
-        f"model {wanted!r} is not in the bundle",
-        hint="choose one of: {}".format(", ".join(str(m.get("name")) for m in models)),
-    )
 
 
 def _manifest_paths(manifest: Dict[str, Any]) -> List[str]:
@@ -123,16 +90,16 @@ def select(
     usable CPU variant, model does not fit). Returns the decision document.
     """
     ov = check_overrides(overrides or {})
-    engine = _engine(manifest)
+    engine = require_engine(manifest)
     paths = _manifest_paths(manifest)
-    defaults = dict(engine.get("server_defaults") or {})
-    model_meta = _model(manifest, ov.get("model") or defaults.get("model"))
-    model = ModelShape(model_meta)
+    defaults = dict(engine.server_defaults)
+    model_facts = find_model(manifest, ov.get("model") or defaults.get("model"))
+    model = ModelShape(model_facts)
     reasons: List[str] = []
     cpu = facts.get("cpu") or {}
     arch = str(cpu.get("arch") or "unknown")
 
-    engine_arch = engine.get("arch")
+    engine_arch = engine.arch
     if engine_arch and arch != "unknown" and engine_arch != arch:
         raise HostError(
             f"the bundle's engine is built for {engine_arch} but this host is {arch}",
@@ -212,7 +179,7 @@ def select(
     port = int(ov.get("port") or defaults.get("port") or 8080)
     argv, env, flag_reasons = server_command(
         engine,
-        model_meta,
+        model_facts,
         model.name,
         host,
         port,
@@ -226,7 +193,7 @@ def select(
     )
     reasons.extend(flag_reasons)
     cwd = "."
-    server_dir = str(engine.get("server") or "engine/bin/llama-server").rsplit("/", 1)[0]
+    server_dir = engine.server.rsplit("/", 1)[0]
     if variants and module_dir != server_dir:
         # ggml looks for backend modules next to the executable and in the working
         # directory only (ggml-backend-reg.cpp), never on LD_LIBRARY_PATH.
@@ -317,7 +284,7 @@ def _load_json(path: Path, what: str) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python3 -m runtime.select",
+        prog="python3 -m runtime.selection",
         description="Choose backend, threads, context and llama-server arguments for this host.",
     )
     src = parser.add_mutually_exclusive_group(required=True)
@@ -391,13 +358,11 @@ def decide(
     *,
     release_dir: Optional[Path] = None,
 ) -> Decision:
-    """``select`` with the I/O edge the CLI and the Ansible module share: with a release
+    """``select`` with the CLI's I/O edge (the role runs the CLI): with a release
     directory, probe its llama-server's ``--help`` and make every path absolute."""
     flags = None
     if release_dir is not None:
-        server = Path(release_dir) / str(
-            _engine(manifest).get("server") or "engine/bin/llama-server"
-        )
+        server = Path(release_dir) / require_engine(manifest).server
         if server.exists():
             flags = probe_server_flags(server)
     decision = select(facts, manifest, overrides, server_flags=flags)

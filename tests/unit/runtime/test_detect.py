@@ -11,7 +11,7 @@ import pytest
 
 from runtime import detect as d
 
-HOSTS = Path(__file__).resolve().parent.parent / "fixtures" / "hosts"
+HOSTS = Path(__file__).resolve().parents[2] / "fixtures" / "hosts"
 
 
 def facts_of(name: str, *, smi: bool = True) -> dict:

@@ -1,4 +1,4 @@
-"""The ``airlock build`` pipeline: lock, stage models and code, runtime, evidence, smoke test, pack.
+"""The ``airlock build`` pipeline: lock, stage models and code, engine, evidence, smoke test, pack.
 
 Each step is one function so the order reads top to bottom in :func:`build`. Model bytes
 are read as few times as possible: a download is hashed as it arrives, a staged model is

@@ -12,6 +12,7 @@ from bundler.errors import SignatureError
 from bundler.ssh import sig as sshsig
 from bundler.ssh.trust import TrustPolicy
 from runtime.bundle import BundleMetadata, read_metadata_stream
+from runtime.components import models_of
 
 SbomSummary = Callable[[Path, BundleMetadata], Optional[dict[str, Any]]]
 
@@ -96,16 +97,12 @@ def _components(m: dict[str, Any]) -> dict[str, Any]:
 
 
 def _licenses(m: dict[str, Any]) -> list[dict[str, Any]]:
-    models = m["components"].get("models", {}).get("properties", {}).get("models", [])
-    out = []
-    for model in models if isinstance(models, list) else []:
-        if isinstance(model, dict):
-            out.append(
-                {
-                    "model": model.get("name"),
-                    "license": model.get("license"),
-                    "permissive": model.get("license_permissive"),
-                    "gated": model.get("gated"),
-                }
-            )
-    return out
+    return [
+        {
+            "model": model.name,
+            "license": model.license,
+            "permissive": model.license_permissive,
+            "gated": model.gated,
+        }
+        for model in models_of(m)
+    ]

@@ -313,9 +313,10 @@ def _run(workdir: Path, keep: bool, result: DemoResult, progress: _Progress) -> 
         page = workdir / "report.html"
         report = write_report(built.path, page, allowed_signers=project.allowed_signers)
         if report.models:
-            result.bundle_model = str(report.models[0].get("name", ""))
-            result.bundle_entrypoint = str(report.models[0].get("entrypoint", ""))
-        result.server_port = int((report.engine.get("server_defaults") or {}).get("port") or 8080)
+            result.bundle_model = report.models[0].name or ""
+            result.bundle_entrypoint = report.models[0].entrypoint or ""
+        defaults = report.engine.server_defaults if report.engine else {}
+        result.server_port = int(defaults.get("port") or 8080)
         console.info(f"{page} ({len(report.flags)} findings)")
 
     _install_and_ask(workdir, built.path, project, keep, result, progress)

@@ -32,6 +32,7 @@ from bundler.engine.cuda import CudaOptions, RuntimeWheel
 from bundler.engine.sdist import SourceArchive, source_tree
 from bundler.errors import BuildError, FetchError, UsageError
 from runtime import variants
+from runtime.components import CUDA_MODULE, CUDA_RUNTIME_DIR, ENGINE_LIB_DIR, ENGINE_SERVER
 
 __all__ = [
     "ALL_X86_VARIANTS",
@@ -46,35 +47,9 @@ __all__ = [
 ]
 
 
-# ggml's x86 CPU variants (ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS) in its order,
-# each with the /proc/cpuinfo flags it needs. AVX512 in ggml means F, CD, VL, DQ and BW.
-_AVX512 = ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw")
-_HASWELL = ("sse4_2", "avx", "f16c", "fma", "avx2", "bmi2")
-X86_VARIANT_FLAGS: Mapping[str, tuple[str, ...]] = {
-    "x64": (),
-    "sse42": ("sse4_2",),
-    "sandybridge": ("sse4_2", "avx"),
-    "ivybridge": ("sse4_2", "avx", "f16c"),
-    "piledriver": ("sse4_2", "avx", "f16c", "fma"),
-    "haswell": _HASWELL,
-    "skylakex": (*_HASWELL, *_AVX512),
-    "cannonlake": (*_HASWELL, *_AVX512, "avx512vbmi"),
-    "cascadelake": (*_HASWELL, *_AVX512, "avx512_vnni"),
-    "icelake": (*_HASWELL, *_AVX512, "avx512vbmi", "avx512_vnni"),
-    "cooperlake": (*_HASWELL, *_AVX512, "avx512_vnni", "avx512_bf16"),
-    "zen4": (*_HASWELL, *_AVX512, "avx512vbmi", "avx512_vnni", "avx512_bf16"),
-    "alderlake": (*_HASWELL, "avx_vnni"),
-    "sapphirerapids": (
-        *_HASWELL,
-        *_AVX512,
-        "avx512vbmi",
-        "avx512_vnni",
-        "avx512_bf16",
-        "amx_tile",
-        "amx_int8",
-    ),
-}
-ALL_X86_VARIANTS: tuple[str, ...] = tuple(X86_VARIANT_FLAGS)
+# ggml's x86 CPU variants in its order (ggml/src/CMakeLists.txt, GGML_CPU_ALL_VARIANTS),
+# one CMake target each; the list and the features of each live in runtime.variants.
+ALL_X86_VARIANTS: tuple[str, ...] = variants.X86_VARIANT_NAMES
 
 
 # The cmake include that limits the CPU modules built to the requested variants: ggml makes
@@ -171,7 +146,7 @@ def resolve_variants(variants: Sequence[str] | Literal["all"]) -> list[str]:
     if variants == "all":
         return list(ALL_X86_VARIANTS)
     wanted = list(variants)
-    unknown = [v for v in wanted if v not in X86_VARIANT_FLAGS]
+    unknown = [v for v in wanted if v not in ALL_X86_VARIANTS]
     if unknown or not wanted:
         raise UsageError(
             "unknown CPU variant(s): " + ", ".join(unknown) if unknown else "no CPU variant",
@@ -646,12 +621,12 @@ def engine_properties(
     cuda_props = None
     if cuda is not None:
         facts, note = wheels
-        runtime_dir = "engine/lib/cuda"
+        runtime_dir = CUDA_RUNTIME_DIR
         cuda_props = {
             "architectures": list(cuda.architectures),
             "cuda_version": cuda.cuda_version,
             "min_driver": cudalib.min_driver(cuda.cuda_version),
-            "module": "engine/lib/libggml-cuda.so",
+            "module": CUDA_MODULE,
             "runtime_dir": runtime_dir,
             "runtime_libraries": sorted("engine/" + f for f in files if f.startswith("lib/cuda/")),
             "runtime_wheels": cuda.wheel_requirements(),
@@ -677,11 +652,11 @@ def engine_properties(
         "compiler": compiler_display(tools["compiler"]),
         "cmake": tools["cmake"],
         "arch": tools["arch"],
-        "server": "engine/bin/llama-server",
-        "lib_dir": "engine/lib",
+        "server": ENGINE_SERVER,
+        "lib_dir": ENGINE_LIB_DIR,
         # ggml looks for its backend modules next to the executable and in the working
         # directory: launch llama-server with this working directory.
-        "backend_dir": "engine/lib",
+        "backend_dir": ENGINE_LIB_DIR,
     }
 
 

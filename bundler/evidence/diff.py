@@ -15,6 +15,7 @@ from packaging.version import InvalidVersion, Version
 
 from bundler.errors import SignatureError
 from bundler.ssh import sig as sshsig
+from runtime.components import CudaFacts, EngineFacts, ModelFacts, parse_engine, parse_model
 
 __all__ = [
     "SECTIONS",
@@ -104,7 +105,7 @@ def diff_manifests(
     changes: list[Change] = []
     changes += _bundle(old, new)
     changes += _models(_models_of(old), _models_of(new))
-    changes += _engine(_props(old, "runtime"), _props(new, "runtime"))
+    changes += _engine(_engine_of(old), _engine_of(new))
     changes += _wheels(old, new)
     changes += _licenses(old, new)
     changes += _sets("signers", "signer", set(old_signers), set(new_signers))
@@ -215,9 +216,17 @@ def _props(manifest: Mapping[str, Any], ctype: str) -> dict[str, Any]:
     return merged
 
 
-def _models_of(manifest: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    models = _props(manifest, "model").get("models") or []
-    return {str(m.get("name")): m for m in models}
+def _models_of(manifest: Mapping[str, Any]) -> dict[str, ModelFacts]:
+    models = [parse_model(m) for m in _props(manifest, "model").get("models") or []]
+    return {str(m.name): m for m in models}
+
+
+def _engine_of(manifest: Mapping[str, Any]) -> Optional[EngineFacts]:
+    """The engine (the ``runtime`` component type), or None when the bundle has none."""
+    comps = (manifest.get("components") or {}).values()
+    if not any(c.get("type") == "runtime" for c in comps):
+        return None
+    return parse_engine(_props(manifest, "runtime"))
 
 
 def _models(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
@@ -229,12 +238,12 @@ def _models(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     for name in sorted(set(old) & set(new)):
         o, n = old[name], new[name]
         for key in ("source", "repo", "revision", "commit", "endpoint", "entrypoint", "gated"):
-            out += _changed("models", f"model {name} {key}", o.get(key), n.get(key))
-        og, ng = o.get("gguf") or {}, n.get("gguf") or {}
+            out += _changed("models", f"model {name} {key}", getattr(o, key), getattr(n, key))
+        og, ng = o.gguf.properties, n.gguf.properties
         for key in sorted(set(og) | set(ng)):
             out += _changed("models", f"model {name} gguf.{key}", og.get(key), ng.get(key))
-        of = {f.get("hub_path") or f.get("path"): f for f in o.get("files", [])}
-        nf = {f.get("hub_path") or f.get("path"): f for f in n.get("files", [])}
+        of = {f.get("hub_path") or f.get("path"): f for f in o.files}
+        nf = {f.get("hub_path") or f.get("path"): f for f in n.files}
         for p in sorted(set(of) - set(nf)):
             out.append(Change("models", "removed", f"model {name} file {p}"))
         for p in sorted(set(nf) - set(of)):
@@ -248,15 +257,20 @@ def _models(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
     return out
 
 
-def _model_label(m: Mapping[str, Any]) -> str:
-    if m.get("repo"):
-        return f"{m['repo']}@{str(m.get('commit') or '?')[:12]}"
-    return str(m.get("source") or "local")
+def _model_label(m: ModelFacts) -> str:
+    if m.repo:
+        return f"{m.repo}@{(m.commit or '?')[:12]}"
+    return m.source or "local"
 
 
-def _engine(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+def _engine(old: Optional[EngineFacts], new: Optional[EngineFacts]) -> list[Change]:
     out: list[Change] = []
-    ol, nl = old.get("llama_cpp_python") or {}, new.get("llama_cpp_python") or {}
+
+    def attr(engine: Optional[EngineFacts], key: str) -> Any:
+        return getattr(engine, key) if engine is not None else None
+
+    ol = old.llama_cpp_python if old else {}
+    nl = new.llama_cpp_python if new else {}
     out += _versioned("runtime", "llama-cpp-python", ol.get("version"), nl.get("version"))
     if ol.get("version") == nl.get("version") and ol.get("sha256") != nl.get("sha256"):
         out += _changed(
@@ -266,50 +280,35 @@ def _engine(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
             _short(nl.get("sha256")),
         )
     for key in ("llama_cpp_commit", "compiler", "cmake", "arch", "server", "lib_dir"):
-        out += _changed("runtime", key, old.get(key), new.get(key))
-    out += _sets(
-        "runtime",
-        "cmake flag",
-        set(old.get("cmake_flags") or []),
-        set(new.get("cmake_flags") or []),
-    )
-    out += _sets(
-        "runtime",
-        "cpu variant",
-        set(old.get("cpu_variants") or []),
-        set(new.get("cpu_variants") or []),
-    )
-    oc, nc = old.get("cuda"), new.get("cuda")
+        out += _changed("runtime", key, attr(old, key), attr(new, key))
+    for key, label in (("cmake_flags", "cmake flag"), ("cpu_variants", "cpu variant")):
+        out += _sets("runtime", label, set(attr(old, key) or ()), set(attr(new, key) or ()))
+    oc, nc = attr(old, "cuda"), attr(new, "cuda")
     if oc is None and nc is not None:
         out.append(Change("runtime", "added", "cuda backend", None, _cuda_label(nc)))
     elif oc is not None and nc is None:
         out.append(Change("runtime", "removed", "cuda backend", _cuda_label(oc), None))
     elif oc and nc:
         for key in ("cuda_version", "min_driver", "module"):
-            out += _changed("runtime", f"cuda {key}", oc.get(key), nc.get(key))
-        out += _sets(
-            "runtime",
-            "cuda architecture",
-            set(oc.get("architectures") or []),
-            set(nc.get("architectures") or []),
-        )
+            out += _changed("runtime", f"cuda {key}", getattr(oc, key), getattr(nc, key))
+        out += _sets("runtime", "cuda architecture", set(oc.architectures), set(nc.architectures))
         out += _sets(
             "runtime",
             "cuda runtime library",
-            set(oc.get("runtime_libraries") or []),
-            set(nc.get("runtime_libraries") or []),
+            set(oc.runtime_libraries),
+            set(nc.runtime_libraries),
         )
         out += _cuda_wheels(oc, nc)
-    osd, nsd = old.get("server_defaults") or {}, new.get("server_defaults") or {}
+    osd, nsd = attr(old, "server_defaults") or {}, attr(new, "server_defaults") or {}
     for key in sorted(set(osd) | set(nsd)):
         out += _changed("runtime", f"server {key}", osd.get(key), nsd.get(key))
     return out
 
 
-def _cuda_wheels(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
+def _cuda_wheels(old: CudaFacts, new: CudaFacts) -> list[Change]:
     """NVIDIA runtime wheels (``cuda.runtime_wheel_files``) by name: version, then file bytes."""
-    ow = {str(w["name"]): w for w in old.get("runtime_wheel_files") or []}
-    nw = {str(w["name"]): w for w in new.get("runtime_wheel_files") or []}
+    ow = {str(w["name"]): w for w in old.runtime_wheel_files or ()}
+    nw = {str(w["name"]): w for w in new.runtime_wheel_files or ()}
     out: list[Change] = []
     for name in sorted(set(ow) | set(nw)):
         o, n = ow.get(name), nw.get(name)
@@ -330,9 +329,8 @@ def _cuda_wheels(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]
     return out
 
 
-def _cuda_label(c: Mapping[str, Any]) -> str:
-    archs = ",".join(str(a) for a in c.get("architectures") or [])
-    return f"CUDA {c.get('cuda_version')} sm_{archs or '?'}"
+def _cuda_label(c: CudaFacts) -> str:
+    return f"CUDA {c.cuda_version} sm_{','.join(c.architectures) or '?'}"
 
 
 def _wheel_key(component: str, w: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -399,7 +397,7 @@ def _versioned(section: str, subject: str, old: Any, new: Any) -> list[Change]:
 def _license_map(manifest: Mapping[str, Any]) -> dict[str, str]:
     out = {}
     for name, m in _models_of(manifest).items():
-        out[f"model {name}"] = str(m.get("license") or "unknown")
+        out[f"model {name}"] = m.license or "unknown"
     for key, w in _wheels_of(manifest).items():
         out[f"wheel {key[1]}"] = str(w.get("license") or "unknown")
     return out
@@ -412,8 +410,8 @@ def _licenses(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
         out += _changed("licenses", subject, ol[subject], nl[subject])
     out += _sets("licenses", "license", set(ol.values()), set(nl.values()))
     for name in sorted(set(_models_of(old)) & set(_models_of(new))):
-        a = _models_of(old)[name].get("license_permissive")
-        b = _models_of(new)[name].get("license_permissive")
+        a = _models_of(old)[name].license_permissive
+        b = _models_of(new)[name].license_permissive
         out += _changed("licenses", f"model {name} permissive", a, b)
     return out
 

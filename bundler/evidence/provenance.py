@@ -20,6 +20,7 @@ import yaml
 
 from bundler import __version__
 from bundler.errors import BuildError
+from runtime.components import parse_engine, parse_model
 
 __all__ = [
     "BUILD_TYPE",
@@ -146,26 +147,31 @@ def resolved_dependencies(components: Mapping[str, Mapping[str, Any]]) -> list[d
 
     for comp in components.values():
         props = comp.get("properties") or {}
-        for m in props.get("models", []) if comp.get("type") == "model" else []:
-            endpoint = str(m.get("endpoint") or "https://huggingface.co").rstrip("/")
-            for f in m.get("files", []):
-                if m.get("source", "hub") == "hub" and m.get("repo") and m.get("commit"):
-                    uri = f"{endpoint}/{m['repo']}/resolve/{m['commit']}/{f['hub_path']}"
-                else:
-                    uri = "file:" + str(f.get("hub_path") or f["path"])
-                add(uri, str(f["sha256"]), str(f["path"]))
+        if comp.get("type") == "model":
+            for m in (parse_model(raw) for raw in props.get("models") or []):
+                endpoint = (m.endpoint or "https://huggingface.co").rstrip("/")
+                pinned = (m.source or "hub") == "hub" and m.repo and m.commit
+                for f in m.files:
+                    if pinned:
+                        uri = f"{endpoint}/{m.repo}/resolve/{m.commit}/{f['hub_path']}"
+                    else:
+                        uri = "file:" + str(f.get("hub_path") or f["path"])
+                    add(uri, str(f["sha256"]), str(f["path"]))
         for w in props.get("wheels", []):
             base = str(w["file"]).rsplit("/", 1)[-1]
             pname = str(w["name"]).lower().replace("_", "-")
             add(f"pkg:pypi/{pname}@{w['version']}?file_name={base}", str(w["sha256"]), base)
-        cuda = props.get("cuda") or {}
-        for w in cuda.get("runtime_wheel_files") or []:  # NVIDIA's wheels (CUDA builds)
+        if comp.get("type") != "runtime":
+            continue
+        engine = parse_engine(dict(props))
+        nvidia = (engine.cuda.runtime_wheel_files or ()) if engine.cuda else ()
+        for w in nvidia:  # NVIDIA's runtime wheels (CUDA builds)
             add(
                 f"pkg:pypi/{w['name']}@{w['version']}?file_name={w['file']}",
                 str(w["sha256"]),
                 str(w["file"]),
             )
-        src = props.get("llama_cpp_python")
+        src = engine.llama_cpp_python
         if src:
             uri = str(src.get("url") or f"pkg:pypi/llama-cpp-python@{src['version']}")
             add(uri, str(src["sha256"]), str(src["sdist"]))

@@ -26,6 +26,7 @@ from bundler.ssh import sig as sshsig
 from bundler.ssh import trust
 from bundler.ssh.sig import ARCHIVE_NAMESPACE, MANIFEST_NAMESPACE
 from runtime.bundle import read_metadata
+from runtime.components import EngineFacts, ModelFacts, engine_of, models_of
 
 TEMPLATE = "report.html.j2"
 
@@ -82,8 +83,8 @@ class Report:
     manifest_sha256: str
     builder: Mapping[str, Any]
     components: tuple[Component, ...]
-    models: tuple[Mapping[str, Any], ...]
-    engine: Mapping[str, Any]
+    models: tuple[ModelFacts, ...]
+    engine: EngineFacts | None
     targets: tuple[Mapping[str, Any], ...]
     licenses: tuple[LicenseUse, ...]
     signers: tuple[Signer, ...]
@@ -137,10 +138,10 @@ def _props(manifest: Mapping[str, Any], component: str) -> Mapping[str, Any]:
 def _licenses(manifest: Mapping[str, Any]) -> tuple[LicenseUse, ...]:
     uses: dict[str, list[str]] = {}
     permissive: dict[str, bool | None] = {}
-    for model in _props(manifest, "models").get("models") or []:
-        lic = str(model.get("license") or "unknown")
-        uses.setdefault(lic, []).append(f"model {model.get('name', '?')}")
-        flag = model.get("license_permissive")
+    for model in models_of(dict(manifest)):
+        lic = model.license or "unknown"
+        uses.setdefault(lic, []).append(f"model {model.name or '?'}")
+        flag = model.license_permissive
         permissive[lic] = bool(flag) if flag is not None else permissive.get(lic)
     for comp in ("wheels", "controller"):
         for wheel in _props(manifest, comp).get("wheels") or []:
@@ -173,16 +174,16 @@ def _flags(
     expires = _parse_time(str(manifest.get("expires", "")))
     if expires is not None and expires <= now:
         flags.append(f"the bundle expired at {manifest.get('expires')}")
-    for model in _props(manifest, "models").get("models") or []:
-        name = model.get("name", "?")
-        if model.get("gated"):
+    for model in models_of(dict(manifest)):
+        name = model.name or "?"
+        if model.gated:
             flags.append(f"model {name} comes from a gated Hub repository")
-        if model.get("license_permissive") is False:
-            flags.append(f"model {name} has a non-permissive license: {model.get('license')}")
-        if model.get("source") == "local":
+        if model.license_permissive is False:
+            flags.append(f"model {name} has a non-permissive license: {model.license}")
+        if model.source == "local":
             flags.append(f"model {name} was bundled from a local path, not a pinned Hub commit")
-    engine = _props(manifest, "engine")
-    if engine and engine.get("llama_cpp_commit") in (None, "", "unknown"):
+    engine = engine_of(dict(manifest))
+    if engine is not None and engine.llama_cpp_commit in (None, "", "unknown"):
         flags.append("the llama.cpp source commit is unknown (see the sdist digest instead)")
     return tuple(flags)
 
@@ -275,8 +276,8 @@ def build_report(
         manifest_sha256=manifest_sha256,
         builder=manifest.get("builder") or {},
         components=components,
-        models=tuple(_props(manifest, "models").get("models") or ()),
-        engine=_props(manifest, "engine"),
+        models=tuple(models_of(dict(manifest))),
+        engine=engine_of(dict(manifest)),
         targets=tuple(targets),
         licenses=_licenses(manifest),
         signers=tuple(signers),

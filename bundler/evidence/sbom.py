@@ -38,6 +38,7 @@ from packageurl import PackageURL
 from bundler import __version__
 from bundler.errors import AirlockError, ArchiveFormatError, BuildError
 from runtime.bundle import BundleMetadata, read_member
+from runtime.components import parse_engine, parse_model
 
 __all__ = [
     "SBOM_PATH",
@@ -326,20 +327,20 @@ class _Builder:
 
     def _models(self, props: Mapping[str, Any]) -> list[Component]:
         out = []
-        for m in sorted(props["models"], key=lambda m: str(m["name"])):
-            ref = "model:" + str(m["name"])
-            repo = m.get("repo")
-            commit = m.get("commit")
+        models = [parse_model(m) for m in props.get("models") or []]
+        for m in sorted(models, key=lambda m: str(m.name)):
+            ref = f"model:{m.name}"
+            repo, commit = m.repo, m.commit
             purl = None
             ext = []
             group = None
-            name = str(m["name"])
-            if repo and m.get("source", "hub") == "hub":
+            name = str(m.name)
+            if repo and (m.source or "hub") == "hub":
                 group, _, name = str(repo).rpartition("/")
                 purl = PackageURL(
                     type="huggingface", namespace=group or None, name=name, version=commit
                 )
-                endpoint = str(m.get("endpoint") or "https://huggingface.co").rstrip("/")
+                endpoint = (m.endpoint or "https://huggingface.co").rstrip("/")
                 ext.append(
                     ExternalReference(
                         type=ExternalReferenceType.DISTRIBUTION,
@@ -352,9 +353,8 @@ class _Builder:
                         type=ExternalReferenceType.VCS, url=XsUri(f"{endpoint}/{repo}")
                     )
                 )
-            gguf = m.get("gguf") or {}
-            children = self._files_under(f"models/{m['name']}/", "models")
-            for f in m.get("files", []):
+            children = self._files_under(f"models/{m.name}/", "models")
+            for f in m.files:
                 for child in children:
                     if child.name == f.get("path") and f.get("hub_path"):
                         child.properties.add(Property(name=_P + "hub_path", value=f["hub_path"]))
@@ -366,54 +366,55 @@ class _Builder:
                     version=commit or None,
                     bom_ref=ref,
                     purl=purl,
-                    licenses=_licenses(m.get("license")),
+                    licenses=_licenses(m.license),
                     external_references=ext,
                     components=children,
                     properties=_props(
                         [
-                            ("model.name", m["name"]),
-                            ("model.source", m.get("source")),
+                            ("model.name", m.name),
+                            ("model.source", m.source),
                             ("model.repo", repo),
-                            ("model.revision", m.get("revision")),
+                            ("model.revision", m.revision),
                             ("model.commit", commit),
-                            ("model.entrypoint", m.get("entrypoint")),
-                            ("model.card", m.get("card")),
-                            ("model.gated", m.get("gated")),
-                            ("license.permissive", m.get("license_permissive")),
+                            ("model.entrypoint", m.entrypoint),
+                            ("model.card", m.card),
+                            ("model.gated", m.gated),
+                            ("license.permissive", m.license_permissive),
                         ]
-                        + [("license.file", p) for p in m.get("license_files", [])]
+                        + [("license.file", p) for p in m.license_files]
                     ),
                 )
             )
-            self.model_cards[ref] = _model_card(gguf)
+            self.model_cards[ref] = _model_card(m.gguf.properties)
         return out
 
     def _engine(self, cname: str, props: Mapping[str, Any]) -> tuple[Component, list[Component]]:
         """llama.cpp, and what it was built from or links: the sdist, the CUDA runtime."""
-        commit = props.get("llama_cpp_commit")
+        eng = parse_engine(dict(props))
+        commit = eng.llama_cpp_commit
         known = bool(commit) and commit != "unknown"
-        cuda = props.get("cuda") or {}
+        cuda = eng.cuda
         used: list[Component] = []
-        if cuda.get("runtime_dir"):
+        if cuda is not None and cuda.runtime_libraries:
             # NVIDIA's redistributable libraries are not llama.cpp and not MIT: own component,
             # with the exact NVIDIA wheels they were carried out of nested in it.
-            wheels = [self._cuda_wheel(w) for w in cuda.get("runtime_wheel_files") or []]
+            wheels = [self._cuda_wheel(w) for w in cuda.runtime_wheel_files or ()]
             used.append(
                 Component(
                     type=ComponentType.LIBRARY,
                     name="cuda-runtime",
-                    version=str(cuda.get("cuda_version") or "") or None,
+                    version=cuda.cuda_version or None,
                     bom_ref=_CUDA_REF,
                     licenses=_licenses("LicenseRef-NVIDIA-CUDA-EULA"),
                     description="NVIDIA CUDA runtime libraries shipped for the CUDA backend",
                     components=[
                         *wheels,
-                        *self._files_under(str(cuda["runtime_dir"]).rstrip("/") + "/"),
+                        *self._files_under(cuda.runtime_dir.rstrip("/") + "/"),
                     ],
                     properties=_props(
-                        [("cuda.runtime_dir", cuda["runtime_dir"])]
-                        + [("cuda.runtime_wheel", r) for r in cuda.get("runtime_wheels", [])]
-                        + [("cuda.runtime_wheel_files_note", cuda.get("runtime_wheel_files_note"))]
+                        [("cuda.runtime_dir", cuda.runtime_dir)]
+                        + [("cuda.runtime_wheel", r) for r in cuda.runtime_wheels]
+                        + [("cuda.runtime_wheel_files_note", cuda.runtime_wheel_files_note)]
                     ),
                 )
             )
@@ -431,21 +432,21 @@ class _Builder:
             properties=_props(
                 [
                     ("llama_cpp.commit", commit),
-                    ("build.compiler", props.get("compiler")),
-                    ("build.cmake", props.get("cmake")),
-                    ("build.arch", props.get("arch")),
-                    ("runtime.server", props.get("server")),
-                    ("runtime.lib_dir", props.get("lib_dir")),
-                    ("cuda.version", cuda.get("cuda_version")),
-                    ("cuda.min_driver", cuda.get("min_driver")),
-                    ("cuda.module", cuda.get("module")),
+                    ("build.compiler", eng.compiler),
+                    ("build.cmake", eng.cmake),
+                    ("build.arch", eng.arch),
+                    ("runtime.server", eng.server),
+                    ("runtime.lib_dir", eng.lib_dir),
+                    ("cuda.version", cuda.cuda_version if cuda else None),
+                    ("cuda.min_driver", cuda.min_driver if cuda else None),
+                    ("cuda.module", cuda.module if cuda else None),
                 ]
-                + [("build.cmake_flag", f) for f in props.get("cmake_flags", [])]
-                + [("cpu.variant", v) for v in props.get("cpu_variants", [])]
-                + [("cuda.architecture", a) for a in cuda.get("architectures", [])]
+                + [("build.cmake_flag", f) for f in eng.cmake_flags]
+                + [("cpu.variant", v) for v in eng.cpu_variants]
+                + [("cuda.architecture", a) for a in (cuda.architectures if cuda else ())]
             ),
         )
-        src = props.get("llama_cpp_python")
+        src = eng.llama_cpp_python
         if not src:
             return engine, used
         ext = []

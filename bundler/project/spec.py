@@ -14,28 +14,13 @@ import yaml
 
 from bundler.bundle.manifest import expiry_from_text
 from bundler.errors import SpecError
+from runtime.variants import X86_VARIANT_NAMES
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-# ggml's x86 CPU backend variants in its order (bundler.engine.llamacpp.ALL_X86_VARIANTS; a test
-# keeps the two equal without making the spec import the build code).
-CPU_VARIANTS = (
-    "x64",
-    "sse42",
-    "sandybridge",
-    "ivybridge",
-    "piledriver",
-    "haswell",
-    "skylakex",
-    "cannonlake",
-    "cascadelake",
-    "icelake",
-    "cooperlake",
-    "zen4",
-    "alderlake",
-    "sapphirerapids",
-)
+# ggml's x86 CPU backend variants in its order (written once, in runtime.variants).
+CPU_VARIANTS = X86_VARIANT_NAMES
 DEFAULT_EXPIRY_DAYS = 180
 
 

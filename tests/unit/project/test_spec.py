@@ -168,11 +168,18 @@ def test_example_spec_in_templates_is_valid(repo_root: Path) -> None:
     assert spec.lock_path.name == "airlock.lock"
 
 
-def test_cpu_variant_names_are_the_ones_the_engine_build_knows() -> None:
-    from bundler.engine.llamacpp import ALL_X86_VARIANTS
-    from bundler.project.spec import CPU_VARIANTS
+def test_every_variant_ggml_builds_is_accepted_and_a_typo_gets_the_closest(
+    tmp_path: Path,
+) -> None:
+    from runtime.variants import X86_VARIANT_NAMES
 
-    assert CPU_VARIANTS == ALL_X86_VARIANTS
+    data = _base()
+    data["engine"] = {"llama_cpp_python": "0.3.16", "cpu_variants": list(X86_VARIANT_NAMES)}
+    assert _parse(data, tmp_path).engine.cpu_variants == X86_VARIANT_NAMES
+    data["engine"]["cpu_variants"] = ["x64", "sapphirerapid"]
+    assert _problems(data, tmp_path) == [
+        "engine.cpu_variants: unknown CPU variant 'sapphirerapid' (did you mean 'sapphirerapids'?)"
+    ]
 
 
 @pytest.mark.parametrize("text", ["90d", "26w", "2027-05-26", "2027-05-26T12:00:00Z"])

@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(e.render(), file=sys.stderr)
         if getattr(args, "json", False):
             # Scripts asked for JSON: they get the failure as JSON too, same shape as the
-            # far-side tools (python3 -m runtime.unpack/select --json).
+            # far-side tools (python3 -m runtime.unpack/selection --json).
             json.dump(
                 {
                     "error": e.message,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -111,6 +112,14 @@ def cosign(
             f"{bundle} is a split bundle's index; co-signing rewrites the archive",
             hint="airlock join it, co-sign the .tar, then split it again if needed",
         )
+    try:
+        kind = os.stat(bundle).st_mode
+    except OSError as e:
+        raise UsageError(
+            f"cannot read {bundle}: {e.strerror or e}", hint="pass the bundle .tar to co-sign"
+        ) from e
+    if not stat.S_ISREG(kind):
+        raise UsageError(f"{bundle} is not a regular file", hint="pass the bundle .tar to co-sign")
     recovered = recover_cosign(bundle, expect_manifest=expect_manifest)
     meta, base = _read(bundle)
     target = _target(meta)

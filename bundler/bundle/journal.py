@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 from bundler.bundle.region import archive_digest, journal_path
 from bundler.errors import ArchiveFormatError, IntegrityError, SignatureError
+from bundler.fsio import read_small
 from bundler.ssh import sig as sshsig
 from runtime.bundle import SIGNATURE_DIR, BundleMetadata, read_metadata_stream
 
@@ -80,11 +81,7 @@ def read_journal(bundle: Path) -> CosignJournal:
     """The journal beside ``bundle``; raises ArchiveFormatError when it is unreadable."""
     path = journal_path(bundle)
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_JOURNAL_BYTES + 1)
-        if len(data) > MAX_JOURNAL_BYTES:
-            raise ValueError(f"over {MAX_JOURNAL_BYTES} bytes")
-        record: Any = json.loads(data)
+        record: Any = json.loads(read_small(path, MAX_JOURNAL_BYTES))
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError("not an airlock co-sign journal")
         if record.get("version") != VERSION:

@@ -17,7 +17,7 @@ from typing import IO, Optional, Union
 
 from bundler.bundle.region import ARCHIVE_HASH
 from bundler.errors import IntegrityError, UsageError
-from bundler.fsio import atomic_file, write_atomic
+from bundler.fsio import atomic_file, read_small, write_atomic
 from bundler.ssh import sig as sshsig
 from bundler.ssh import trust
 from bundler.ssh.keys import Signer
@@ -191,13 +191,11 @@ def parse_index(data: bytes, index: Path) -> tuple[Part, ...]:
 
 def _read_bounded(path: Path, limit: int, what: str, hint: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        return read_small(path, limit)
     except OSError as e:
         raise UsageError(f"cannot read {what} {path}: {e.strerror or e}", hint=hint) from e
-    if len(data) > limit:
-        raise UsageError(f"{what} {path} is over {limit} bytes; it is not one", hint=hint)
-    return data
+    except ValueError as e:
+        raise UsageError(f"{what} {path} is over {limit} bytes; it is not one", hint=hint) from e
 
 
 def load_index(
@@ -314,6 +312,11 @@ def join(
             )
             out.flush()
             os.fsync(out.fileno())
+    except OSError as e:
+        raise UsageError(
+            f"cannot join into {final}: {e.strerror or e}; nothing was left there",
+            hint="check the parts can be read and the destination has room, then join again",
+        ) from e
     finally:
         for f, _ in opened:
             if f is not None:

@@ -172,7 +172,14 @@ def _sign(args: argparse.Namespace) -> int:
         )
         console.info(f"manifest sha256 {t.manifest_sha256}")
 
-    result = cosign(args.bundle, signer, expect_manifest=expected, show=show)
+    try:
+        result = cosign(args.bundle, signer, expect_manifest=expected, show=show)
+    except OSError as e:  # the disk, not the bundle: nothing half-written stays unnoticed
+        raise UsageError(
+            f"cannot co-sign {args.bundle}: {e.strerror or e}",
+            hint="check that the bundle, its .sig and their directory are writable and the "
+            "disk has room; if a co-sign was interrupted, run airlock sign again to finish it",
+        ) from e
     t = result.target
     if args.json:
         console.emit_json(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 from bundler.errors import SignatureError, TrustError
+from bundler.fsio import read_small
 from bundler.ssh import policyfile
 from bundler.ssh.keys import ED25519, PublicKey
 from bundler.ssh.policyfile import KRL_MAGIC, LineError
@@ -24,6 +25,7 @@ _POLICY_HINT = (
     "see docs/FORMAT.md, Signatures and trust policy)"
 )
 Text = Union[str, bytes]
+MAX_POLICY_BYTES = 64 << 20  # far beyond any real allowed_signers or revoked keys file
 
 
 @dataclass(frozen=True)
@@ -199,11 +201,12 @@ def parse_revoked(text: Text, *, source: str = "revoked keys") -> frozenset[byte
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
-    except OSError as e:
+        return read_small(path, MAX_POLICY_BYTES)
+    except (OSError, ValueError) as e:
         raise TrustError(
-            f"cannot read the {what} {path}: {e.strerror or e}",
-            hint=f"check the path; the {what} is part of the site's trust policy",
+            f"cannot read the {what} {path}: {getattr(e, 'strerror', None) or e}",
+            hint=f"check the path; the {what} is part of the site's trust policy "
+            f"(a regular file of at most {MAX_POLICY_BYTES >> 20} MiB)",
         ) from e
 
 

@@ -35,7 +35,11 @@ def _policy_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument(
         "--threshold", type=int, default=1, help="distinct trusted keys that must sign (k of n)"
     )
-    p.add_argument("--revoked", type=Path, help="revoked keys (one public key per line)")
+    p.add_argument(
+        "--revoked",
+        type=Path,
+        help="revoked keys: public keys or certificates, one per line (as ssh-keygen -Y verify -r)",
+    )
 
 
 def _policy(args: argparse.Namespace) -> Optional[TrustPolicy]:

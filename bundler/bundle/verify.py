@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from bundler.bundle.manifest import parse_time
-from bundler.bundle.split import PartsIndex, PartsReader, load_index
+from bundler.bundle.partsindex import PartsIndex, load_index
+from bundler.bundle.split import PartsReader
 from bundler.errors import ExpiredError, UsageError
 from bundler.ssh import sig as sshsig
 from bundler.ssh import trust

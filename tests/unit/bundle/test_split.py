@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.bundle.split import join, parse_size, read_index
+from bundler.bundle.partsindex import read_index
+from bundler.bundle.split import join, parse_size
 from bundler.bundle.verify import verify_bundle
 from bundler.errors import IntegrityError, TrustError, UsageError
 from bundler.ssh import sig as sshsig
@@ -173,10 +174,10 @@ def test_verify_refuses_a_sparse_oversized_part_without_reading_it(
 
 def test_join_uses_the_index_bytes_it_verified(tmp_path: Path, split_bundle, monkeypatch) -> None:
     """The index is read once: swapping it after its signature was checked changes nothing."""
-    import bundler.bundle.split as split
+    import bundler.bundle.partsindex as partsindex
 
     key, whole, parts = split_bundle
-    real_evaluate = split.trust.evaluate
+    real_evaluate = partsindex.trust.evaluate
 
     def evaluate_then_swap(*args, **kw):
         decision = real_evaluate(*args, **kw)
@@ -184,7 +185,7 @@ def test_join_uses_the_index_bytes_it_verified(tmp_path: Path, split_bundle, mon
         parts.index.write_text(edited)  # the attacker's edit lands right after the check
         return decision
 
-    monkeypatch.setattr(split.trust, "evaluate", evaluate_then_swap)
+    monkeypatch.setattr(partsindex.trust, "evaluate", evaluate_then_swap)
     path = join(parts.index, tmp_path / "joined", policy=policy_for(tmp_path, [key]))
     assert path.read_bytes() == whole.path.read_bytes()
 

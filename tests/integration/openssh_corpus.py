@@ -60,20 +60,21 @@ class Materials:
     stock_cert_line: bytes  # ssh-keygen -s CA -I id -n alice alice.pub
     ca_line: bytes  # that CA's public key
     krl: bytes  # ssh-keygen -k listing keys[3]
+    rsa_ca_cert_line: bytes  # a certificate of alice's key by an RSA CA (rsa-sha2-512)
+    ecdsa_ca_cert_line: bytes  # ... by an ECDSA (nistp384) CA
+    cert_signature: bytes  # ssh-keygen -Y sign with alice's certificate: airlock refuses
 
     def line(self, i: int) -> bytes:
         return self.keys[i].public_key.openssh().encode()
 
 
+def corpus_private_key(i: int) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"%d/%d" % (SEED, i)).digest())
+
+
 def corpus_keys() -> list[Ed25519Signer]:
     """Four Ed25519 keys derived from the seed: alice, bob, carol, mallory."""
-    return [
-        Ed25519Signer(
-            Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"%d/%d" % (SEED, i)).digest()),
-            comment=NAMES[i].decode(),
-        )
-        for i in range(4)
-    ]
+    return [Ed25519Signer(corpus_private_key(i), comment=NAMES[i].decode()) for i in range(4)]
 
 
 def _entry(m: Materials, i: int, options: bytes = b"", principals: bytes = b"") -> bytes:
@@ -213,6 +214,10 @@ def key_forms(m: Materials) -> Iterator[Case]:
         "ecdsa entry then alice": b"carol " + m.ecdsa_line + b"\n" + _entry(m, 0),
         "rsa-sha2-512 alias then alice": b"carol rsa-sha2-512 " + m.rsa_line.split(b" ")[1]
         + b"\n" + _entry(m, 0),
+        "RSA-CA certificate as a plain entry": b"alice " + m.rsa_ca_cert_line + b"\n",
+        "ECDSA-CA certificate then alice": b"bob " + m.ecdsa_ca_cert_line + b"\n" + _entry(m, 0),
+        "forged RSA-CA certificate then alice": b"bob " + _flip(m.rsa_ca_cert_line) + b"\n"
+        + _entry(m, 0),
     }  # fmt: skip
     for name, text in lines.items():
         yield Case(f"key: {name}", text, [0])
@@ -261,6 +266,9 @@ def revoked_files(m: Materials) -> Iterator[Case]:
         "other key then junk": m.line(1) + b"\nnot a key\n",
         "short rsa key skipped": b"ssh-rsa " + rsa_short + b"\n" + m.line(1) + b"\n",
         "rsa and ecdsa keys": m.rsa_line + b"\n" + m.ecdsa_line + b"\n",
+        "certificate by an RSA CA": m.rsa_ca_cert_line + b"\n",
+        "certificate by an ECDSA CA": m.ecdsa_ca_cert_line + b"\n",
+        "certificate by an RSA CA, one byte off": _flip(m.rsa_ca_cert_line) + b"\n",
         "ca key only": m.ca_line + b"\n",
         "empty": b"",
         "key in a comment": b"# " + m.line(0) + b"\n",
@@ -274,6 +282,13 @@ def revoked_files(m: Materials) -> Iterator[Case]:
     yield Case("revoked: binary KRL listing the key", _entry(m, 3), [3], revoked=m.krl,
                stricter="krl")  # fmt: skip
     yield Case("revoked: damaged KRL", _entry(m, 0), [0], revoked=m.krl[:20])
+
+
+def _flip(line: bytes) -> bytes:
+    """The line with one base64 character of its CA signature changed (a forged certificate)."""
+    kind, b64 = line.split(b" ")[:2]
+    at = len(b64) - 10
+    return kind + b" " + b64[:at] + (b"A" if b64[at : at + 1] != b"A" else b"B") + b64[at + 1 :]
 
 
 def armors(m: Materials) -> Iterator[Case]:
@@ -303,6 +318,11 @@ def armors(m: Materials) -> Iterator[Case]:
     }
     for name, armor in shaped.items():
         yield Case(f"armor: {name}", _entry(m, 0), [0], armor=armor)
+    cert_authority = b"alice cert-authority " + m.ca_line + b"\n"
+    yield Case("armor: signed with alice's certificate, its CA trusted", cert_authority, [0],
+               armor=m.cert_signature, stricter="certificate")  # fmt: skip
+    yield Case("armor: signed with alice's certificate, alice trusted", _entry(m, 0), [0],
+               armor=m.cert_signature)  # fmt: skip
 
 
 def mutations(m: Materials, count: int = 220) -> Iterator[Case]:

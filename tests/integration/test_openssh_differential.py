@@ -44,6 +44,7 @@ from tests.integration.openssh_corpus import (
     Materials,
     corpus,
     corpus_keys,
+    corpus_private_key,
 )
 
 NOW = datetime.strptime(VERIFY_TIME, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)
@@ -52,6 +53,7 @@ STRICTER = {
     "malformed-line": "airlock refuses a whole allowed_signers file with a line ssh-keygen skips",
     "dsa": "airlock does not read DSA keys and refuses a file that lists one",
     "krl": "airlock does not read binary KRLs and refuses them as revoked keys files",
+    "certificate": "airlock accepts no certificate signatures (cert-authority lines never count)",
 }
 
 
@@ -87,6 +89,25 @@ def materials(tmp_path_factory: pytest.TempPathFactory) -> Materials:
     (d / "mallory.pub").write_text(keys[3].public_key.openssh() + "\n")
     cert = _keygen("-q", "-s", d / "ca", "-I", "alice-id", "-n", "alice", d / "alice.pub")
     assert cert.returncode == 0, cert.stderr
+    for ca_kind in ("rsa", "ecdsa"):  # certificates of alice's key by RSA and ECDSA CAs
+        (d / f"alice-{ca_kind}.pub").write_text(keys[0].public_key.openssh() + "\n")
+        done = _keygen(
+            "-q", "-s", d / ca_kind, "-I", "id", "-n", "alice", d / f"alice-{ca_kind}.pub"
+        )
+        assert done.returncode == 0, done.stderr
+    (d / "alice").write_bytes(
+        corpus_private_key(0).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    (d / "alice").chmod(0o600)
+    (d / "msg").write_bytes(MESSAGE)
+    signed = _keygen(
+        "-Y", "sign", "-f", d / "alice-cert.pub", "-n", "airlock-manifest-v1", d / "msg"
+    )
+    assert signed.returncode == 0, signed.stderr
     assert _keygen("-q", "-k", "-f", d / "krl", d / "mallory.pub").returncode == 0
 
     def line(name: str) -> bytes:
@@ -103,6 +124,9 @@ def materials(tmp_path_factory: pytest.TempPathFactory) -> Materials:
         stock_cert_line=line("alice-cert.pub"),
         ca_line=ca_line,
         krl=(d / "krl").read_bytes(),
+        rsa_ca_cert_line=line("alice-rsa-cert.pub"),
+        ecdsa_ca_cert_line=line("alice-ecdsa-cert.pub"),
+        cert_signature=(d / "msg.sig").read_bytes(),
     )
 
 

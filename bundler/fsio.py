@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,24 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644) -> None:
         out.write(payload)
         out.flush()
         os.fsync(out.fileno())
+
+
+def read_small(path: Path, limit: int) -> bytes:
+    """The bytes of a small regular file, read without blocking and never past ``limit``.
+
+    For inputs that anyone could have replaced (policy files, indexes, journals): a FIFO or
+    a device never blocks the reader, a sparse or huge file is never loaded. Raises OSError
+    (a plain one for what is not a regular file) and ValueError when over ``limit``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is over {limit} bytes")
+    return data
 
 
 def hash_file(path: Path) -> tuple[int, str]:

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
 import re
+import shutil
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import IO, Optional, Union
 
+from bundler.bundle.partsindex import (
+    INDEX_HEADER,
+    MAX_SIG_BYTES,
+    Part,
+    PartsIndex,
+    load_index,
+    read_bounded,
+)
 from bundler.bundle.region import ARCHIVE_HASH
 from bundler.errors import IntegrityError, UsageError
 from bundler.fsio import atomic_file, write_atomic
 from bundler.ssh import sig as sshsig
-from bundler.ssh import trust
 from bundler.ssh.keys import Signer
 from bundler.ssh.trust import TrustPolicy
 
 CHUNK = 1 << 20
 _SIZE = re.compile(r"\A(\d+)([KMGT]?)(i?B)?\Z", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_LINE = re.compile(r"\A([0-9a-f]{64})  ([A-Za-z0-9._+-]{1,255})\Z")
 MIN_PART = 1 << 20
 
 
@@ -75,6 +82,7 @@ def write_parts(
     """
     whole = hashlib.new(ARCHIVE_HASH)
     parts: list[Path] = []
+    sizes: list[str] = []
     lines: list[str] = []
     buf = bytearray(CHUNK)
     view = memoryview(buf)
@@ -103,12 +111,13 @@ def write_parts(
                 break
             os.replace(tmp, path)
             parts.append(path)
+            sizes.append(f"# size {written} {path.name}\n")
             lines.append(f"{digest.hexdigest()}  {path.name}\n")
             if written < part_size:
                 break
     del region  # the region is part of the file read above; kept for symmetry with pack
     index = index_path(final)
-    text = "".join(lines).encode("ascii")
+    text = "".join([INDEX_HEADER + "\n", *sizes, *lines]).encode("ascii")
     write_atomic(index, text)
     sig_path = Path(str(index) + ".sig")
     write_atomic(sig_path, sshsig.sign(text, signer, namespace=sshsig.ARCHIVE_NAMESPACE))
@@ -119,101 +128,143 @@ def write_parts(
     return SplitIndex(index=index, signature_path=sig_path, parts=tuple(parts))
 
 
-def read_index(index: Path) -> list[tuple[str, Path]]:
-    """The (sha256, part path) pairs of a parts index; raises UsageError when malformed."""
+def _open_part(part: Part) -> tuple[Optional[io.BufferedReader], Optional[str]]:
+    """The part opened for reading, after checking it is a regular file of the listed size."""
     try:
-        text = index.read_text("ascii")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read the parts index {index}: {e}") from e
-    pairs: list[tuple[str, Path]] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        m = _LINE.match(line)
-        if not m:
-            raise UsageError(
-                f"{index}, line {number}, is not a `sha256  part-name` line",
-                hint="copy the .parts index again from the bundle's builder",
-            )
-        pairs.append((m.group(1), index.parent / m.group(2)))
-    if not pairs:
-        raise UsageError(f"the parts index {index} lists no parts")
-    return pairs
-
-
-def check_index_signature(
-    index: Path, policy: TrustPolicy, *, now: Optional[datetime] = None
-) -> None:
-    """Verify ``<index>.sig`` against the trust policy (namespace airlock-archive-v1).
-
-    One trusted signer suffices: the index only names parts; the manifest signatures
-    (checked by verify) carry the policy's threshold. Raises TrustError.
-    """
-    sig_path = Path(str(index) + ".sig")
-    try:
-        sig = sig_path.read_bytes()
+        fd = os.open(part.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
-        raise UsageError(
-            f"cannot read the index signature {sig_path}: {e.strerror or e}",
-            hint="copy the .parts.sig file next to the .parts index",
-        ) from e
-    trust.evaluate(
-        dataclasses.replace(policy, threshold=1),
-        index.read_bytes(),
-        [(sig_path.name, sig)],
-        namespace=sshsig.ARCHIVE_NAMESPACE,
-        now=now or datetime.now(timezone.utc),
-    )
+        return None, f"{part.path.name}: cannot read ({e.strerror or e}); re-send it"
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return None, f"{part.path.name}: not a regular file; re-send it"
+    if st.st_size != part.size:
+        os.close(fd)
+        return None, (
+            f"{part.path.name}: {st.st_size} bytes where the index lists {part.size}; re-send it"
+        )
+    return os.fdopen(fd, "rb"), None
 
 
-def join(index: Path, out_dir: Path, *, policy: Optional[TrustPolicy] = None) -> Path:
+def _copy(f: io.BufferedReader, part: Part, out: Optional[IO[bytes]]) -> Optional[str]:
+    """Hash exactly ``part.size`` bytes (copying them to ``out``); the problem, if any."""
+    digest = hashlib.sha256()
+    view = memoryview(bytearray(CHUNK))
+    left = part.size
+    while left:
+        n = f.readinto(view[: min(CHUNK, left)])
+        if not n:
+            return f"{part.path.name}: shorter than the index says; re-send it"
+        digest.update(view[:n])
+        if out is not None:
+            out.write(view[:n])
+        left -= n
+    if f.read(1):
+        return f"{part.path.name}: grew while it was joined; re-send it"
+    if digest.hexdigest() != part.sha256:
+        return f"{part.path.name}: sha256 does not match the index; re-send it"
+    return None
+
+
+def join(
+    index: Path,
+    out_dir: Path,
+    *,
+    policy: Optional[TrustPolicy] = None,
+    now: Optional[datetime] = None,
+) -> Path:
     """Concatenate the parts into ``<out_dir>/<bundle>.tar``, checking each part's sha256.
 
-    Every bad or missing part is named (re-send only those). Raises IntegrityError; nothing
-    is left at the destination on failure.
+    The index is read once and, with ``policy``, its signature checked over those bytes.
+    Before a byte is copied, every part must be a regular file of exactly the size the index
+    lists and the destination must have room for them all; then exactly those bytes are
+    copied and hashed. Every bad or missing part is named (re-send only those). Raises
+    IntegrityError, TrustError or UsageError; nothing is left at the destination on failure.
     """
-
-    if policy is not None:
-        check_index_signature(index, policy)
-    pairs = read_index(index)
     if not index.name.endswith(".parts"):
-        raise UsageError(f"{index} is not a .parts index")
+        raise UsageError(f"{index} is not a .parts index", hint="pass the BUNDLE.tar.parts file")
+    loaded = load_index(index, policy, now=now)
     final = out_dir / index.name[: -len(".parts")]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    problems: list[str] = []
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with atomic_file(final) as (_tmp, out):
-        for expected, part in pairs:
-            digest = hashlib.sha256()
-            try:
-                with open(part, "rb") as f:
-                    while n := f.readinto(view):
-                        digest.update(view[:n])
-                        out.write(view[:n])
-            except OSError as e:
-                problems.append(f"{part.name}: cannot read ({e.strerror or e}); re-send it")
-                continue
-            if digest.hexdigest() != expected:
-                problems.append(f"{part.name}: sha256 does not match the index; re-send it")
-        if problems:
-            raise IntegrityError(
-                f"{len(problems)} of {len(pairs)} parts are damaged or missing",
-                problems=problems,
-                hint="re-send only the parts named above, then join again",
-            )
-        out.flush()
-        os.fsync(out.fileno())
     sig = Path(str(index)[: -len(".parts")] + ".sig")
+    archive_sig = None  # the whole-archive .tar.sig goes along, unless it is already there
     if sig.exists() and sig.parent.resolve() != out_dir.resolve():
-        write_atomic(Path(str(final) + ".sig"), sig.read_bytes())
+        archive_sig = read_bounded(
+            sig, MAX_SIG_BYTES, "the archive signature", "copy the .tar.sig again"
+        )
+    opened = [_open_part(p) for p in loaded.parts]
+    try:
+        if any(problem for _, problem in opened):
+            # name the damaged parts too: read (never copy) the listed bytes of the others
+            _refuse(
+                [
+                    problem if f is None else _copy(f, part, None)
+                    for part, (f, problem) in zip(loaded.parts, opened)
+                ],
+                loaded,
+            )
+        _check_room(out_dir, loaded)
+        with atomic_file(final) as (_tmp, out):
+            _refuse(
+                [_copy(f, part, out) for part, (f, _) in zip(loaded.parts, opened) if f], loaded
+            )
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError as e:
+        raise UsageError(
+            f"cannot join into {final}: {e.strerror or e}; nothing was left there",
+            hint="check the parts can be read and the destination has room, then join again",
+        ) from e
+    finally:
+        for f, _ in opened:
+            if f is not None:
+                f.close()
+    if archive_sig is not None:
+        write_atomic(Path(str(final) + ".sig"), archive_sig)
     return final
 
 
-class PartsReader(io.RawIOBase):
-    """A read-only, seekable view of the concatenated parts (verify a split bundle in place)."""
+def _refuse(problems: Sequence[Optional[str]], loaded: PartsIndex) -> None:
+    named = [p for p in problems if p]
+    if named:
+        raise IntegrityError(
+            f"{len(named)} of {len(loaded.parts)} parts are damaged or missing",
+            problems=named,
+            hint="re-send only the parts named above, then join again",
+        )
 
-    def __init__(self, parts: Sequence[Path]) -> None:
+
+def _check_room(out_dir: Path, loaded: PartsIndex) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(out_dir).free
+    except OSError as e:
+        raise UsageError(f"cannot write to {out_dir}: {e.strerror or e}") from e
+    if free < loaded.size:
+        raise UsageError(
+            f"{out_dir} has {free} bytes free; the joined bundle needs {loaded.size}",
+            hint="free some space or join into another directory (--out)",
+        )
+
+
+class PartsReader(io.RawIOBase):
+    """A read-only, seekable view of the concatenated parts (verify a split bundle in place).
+
+    Given a ``PartsIndex``, each part must be a regular file of the size the index lists
+    (IntegrityError naming every one that is not), so a part is never read past that size.
+    """
+
+    def __init__(self, parts: Union[Sequence[Path], PartsIndex]) -> None:
         super().__init__()
-        self._files = [open(p, "rb") for p in parts]
+        self._files: list[io.BufferedReader] = []
+        if isinstance(parts, PartsIndex):
+            opened = [_open_part(p) for p in parts.parts]
+            problems = [problem for _, problem in opened if problem]
+            self._files = [f for f, _ in opened if f is not None]
+            if problems:
+                self.close()
+                _refuse(problems, parts)
+        else:
+            self._files = [open(p, "rb") for p in parts]
         self._sizes = [os.fstat(f.fileno()).st_size for f in self._files]
         self._pos = 0
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from bundler.bundle.manifest import parse_time
-from bundler.bundle.split import PartsReader, check_index_signature, read_index
+from bundler.bundle.partsindex import PartsIndex, load_index
+from bundler.bundle.split import PartsReader
 from bundler.errors import ExpiredError, UsageError
 from bundler.ssh import sig as sshsig
 from bundler.ssh import trust
@@ -50,11 +51,12 @@ class VerifyReport:
 
 
 @contextmanager
-def open_bundle(path: Path) -> Iterator[IO[bytes]]:
-    """Open a bundle ``.tar``, or a split bundle through its ``.parts`` index."""
+def open_bundle(path: Path, index: Optional[PartsIndex] = None) -> Iterator[IO[bytes]]:
+    """Open a bundle ``.tar``, or a split bundle through its ``.parts`` index (read once:
+    pass the ``index`` already loaded and verified, if any)."""
     try:
         if path.name.endswith(".parts"):
-            reader = PartsReader([p for _, p in read_index(path)])
+            reader = PartsReader(index or load_index(path))
             with reader:
                 yield reader  # type: ignore[misc]
         else:
@@ -99,13 +101,14 @@ def verify_bundle(
     IntegrityError or ArchiveFormatError, each listing every problem found.
     """
     now = now or datetime.now(timezone.utc)
+    index = None
     if path.name.endswith(".parts"):
-        check_index_signature(path, policy, now=now)
+        index = load_index(path, policy, now=now)
     else:
         from bundler.bundle.cosign import refuse_pending_cosign
 
         refuse_pending_cosign(path)  # an interrupted in-place co-sign: finish it first
-    with open_bundle(path) as f:
+    with open_bundle(path, index) as f:
         meta = read_metadata_stream(f)
         decision = check_policy(meta, policy, now=now)
         files, total = check_payload(
@@ -143,9 +146,8 @@ def unpack_bundle(
     IntegrityError, ArchiveFormatError or InstallError.
     """
     now = now or datetime.now(timezone.utc)
-    if path.name.endswith(".parts"):
-        check_index_signature(path, policy, now=now)
-    with open_bundle(path) as f:
+    index = load_index(path, policy, now=now) if path.name.endswith(".parts") else None
+    with open_bundle(path, index) as f:
         meta = read_metadata_stream(f)
         check_policy(meta, policy, now=now)
         f.seek(0)

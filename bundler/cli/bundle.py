@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -34,7 +35,11 @@ def _policy_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     p.add_argument(
         "--threshold", type=int, default=1, help="distinct trusted keys that must sign (k of n)"
     )
-    p.add_argument("--revoked", type=Path, help="revoked keys (one public key per line)")
+    p.add_argument(
+        "--revoked",
+        type=Path,
+        help="revoked keys: public keys or certificates, one per line (as ssh-keygen -Y verify -r)",
+    )
 
 
 def _policy(args: argparse.Namespace) -> Optional[TrustPolicy]:
@@ -136,26 +141,60 @@ def _register_sign(sub: Any) -> None:
         "sign",
         help="co-sign a bundle (adds a manifest signature, rewrites the .tar.sig)",
         description="Check BUNDLE against its manifest, add KEY's signature over the "
-        "manifest (in place when the reserve has room) and rewrite BUNDLE.sig with KEY.",
+        "manifest the bundle carries (in place when the reserve has room) and rewrite "
+        "BUNDLE.sig with KEY. Shows the name, version, sequence and manifest sha256 being "
+        "signed; --manifest-sha256 refuses any other manifest.",
     )
     p.add_argument("bundle", type=Path)
     p.add_argument("--key", required=True, help="the co-signer's key")
+    p.add_argument(
+        "--manifest-sha256",
+        metavar="HEX",
+        help="sign only if the bundle's manifest has this sha256 (the one you reviewed, as "
+        "airlock inspect prints it)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_sign)
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from bundler.bundle.cosign import cosign
+    from bundler.bundle.cosign import CosignTarget, cosign
     from bundler.ssh.keys import load_signer
 
+    expected = args.manifest_sha256
+    if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise UsageError(
+            f"--manifest-sha256 {expected!r} is not 64 lowercase hex digits",
+            hint="copy the manifest sha256 from airlock inspect or the release notes",
+        )
     signer = load_signer(args.key)
-    console.step(f"co-signing {args.bundle} with {signer.public_key.fingerprint}")
-    result = cosign(args.bundle, signer)
+
+    def show(t: CosignTarget) -> None:
+        console.step(
+            f"co-signing {t.name} {t.version} (sequence {t.sequence}) with "
+            f"{signer.public_key.fingerprint}"
+        )
+        console.info(f"manifest sha256 {t.manifest_sha256}")
+
+    try:
+        result = cosign(args.bundle, signer, expect_manifest=expected, show=show)
+    except OSError as e:  # the disk, not the bundle: nothing half-written stays unnoticed
+        raise UsageError(
+            f"cannot co-sign {args.bundle}: {e.strerror or e}",
+            hint="check that the bundle, its .sig and their directory are writable and the "
+            "disk has room; if a co-sign was interrupted, run airlock sign again to finish it",
+        ) from e
+    t = result.target
     if args.json:
         console.emit_json(
             {
                 "path": str(result.path),
                 "signature": str(result.signature_path),
+                "name": t.name,
+                "version": t.version,
+                "sequence": t.sequence,
+                "manifest_sha256": t.manifest_sha256,
+                "signer": signer.public_key.fingerprint,
                 "added": result.added,
                 "in_place": result.in_place,
                 "signatures": list(result.signatures),
@@ -203,11 +242,11 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _bundle_size(path: Path) -> Optional[int]:
     """Bytes a verify pass reads: the tar, or all parts of a split bundle."""
-    from bundler.bundle.split import read_index
+    from bundler.bundle.partsindex import load_index
 
     try:
         if path.name.endswith(".parts"):
-            return sum(p.stat().st_size for _, p in read_index(path))
+            return load_index(path).size  # as listed: verify reads no more than that
         return path.stat().st_size
     except (OSError, UsageError):
         return None  # the verifier itself reports the missing file properly

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from dataclasses import dataclass
 from typing import BinaryIO, Union
@@ -13,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bundler.errors import KeyFileError, SignatureError
 from bundler.ssh.keys import ED25519, PublicKey, Signer
+from bundler.ssh.keytext import KeyTextError, b64_pton
 from bundler.ssh.wire import Reader, WireFormatError, string, uint32
 
 MANIFEST_NAMESPACE = "airlock-manifest-v1"
@@ -22,6 +22,8 @@ MAGIC = b"SSHSIG"
 VERSION = 1
 ARMOR_BEGIN = "-----BEGIN SSH SIGNATURE-----"
 ARMOR_END = "-----END SSH SIGNATURE-----"
+_BEGIN = ARMOR_BEGIN.encode() + b"\n"
+_END = b"\n" + ARMOR_END.encode()
 HASH_ALGORITHMS = ("sha256", "sha512")
 _WRAP = 70  # ssh-keygen wraps the base64 at 70 columns
 _CHUNK = 1 << 20
@@ -121,22 +123,33 @@ def sign(message: Message, signer: Signer, *, namespace: str) -> bytes:
     return sign_digest(message_digest(message), signer, namespace=namespace)
 
 
+def dearmor(armored: bytes) -> bytes:
+    """The SSHSIG blob inside the armor, as OpenSSH 9.2's ``sshsig_dearmor`` reads it.
+
+    The file must start with the BEGIN line and ``\n``; the base64 runs to the first
+    ``\n-----END SSH SIGNATURE-----`` (``b64_pton``: whitespace anywhere is skipped) and
+    whatever follows that line is ignored. Raises SignatureError.
+    """
+    hint = "the signature file is damaged or not an SSH signature; copy it again or re-sign"
+    if not armored.startswith(_BEGIN):
+        raise SignatureError(f"the signature does not start with the line {ARMOR_BEGIN}", hint=hint)
+    body = armored[len(_BEGIN) :]
+    end = body.find(_END)
+    if end < 0:
+        raise SignatureError(f"the signature has no {ARMOR_END} line", hint=hint)
+    b64 = body[:end]
+    if b"\0" in b64[:-1]:
+        raise SignatureError("the signature's base64 holds a NUL byte", hint=hint)
+    try:
+        return b64_pton(b64)
+    except KeyTextError as e:
+        raise SignatureError(f"the signature's base64 is invalid: {e}", hint=hint) from e
+
+
 def parse(armored: bytes) -> SshSignature:
     """Parse an armored SSHSIG; raises SignatureError saying what is malformed."""
     hint = "the signature file is damaged or not an SSH signature; copy it again or re-sign"
-    try:
-        lines = armored.decode("ascii").strip().splitlines()
-    except UnicodeDecodeError:
-        raise SignatureError("the signature is not ASCII armor", hint=hint) from None
-    if len(lines) < 3 or lines[0].strip() != ARMOR_BEGIN or lines[-1].strip() != ARMOR_END:
-        raise SignatureError(
-            f"the signature does not start with {ARMOR_BEGIN} and end with {ARMOR_END}",
-            hint=hint,
-        )
-    try:
-        blob = base64.b64decode("".join("".join(lines[1:-1]).split()), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SignatureError(f"the signature's base64 is invalid: {e}", hint=hint) from e
+    blob = dearmor(armored)
     try:
         reader = Reader(blob)
         if reader.raw(len(MAGIC)) != MAGIC:

@@ -1,45 +1,60 @@
-"""The site's trust policy: OpenSSH allowed_signers, revoked keys, the k-of-n decision (pure)."""
+"""The site's trust policy: OpenSSH allowed_signers, revoked keys, the k-of-n decision (pure).
+
+The files are read by bundler/ssh/policyfile.py exactly as OpenSSH 9.2 reads them; this
+module decides, in ssh-keygen's order (sshsig verify, then ``sshkey_check_revoked``, then
+``sshsig_check_allowed_keys``), whether each signature counts, and counts distinct keys.
+"""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from bundler.errors import KeyFileError, SignatureError, TrustError
-from bundler.ssh.keys import PublicKey, is_key_type
+from bundler.errors import SignatureError, TrustError
+from bundler.fsio import read_small
+from bundler.ssh import policyfile
+from bundler.ssh.keys import ED25519, PublicKey
+from bundler.ssh.policyfile import KRL_MAGIC, LineError
 from bundler.ssh.sig import SshSignature, message_digest, parse, verify_digest
+from bundler.ssh.wire import Reader
 
-KRL_MAGIC = b"SSHKRL\n\x00"
-_TIME = re.compile(r"(\d{4})(\d{2})(\d{2})(?:(\d{2})(\d{2})(\d{2})?)?([Zz])?")
 _POLICY_HINT = (
     "fix the line (format: `principals [options] ssh-ed25519 AAAA... [comment]`, "
     "see docs/FORMAT.md, Signatures and trust policy)"
 )
+Text = Union[str, bytes]
+MAX_POLICY_BYTES = 64 << 20  # far beyond any real allowed_signers or revoked keys file
 
 
 @dataclass(frozen=True)
 class AllowedSigner:
     """One allowed_signers line: who may sign, with which key, for what and when."""
 
-    principals: tuple[str, ...]
-    public_key: PublicKey
-    namespaces: Optional[tuple[str, ...]]
-    valid_after: Optional[datetime]
-    valid_before: Optional[datetime]
+    principals: tuple[str, ...]  # the identities the line vouches for (empty: nobody)
+    public_key: PublicKey  # a plain key in its canonical form, or the certificate written
+    namespaces: Optional[bytes] = None  # the namespaces= pattern list as written
+    valid_after: Optional[datetime] = None
+    valid_before: Optional[datetime] = None
     cert_authority: bool = False
     source: str = field(default="", compare=False)  # "file:line", for messages
 
     def allows_namespace(self, namespace: str) -> bool:
-        return self.namespaces is None or match_pattern_list(namespace, self.namespaces)
+        return (
+            self.namespaces is None
+            or policyfile.match_pattern_list(namespace.encode("utf-8"), self.namespaces) == 1
+        )
 
     def why_not_valid_at(self, now: datetime) -> Optional[str]:
-        """None when the line is in force at ``now``, else the reason (as ssh-keygen words it)."""
-        if self.valid_after is not None and now < self.valid_after:
+        """None when the line is in force at ``now``, else the reason (as ssh-keygen words it).
+
+        Whole seconds, as ssh-keygen compares them; both ends are inclusive.
+        """
+        seconds = _seconds(now)
+        if self.valid_after is not None and seconds < _seconds(self.valid_after):
             return f"key is not yet valid: now {_fmt(now)} < valid-after {_fmt(self.valid_after)}"
-        if self.valid_before is not None and now > self.valid_before:
+        if self.valid_before is not None and seconds > _seconds(self.valid_before):
             return f"key has expired: now {_fmt(now)} > valid-before {_fmt(self.valid_before)}"
         return None
 
@@ -50,7 +65,7 @@ class TrustPolicy:
 
     signers: tuple[AllowedSigner, ...]
     threshold: int = 1
-    revoked: frozenset[bytes] = frozenset()
+    revoked: frozenset[bytes] = frozenset()  # plain public keys (a certificate's subject key)
 
     def __post_init__(self) -> None:
         if self.threshold < 1:
@@ -74,178 +89,74 @@ class TrustDecision:
     threshold: int
 
 
+def _seconds(t: datetime) -> int:
+    return int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() // 1)
+
+
 def _fmt(t: datetime) -> str:
     return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _epoch(seconds: int) -> Optional[datetime]:
+    return datetime.fromtimestamp(seconds, timezone.utc) if seconds else None
+
+
+def _bytes(text: Text) -> bytes:
+    return text.encode("utf-8") if isinstance(text, str) else text
+
+
+def _shown(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace")
+
+
 def match_pattern_list(value: str, patterns: Sequence[str]) -> bool:
     """OpenSSH ``match_pattern_list``: ``*``/``?`` wildcards, ``!`` negates and wins."""
-    matched = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        body = pattern[1:] if negated else pattern
-        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in body)
-        if re.fullmatch(regex, value, flags=re.DOTALL):
-            if negated:
-                return False
-            matched = True
-    return matched
+    joined = ",".join(patterns).encode("utf-8")
+    return policyfile.match_pattern_list(value.encode("utf-8"), joined) == 1
 
 
 def parse_time(text: str) -> datetime:
-    """``YYYYMMDD[HHMM[SS]][Z]`` as in ssh-keygen(1); without ``Z`` it is the local time."""
-    m = _TIME.fullmatch(text)
-    if not m:
-        raise ValueError(f"{text!r} is not YYYYMMDD, YYYYMMDDHHMM or YYYYMMDDHHMMSS (+ optional Z)")
-    year, month, day, hour, minute, second, zulu = m.groups()
-    try:
-        naive = datetime(
-            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)
-        )
-    except ValueError as e:
-        raise ValueError(f"{text!r} is not a real date and time: {e}") from e
-    return naive.replace(tzinfo=timezone.utc) if zulu else naive.astimezone()
+    """``YYYYMMDD[HHMM[SS]][Z]`` as ssh-keygen reads it; without ``Z`` it is the local time."""
+    return datetime.fromtimestamp(policyfile.parse_absolute_time(text.encode()), timezone.utc)
 
 
-def _take_field(text: str) -> Tuple[str, str]:
-    """The first whitespace-delimited field (a ``"quoted"`` one may hold spaces), and the rest."""
-    if text.startswith('"'):
-        end = text.find('"', 1)
-        if end < 0:
-            raise ValueError("unterminated quote in the principals field")
-        return text[1:end], text[end + 1 :].lstrip(" \t")
-    parts = re.split(r"[ \t]+", text, maxsplit=1)
-    return parts[0], parts[1] if len(parts) > 1 else ""
-
-
-def _dequote(opts: str, pos: int, name: str) -> Tuple[str, int]:
-    if pos >= len(opts) or opts[pos] != '"':
-        raise ValueError(f'the {name} value must be in double quotes: {name}="..."')
-    out: List[str] = []
-    pos += 1
-    while pos < len(opts) and opts[pos] != '"':
-        if opts[pos] == "\\" and pos + 1 < len(opts) and opts[pos + 1] == '"':
-            pos += 1
-        out.append(opts[pos])
-        pos += 1
-    if pos >= len(opts):
-        raise ValueError(f"unterminated quote in the {name} option")
-    return "".join(out), pos + 1
-
-
-def _split_options(text: str) -> Tuple[str, str]:
-    """Split ``opts rest`` at the first whitespace outside quotes."""
-    quoted = False
-    for i, c in enumerate(text):
-        if c == '"':
-            quoted = not quoted
-        elif c in " \t" and not quoted:
-            return text[:i], text[i:].lstrip(" \t")
-    if quoted:
-        raise ValueError("unterminated quote in the options")
-    return text, ""
-
-
-def _parse_options(
-    opts: str,
-) -> Tuple[bool, Optional[tuple[str, ...]], Optional[datetime], Optional[datetime]]:
-    ca = False
-    namespaces: Optional[tuple[str, ...]] = None
-    times: Dict[str, datetime] = {}
-    pos = 0
-    while pos < len(opts):
-        lower = opts[pos:].lower()
-        if lower.startswith("cert-authority") and lower[14:15] in ("", ","):
-            ca = True
-            pos += len("cert-authority")
-        else:
-            name = next(
-                (
-                    n
-                    for n in ("namespaces", "valid-after", "valid-before")
-                    if lower.startswith(n + "=")
-                ),
-                None,
-            )
-            if name is None:
-                unknown = opts[pos:].split(",", 1)[0]
-                raise ValueError(
-                    f"unknown option {unknown!r} (supported: cert-authority, namespaces=, "
-                    "valid-after=, valid-before=)"
-                )
-            value, pos = _dequote(opts, pos + len(name) + 1, name)
-            if name == "namespaces":
-                if namespaces is not None:
-                    raise ValueError('multiple "namespaces" clauses')
-                namespaces = tuple(value.split(","))
-            else:
-                if name in times:
-                    raise ValueError(f'multiple "{name}" clauses')
-                try:
-                    times[name] = parse_time(value)
-                except ValueError as e:
-                    raise ValueError(f"invalid {name} time: {e}") from e
-        if pos >= len(opts):
-            break
-        if opts[pos] != ",":
-            raise ValueError(
-                f"unexpected {opts[pos:]!r} after an option; separate options with ','"
-            )
-        pos += 1
-        if pos >= len(opts):
-            raise ValueError("unexpected end of options after ','")
-    after, before = times.get("valid-after"), times.get("valid-before")
-    if after is not None and before is not None and before <= after:
-        raise ValueError('"valid-before" is not after "valid-after"')
-    return ca, namespaces, after, before
-
-
-def _parse_line(line: str, source: str) -> Optional[AllowedSigner]:
-    text = line.strip(" \t\r\n")
-    if not text or text.startswith("#"):
-        return None
-    principals_text, rest = _take_field(text)
-    principals = tuple(principals_text.split(","))
-    if not principals_text or any(not p for p in principals):
-        raise ValueError("empty principal; list principals as a,b,c (quote them if needed)")
-    if not rest:
-        raise ValueError("missing key after the principals")
-    options = ""
-    if not is_key_type(re.split(r"[ \t]+", rest, maxsplit=1)[0]):
-        options, rest = _split_options(rest)
-        if not rest:
-            raise ValueError("missing key after the options")
-    try:
-        key = PublicKey.parse(rest)
-    except KeyFileError as e:
-        raise ValueError(e.message) from e
-    ca, namespaces, after, before = _parse_options(options)
+def _signer(line: policyfile.SignerLine, source: str) -> AllowedSigner:
+    key = line.key
+    if key.certificate is None:
+        canonical = Reader(key.public).string().decode("ascii")
+        public_key = PublicKey(canonical, key.public)
+    else:
+        public_key = PublicKey(key.key_type, key.blob)
     return AllowedSigner(
-        principals=principals,
-        public_key=key,
-        namespaces=namespaces,
-        valid_after=after,
-        valid_before=before,
-        cert_authority=ca,
+        principals=tuple(_shown(p) for p in policyfile.identities(line.principals)),
+        public_key=public_key,
+        namespaces=line.namespaces,
+        valid_after=_epoch(line.valid_after),
+        valid_before=_epoch(line.valid_before),
+        cert_authority=line.cert_authority,
         source=source,
     )
 
 
 def parse_allowed_signers(
-    text: str, *, source: str = "allowed_signers"
+    text: Text, *, source: str = "allowed_signers"
 ) -> tuple[AllowedSigner, ...]:
-    """Every signer line of an allowed_signers file; raises TrustError listing each bad line."""
+    """Every signer line of an allowed_signers file; raises TrustError listing each bad line.
+
+    OpenSSH skips a line it cannot parse; airlock refuses the whole file instead (a typo
+    must not silently narrow or widen trust), naming each such line with OpenSSH's reason.
+    """
     signers: List[AllowedSigner] = []
     problems: List[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in policyfile.lines(_bytes(text)):
         where = f"{source}:{number}"
         try:
-            signer = _parse_line(line, where)
-        except ValueError as e:
+            parsed = policyfile.parse_signer_line(number, line)
+        except LineError as e:
             problems.append(f"{where}: {e}")
             continue
-        if signer is not None:
-            signers.append(signer)
+        if parsed is not None:
+            signers.append(_signer(parsed, where))
     if problems:
         raise TrustError(
             f"the trust policy {source} has {len(problems)} malformed line(s)",
@@ -255,50 +166,57 @@ def parse_allowed_signers(
     return tuple(signers)
 
 
-def parse_revoked(text: str, *, source: str = "revoked keys") -> frozenset[bytes]:
-    """Revoked key blobs from a plain list of public keys, one per line (``#`` comments).
+def parse_revoked(text: Text, *, source: str = "revoked keys") -> frozenset[bytes]:
+    """Revoked public keys from a list of keys or certificates, one per line (``#`` comments).
 
-    Binary KRL files (``ssh-keygen -k``) are refused: list the revoked public keys instead.
+    As ``ssh-keygen -Y verify -r`` reads it: a certificate revokes its subject key, and an
+    unreadable line makes the file unusable (OpenSSH then refuses every signature; airlock
+    refuses the policy). Binary KRL files (``ssh-keygen -k``) are refused: airlock does not
+    read KRLs, so it cannot tell what one revokes; list the revoked keys instead.
     """
-    if text.startswith(KRL_MAGIC.decode("latin-1")):
+    data = _bytes(text)
+    if data.startswith(KRL_MAGIC):
         raise TrustError(
             f"{source} is a binary OpenSSH KRL; airlock reads a plain list of revoked keys",
             hint="put the revoked public keys in the file, one `ssh-ed25519 AAAA...` line each",
         )
     blobs = set()
     problems = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
+    for number, line in policyfile.lines(data):
         try:
-            blobs.add(PublicKey.parse(stripped).blob)
-        except KeyFileError as e:
-            problems.append(f"{source}:{number}: {e.message}")
+            key = policyfile.parse_revoked_line(line)
+        except LineError as e:
+            problems.append(f"{source}:{number}: {e}")
+            continue
+        if key is not None:
+            blobs.add(key.public)
     if problems:
         raise TrustError(
             f"the revoked keys file {source} has {len(problems)} malformed line(s)",
             problems=problems,
-            hint="each line must be one public key, as in a .pub file",
+            hint="each line must be one public key or certificate, as in a .pub file",
         )
     return frozenset(blobs)
 
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        return path.read_bytes()
-    except OSError as e:
+        return read_small(path, MAX_POLICY_BYTES)
+    except (OSError, ValueError) as e:
         raise TrustError(
-            f"cannot read the {what} {path}: {e.strerror or e}",
-            hint=f"check the path; the {what} is part of the site's trust policy",
+            f"cannot read the {what} {path}: {getattr(e, 'strerror', None) or e}",
+            hint=f"check the path; the {what} is part of the site's trust policy "
+            f"(a regular file of at most {MAX_POLICY_BYTES >> 20} MiB)",
         ) from e
 
 
-def _decode(data: bytes, path: Path) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise TrustError(f"{path} is not UTF-8 text: {e}", hint=_POLICY_HINT) from e
+def countable(signer: AllowedSigner) -> bool:
+    """Whether a line can ever make a signature count: a plain Ed25519 key, for someone."""
+    return (
+        not signer.cert_authority
+        and signer.public_key.key_type == ED25519
+        and bool(signer.principals)
+    )
 
 
 def load_policy(
@@ -309,21 +227,18 @@ def load_policy(
     Also refuses a threshold that the listed keys could never meet.
     """
     signers = parse_allowed_signers(
-        _decode(_read(allowed_signers, "allowed signers file"), allowed_signers),
-        source=str(allowed_signers),
+        _read(allowed_signers, "allowed signers file"), source=str(allowed_signers)
     )
     blobs: frozenset[bytes] = frozenset()
     if revoked is not None:
-        data = _read(revoked, "revoked keys file")
-        if data.startswith(KRL_MAGIC):
-            parse_revoked(KRL_MAGIC.decode("latin-1"), source=str(revoked))
-        blobs = parse_revoked(_decode(data, revoked), source=str(revoked))
+        blobs = parse_revoked(_read(revoked, "revoked keys file"), source=str(revoked))
     policy = TrustPolicy(signers=signers, threshold=threshold, revoked=blobs)
-    usable = {s.public_key.blob for s in signers if not s.cert_authority} - blobs
+    usable = {s.public_key.blob for s in signers if countable(s)} - blobs
     if len(usable) < threshold:
         raise TrustError(
             f"the threshold is {threshold} but {allowed_signers} lists only {len(usable)} "
-            "usable key(s) (revoked and cert-authority keys do not count)",
+            "usable key(s) (revoked, cert-authority, certificate and non-Ed25519 keys, and "
+            "lines whose principals match no name, do not count)",
             hint="add trusted keys to the allowed signers file or lower the threshold",
         )
     return policy
@@ -360,10 +275,16 @@ def _check_one(
         return None, problems
     principals: List[str] = []
     for line in plain:
+        if not line.principals:
+            problems.append(
+                f"{who}: the principals of {line.source} match no name (ssh-keygen -Y verify "
+                "-I would accept none), so the line vouches for nobody"
+            )
+            continue
         if not line.allows_namespace(namespace):
             problems.append(
                 f"{who} is not allowed to sign namespace {namespace!r} "
-                f'({line.source}: namespaces="{",".join(line.namespaces or ())}")'
+                f'({line.source}: namespaces="{_shown(line.namespaces or b"")}")'
             )
             continue
         why = line.why_not_valid_at(now)

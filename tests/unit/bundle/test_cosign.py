@@ -13,7 +13,7 @@ from bundler.bundle.region import COSIGN_SLOTS
 from bundler.errors import AirlockError, IntegrityError, UsageError
 from bundler.ssh import sig as sshsig
 from runtime.bundle import read_metadata
-from tests.bundlekit import DURING, EPOCH, make_bundle, make_key, policy_for
+from tests.bundlekit import DURING, EPOCH, make_bundle, make_key, make_stage, policy_for
 
 
 @pytest.fixture
@@ -232,3 +232,172 @@ def test_interrupted_rewriting_cosign_leaves_a_consistent_bundle_and_sig(
     whole = result.path.read_bytes()
     key = sshsig.verify(whole, result.signature_path.read_bytes(), namespace="airlock-archive-v1")
     assert key.fingerprint == last.signer.public_key.fingerprint
+
+
+# --- a journal is replayed only when it belongs to this bundle and this manifest -----------
+
+
+def _plant(bundle: Path, record: dict) -> None:
+    import json
+
+    from bundler.bundle.region import journal_path
+
+    journal_path(bundle).write_text(json.dumps(record))
+
+
+def _swapped_manifest_region(bundle: Path, mallory) -> tuple[bytes, bytes, bytes]:
+    """The old region, and one with a manifest whose sequence would lock out every release,
+    plus a .tar.sig for it by mallory (whose key the site does not trust)."""
+    import hashlib
+
+    from bundler.bundle.manifest import canonical_json
+    from bundler.bundle.region import archive_digest, archive_signature, build_region
+
+    meta = read_metadata(bundle)
+    evil = canonical_json({**meta.manifest, "sequence": 2**53})
+    region = build_region(evil, meta.signatures, meta.payload_offset, EPOCH)
+    assert region is not None
+    base = bundle.read_bytes()[: meta.payload_offset]
+    sig = archive_signature(mallory.signer, archive_digest(bundle, region=region))
+    assert hashlib.sha256(evil).hexdigest() != meta.manifest_sha256
+    return base, region, sig
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_rejects_planted_journal_that_swaps_in_another_manifest(
+    tmp_path: Path, alice, version: int
+) -> None:
+    """A journal dropped beside the bundle must not make bob sign a manifest he never saw."""
+    import base64
+    import hashlib
+
+    from bundler.bundle.region import journal_path
+    from bundler.bundle.verify import verify_bundle
+    from bundler.errors import ArchiveFormatError
+
+    bob, mallory = make_key(tmp_path / "keys", "bob"), make_key(tmp_path / "keys", "mallory")
+    result = make_bundle(tmp_path, [alice])
+    base, region, archive_sig = _swapped_manifest_region(result.path, mallory)
+    record = {
+        "format": "airlock-cosign-journal",
+        "version": version,
+        "mode": "in-place",
+        "bundle_size": result.path.stat().st_size,
+        "region_sha256": hashlib.sha256(region).hexdigest(),
+        "region": base64.b64encode(region).decode(),
+        "archive_signature": archive_sig.decode(),
+    }
+    if version == 2:  # the journal even claims the swapped manifest as the one co-signed
+        record.update(
+            manifest_sha256=read_metadata_stream_of(region).manifest_sha256,
+            base_region=base64.b64encode(base).decode(),
+            base_region_sha256=hashlib.sha256(base).hexdigest(),
+        )
+    _plant(result.path, record)
+    before, sig_before = result.path.read_bytes(), result.signature_path.read_bytes()
+    shown = []
+    expected = ArchiveFormatError if version == 1 else IntegrityError
+    with pytest.raises(expected) as refused:
+        cosign(result.path, bob.signer, show=shown.append)
+    assert type(refused.value) is expected
+    if version == 2:
+        assert "would replace the manifest" in refused.value.message
+    assert shown == [], "the co-signer must not be shown, let alone sign, anything"
+    assert result.path.read_bytes() == before
+    assert result.signature_path.read_bytes() == sig_before
+    assert journal_path(result.path).exists()  # left for the operator to look at
+    with pytest.raises(IntegrityError, match="interrupted"):
+        verify_bundle(result.path, policy_for(tmp_path, [alice, bob]), now=DURING)
+    journal_path(result.path).unlink()  # once the operator removed it, all is as before
+    done = cosign(result.path, bob.signer, show=shown.append)
+    assert shown[0].sequence == 1 and done.target == shown[0]
+    report = verify_bundle(result.path, policy_for(tmp_path, [alice, bob], threshold=2), now=DURING)
+    assert report.sequence == 1
+
+
+def read_metadata_stream_of(region: bytes):
+    import io
+
+    from runtime.bundle import read_metadata_stream
+
+    return read_metadata_stream(io.BytesIO(region))
+
+
+def _journal_after_crash(tmp_path: Path, alice, monkeypatch) -> tuple[Path, dict]:
+    import hashlib
+    import json
+
+    from bundler.bundle.region import journal_path
+
+    bob = make_key(tmp_path / "keys", "bob")
+    # same size as any other such bundle, other bytes: only the contents tell them apart
+    unique = {"evidence/id.txt": hashlib.sha256(str(tmp_path).encode()).hexdigest().encode()}
+    result = make_bundle(tmp_path, [alice], stage=make_stage(tmp_path, unique))
+    with monkeypatch.context() as m:
+        _crash_cosign(m, "signature")
+        with pytest.raises(OSError):
+            cosign(result.path, bob.signer)
+    return result.path, json.loads(journal_path(result.path).read_text())
+
+
+@pytest.mark.parametrize(
+    "forgery, needle",
+    [
+        ("journal of another bundle", "was not started from"),
+        ("tar.sig over other bytes", "does not verify over the co-signed bundle"),
+        ("signature removed", "exactly one signature"),
+        ("size changed", "was not started from"),
+    ],
+)
+def test_rejects_journal_that_does_not_belong_to_the_bundle(
+    tmp_path: Path, alice, monkeypatch, forgery: str, needle: str
+) -> None:
+    import base64
+    import hashlib
+
+    bundle, record = _journal_after_crash(tmp_path, alice, monkeypatch)
+    if forgery == "journal of another bundle":  # a real journal, from a twin bundle's crash
+        (tmp_path / "other").mkdir()
+        _, record = _journal_after_crash(tmp_path / "other", alice, monkeypatch)
+    elif forgery == "tar.sig over other bytes":
+        record["archive_signature"] = result_sig(bundle).decode()
+    elif forgery == "signature removed":
+        meta = read_metadata(bundle)
+        from bundler.bundle.region import build_region
+
+        region = build_region(meta.manifest_bytes, [], meta.payload_offset, EPOCH)
+        assert region is not None
+        record["region"] = base64.b64encode(region).decode()
+        record["region_sha256"] = hashlib.sha256(region).hexdigest()
+    else:
+        record["bundle_size"] += 512
+    if forgery == "journal of another bundle":
+        assert record["bundle_size"] == bundle.stat().st_size  # the torn-write check decides
+    _plant(bundle, record)
+    before = bundle.read_bytes()
+    with pytest.raises(IntegrityError, match=needle):
+        cosign(bundle, make_key(tmp_path / "keys", "carol").signer)
+    assert bundle.read_bytes() == before
+
+
+def result_sig(bundle: Path) -> bytes:
+    return Path(str(bundle) + ".sig").read_bytes()
+
+
+def test_cosign_shows_what_it_signs_and_refuses_another_manifest(tmp_path: Path, alice) -> None:
+    import hashlib
+
+    bob = make_key(tmp_path / "keys", "bob")
+    result = make_bundle(tmp_path, [alice])
+    meta = read_metadata(result.path)
+    before = result.path.read_bytes()
+    with pytest.raises(IntegrityError, match="nothing was signed"):
+        cosign(result.path, bob.signer, expect_manifest=hashlib.sha256(b"other").hexdigest())
+    assert result.path.read_bytes() == before
+    shown = []
+    done = cosign(result.path, bob.signer, expect_manifest=meta.manifest_sha256, show=shown.append)
+    assert [(t.name, t.version, t.sequence, t.manifest_sha256) for t in shown] == [
+        ("demo", "1.0.0", 1, meta.manifest_sha256)
+    ]
+    assert done.target == shown[0]
+    assert read_metadata(result.path).manifest_bytes == meta.manifest_bytes

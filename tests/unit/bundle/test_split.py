@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bundler.bundle.split import join, parse_size, read_index
+from bundler.bundle.partsindex import read_index
+from bundler.bundle.split import join, parse_size
 from bundler.bundle.verify import verify_bundle
 from bundler.errors import IntegrityError, TrustError, UsageError
 from bundler.ssh import sig as sshsig
@@ -62,7 +63,7 @@ def test_join_names_every_bad_part_and_leaves_nothing(tmp_path: Path, split_bund
         f"{bad.name}: sha256 does not match the index; re-send it",
         f"{parts.parts[3].name}: cannot read (No such file or directory); re-send it",
     )
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 def test_join_then_verify(tmp_path: Path, split_bundle) -> None:
@@ -119,3 +120,128 @@ def test_parts_reader_handles_boundaries_anywhere(tmp_path: Path, split_bundle) 
     with PartsReader(paths) as reader:
         _, files, total = verify_stream(reader, whole.manifest_sha256)  # type: ignore[arg-type]
     assert files == 8 and total > 3 << 20
+
+
+# --- unsigned inputs are bounded before use -------------------------------------------------
+
+
+def test_index_lists_each_part_size_and_sha256sum_still_reads_it(split_bundle) -> None:
+    import subprocess
+
+    _, _, parts = split_bundle
+    text = parts.index.read_text()
+    assert text.startswith("# airlock parts index")
+    assert f"# size {MIB} {parts.parts[0].name}\n" in text
+    done = subprocess.run(["sha256sum", "-c", "--strict", parts.index.name],
+                          cwd=parts.index.parent, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.count(": OK") == 4, done.stdout + done.stderr
+
+
+def test_join_refuses_a_sparse_oversized_part_before_copying_a_byte(
+    tmp_path: Path, split_bundle, monkeypatch
+) -> None:
+    """A part swapped for a 64 GiB sparse file must not fill the disk: sizes come first."""
+    import bundler.bundle.split as split
+
+    key, _, parts = split_bundle
+    with open(parts.parts[1], "r+b") as f:
+        f.truncate(64 << 30)
+    copied = []
+    real_copy = split._copy
+    monkeypatch.setattr(
+        split, "_copy", lambda f, part, out: copied.append(out) or real_copy(f, part, out)
+    )
+    out = tmp_path / "joined"
+    with pytest.raises(IntegrityError) as exc:
+        join(parts.index, out, policy=policy_for(tmp_path, [key]))
+    assert exc.value.problems == (
+        f"{parts.parts[1].name}: {64 << 30} bytes where the index lists {MIB}; re-send it",
+    )
+    assert all(o is None for o in copied), "nothing may be copied once a size is wrong"
+    assert not out.exists()
+
+
+def test_verify_refuses_a_sparse_oversized_part_without_reading_it(
+    tmp_path: Path, split_bundle
+) -> None:
+    key, _, parts = split_bundle
+    with open(parts.parts[2], "r+b") as f:
+        f.truncate(64 << 30)
+    with pytest.raises(IntegrityError, match="damaged or missing") as exc:
+        verify_bundle(parts.index, policy_for(tmp_path, [key]), now=DURING)
+    assert "where the index lists" in exc.value.problems[0]
+
+
+def test_join_uses_the_index_bytes_it_verified(tmp_path: Path, split_bundle, monkeypatch) -> None:
+    """The index is read once: swapping it after its signature was checked changes nothing."""
+    import bundler.bundle.partsindex as partsindex
+
+    key, whole, parts = split_bundle
+    real_evaluate = partsindex.trust.evaluate
+
+    def evaluate_then_swap(*args, **kw):
+        decision = real_evaluate(*args, **kw)
+        edited = parts.index.read_text().replace(f"# size {MIB} ", f"# size {MIB + 1} ", 1)
+        parts.index.write_text(edited)  # the attacker's edit lands right after the check
+        return decision
+
+    monkeypatch.setattr(partsindex.trust, "evaluate", evaluate_then_swap)
+    path = join(parts.index, tmp_path / "joined", policy=policy_for(tmp_path, [key]))
+    assert path.read_bytes() == whole.path.read_bytes()
+
+
+def test_join_refuses_an_index_without_part_sizes(tmp_path: Path, split_bundle) -> None:
+    _, _, parts = split_bundle
+    lines = parts.index.read_text().splitlines()
+    old = "".join(line + "\n" for line in lines if not line.startswith("#"))
+    parts.index.write_text(old)
+    with pytest.raises(UsageError, match="without part sizes"):
+        join(parts.index, tmp_path / "j")
+    assert not (tmp_path / "j").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "directory"])
+def test_join_refuses_a_part_that_is_not_a_regular_file(
+    tmp_path: Path, split_bundle, kind: str
+) -> None:
+    import os
+
+    key, _, parts = split_bundle
+    target = parts.parts[0]
+    real = target.with_name("real")
+    target.rename(real)
+    if kind == "fifo":
+        os.mkfifo(target)  # opening it must not block
+    elif kind == "symlink":
+        target.symlink_to(real)
+    else:
+        target.mkdir()
+    with pytest.raises(IntegrityError) as exc:
+        join(parts.index, tmp_path / "j", policy=policy_for(tmp_path, [key]))
+    assert exc.value.problems[0].startswith(target.name)
+    assert not (tmp_path / "j").exists()
+
+
+def test_join_refuses_when_the_destination_lacks_room(
+    tmp_path: Path, split_bundle, monkeypatch
+) -> None:
+    import collections
+
+    import bundler.bundle.split as split
+
+    key, _, parts = split_bundle
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(split.shutil, "disk_usage", lambda p: usage(10 * MIB, 10 * MIB - 5, 5))
+    with pytest.raises(UsageError, match="bytes free"):
+        join(parts.index, tmp_path / "j", policy=policy_for(tmp_path, [key]))
+    assert list((tmp_path / "j").iterdir()) == []
+
+
+def test_join_refuses_an_oversized_archive_signature(tmp_path: Path, split_bundle) -> None:
+    key, _, parts = split_bundle
+    sig = Path(str(parts.index)[: -len(".parts")] + ".sig")
+    with open(sig, "r+b") as f:
+        f.truncate(1 << 30)
+    with pytest.raises(UsageError, match="archive signature"):
+        join(parts.index, tmp_path / "j", policy=policy_for(tmp_path, [key]))
+    assert not (tmp_path / "j").exists()

@@ -127,9 +127,9 @@ def test_rejects_signature_by_substituted_key(signer) -> None:
     [
         (b"", "does not start with"),
         (b"hello world\n", "does not start with"),
-        (b"-----BEGIN SSH SIGNATURE-----\nAAAA\n", "does not start with"),
+        (b"-----BEGIN SSH SIGNATURE-----\nAAAA\n", "has no -----END SSH SIGNATURE----- line"),
         (b"-----BEGIN SSH SIGNATURE-----\n!!!!\n-----END SSH SIGNATURE-----\n", "base64"),
-        (b"\xff\xfe", "not ASCII"),
+        (b"\xff\xfe", "does not start with"),
         (
             b"-----BEGIN SSH SIGNATURE-----\n"
             + base64.b64encode(b"NOTSIG" + uint32(1))
@@ -154,6 +154,54 @@ def test_rejects_malformed_armor(armored: bytes, needle: str) -> None:
     with pytest.raises(SignatureError) as exc:
         parse(armored)
     assert needle in exc.value.message
+
+
+def _lines(armored: bytes) -> list[bytes]:
+    return armored.split(b"\n")
+
+
+def test_armor_is_read_as_openssh_9_2_reads_it(signer) -> None:
+    """sshsig_dearmor: exact BEGIN line, b64_pton body, anything after the END line ignored."""
+    good = sign(MESSAGE, signer, namespace=MANIFEST_NAMESPACE)
+    lines = _lines(good)
+    with_vt = b"\n".join([lines[0], lines[1][:9] + b"\x0b" + lines[1][9:], *lines[2:]])
+    for accepted in (
+        good + b"trailing junk \xff",
+        with_vt,
+        good.replace(b"\n-----END", b" \n-----END"),
+    ):
+        assert (
+            verify(MESSAGE, accepted, namespace=MANIFEST_NAMESPACE).blob == signer.public_key.blob
+        )
+    file_separator = b"\n".join([lines[0], lines[1][:9] + b"\x1c" + lines[1][9:], *lines[2:]])
+    for refused, needle in (
+        (b" " + good, "does not start with"),
+        (b"\n" + good, "does not start with"),
+        (good.replace(b"\n", b"\r\n"), "does not start with"),
+        (file_separator, "is not a base64 character"),
+        (good.replace(lines[1], lines[1][:5] + b"\0" + lines[1][5:]), "NUL"),
+    ):
+        with pytest.raises(SignatureError, match=needle):
+            parse(refused)
+
+
+def test_rejects_non_canonical_base64(signer) -> None:
+    """b64_pton refuses a last character whose unused bits are set (same blob otherwise)."""
+    # a namespace that leaves the blob's length off a multiple of 3, so the base64 is padded
+    namespace = next(
+        n for n in ("n", "ns", "nsx") if len(_blob(sign(MESSAGE, signer, namespace=n))) % 3
+    )
+    blob = _blob(sign(MESSAGE, signer, namespace=namespace))
+    text = base64.b64encode(blob)
+    pad = len(text) - len(text.rstrip(b"="))
+    last = text[-pad - 1 : -pad]
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    bumped = alphabet[alphabet.index(last) + 1 : alphabet.index(last) + 2]
+    forged = text[: -pad - 1] + bumped + text[-pad:]
+    assert base64.b64decode(forged) == blob  # Python's decoder would take it
+    armored = b"-----BEGIN SSH SIGNATURE-----\n" + forged + b"\n-----END SSH SIGNATURE-----\n"
+    with pytest.raises(SignatureError, match="unused bits"):
+        parse(armored)
 
 
 def test_rejects_trailing_bytes_in_the_blob(signer) -> None:

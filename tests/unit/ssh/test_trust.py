@@ -21,6 +21,7 @@ from bundler.ssh.trust import (
     parse_revoked,
     parse_time,
 )
+from tests.unit.ssh import sshcerts
 
 MESSAGE = b'{"format":"airlock-bundle","name":"demo"}'
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
@@ -236,7 +237,7 @@ def test_parses_quoted_principals_options_and_comments(alice, bob) -> None:
         valid_before=None,
     )
     assert first.source == "allowed_signers:3"
-    assert second.namespaces == ("a", "b")
+    assert second.namespaces == b"a,b"
     assert second.valid_after == datetime(2026, 1, 1).astimezone()  # no Z: local time
     assert second.valid_before == datetime(2027, 1, 1, tzinfo=timezone.utc)
 
@@ -263,20 +264,24 @@ def test_rejects_bad_times(text: str) -> None:
 
 @pytest.mark.parametrize(
     "line, needle",
-    [
-        ("alice", "missing key after the principals"),
-        ('alice namespaces="a"', "missing key after the options"),
-        ("alice ssh-ed25519 !!!", "base64"),
-        ('alice foo="bar" KEY', "unknown option 'foo=\"bar\"'"),
-        ("alice namespaces=a KEY", "must be in double quotes"),
+    [  # the reasons are ssh-keygen's own (sshsig.c, sshsigopt_parse)
+        ("alice", "missing key"),
+        ('alice namespaces="a"', "missing key"),
+        ("alice ssh-ed25519 !!!", "invalid key"),
+        ('alice foo="bar" KEY', "bad options: unknown key option"),
+        ("alice namespaces=a KEY", "missing start quote"),
         ('alice namespaces="a KEY', "unterminated quote"),
         ('alice namespaces="a",namespaces="b" KEY', 'multiple "namespaces" clauses'),
-        ('alice valid-after="2026" KEY', "invalid valid-after time"),
-        ('alice valid-after="20270101",valid-before="20260101" KEY', "is not after"),
-        ('alice namespaces="a", KEY', "end of options"),
-        ('alice namespaces="a";x KEY', "separate options with ','"),
-        ('"alice KEY', "unterminated quote in the principals"),
-        ("alice,,bob KEY", "empty principal"),
+        ('alice valid-after="2026" KEY', 'invalid "valid-after" time'),
+        ('alice valid-after="19700101Z" KEY', 'invalid "valid-after" time'),
+        (
+            'alice valid-after="20270101",valid-before="20260101" KEY',
+            '"valid-before" time is before "valid-after"',
+        ),
+        ('alice namespaces="a", KEY', "unexpected end-of-options"),
+        ('alice namespaces="a";x KEY', "unknown key option"),
+        ('"alice KEY', "invalid line"),
+        ('"alice"x KEY', "unknown key option"),  # a closing quote ends the field
     ],
 )
 def test_rejects_malformed_allowed_signers_with_line_numbers(alice, line: str, needle: str) -> None:
@@ -347,3 +352,127 @@ def test_load_policy_names_missing_file(tmp_path: Path) -> None:
 def test_rejects_threshold_below_one(alice) -> None:
     with pytest.raises(TrustError, match="at least 1"):
         TrustPolicy(parse_allowed_signers(f"alice {alice.public_key.openssh()}"), threshold=0)
+
+
+# --- OpenSSH's reading of the files, attack by attack --------------------------------------
+
+
+# Characters that Python's str.splitlines() takes as line breaks but getline() does not.
+def _refused(policy: TrustPolicy, signer: Ed25519Signer, needle: str) -> None:
+    with pytest.raises(TrustError) as exc:
+        _evaluate(policy, [("a.sig", _sig(signer))])
+    assert any(needle in p for p in exc.value.problems), exc.value.problems
+
+
+NOT_LINE_BREAKS = ["\u2028", "\u2029", "\x85", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+
+
+@pytest.mark.parametrize("separator", NOT_LINE_BREAKS)
+def test_rejects_key_hidden_in_another_entrys_comment(alice, bob, separator: str) -> None:
+    """Only \\n ends an entry: a key inside alice's comment is comment text to ssh-keygen."""
+    text = (
+        f"alice {alice.public_key.openssh()} release key{separator}"
+        f"mallory {bob.public_key.openssh()}\n"
+    )
+    policy = _policy(text, threshold=2)
+    assert [s.principals for s in policy.signers] == [("alice",)]
+    with pytest.raises(TrustError) as exc:
+        _evaluate(policy, [("a.sig", _sig(alice)), ("b.sig", _sig(bob))])
+    assert "1 of the required 2" in exc.value.message
+    assert exc.value.problems == (
+        f"b.sig: key {bob.public_key.fingerprint} is not in the allowed signers (untrusted key)",
+    )
+
+
+def test_hidden_key_does_not_make_a_threshold_reachable(tmp_path: Path, alice, bob) -> None:
+    allowed = tmp_path / "allowed_signers"
+    allowed.write_text(
+        f"alice {alice.public_key.openssh()} x\u2028bob {bob.public_key.openssh()}\n"
+    )
+    with pytest.raises(TrustError, match="lists only 1 usable key"):
+        load_policy(allowed, threshold=2)
+
+
+def test_a_nul_byte_ends_the_line_as_in_openssh(alice, bob) -> None:
+    text = (
+        f"alice {alice.public_key.openssh()}\0bob {bob.public_key.openssh()}\n"
+        f"\0carol {bob.public_key.openssh()}\n"
+    )
+    policy = _policy(text)
+    assert [s.principals for s in policy.signers] == [("alice",)]
+    _refused(policy, bob, "untrusted key")
+
+
+def test_certificate_in_revoked_keys_revokes_its_key(alice) -> None:
+    """sshkey_in_file compares public parts: a certificate of a key revokes the key."""
+    ca = Ed25519PrivateKey.generate()
+    cert = sshcerts.certificate(sshcerts.raw_public_of(alice), ca)
+    policy = _policy(
+        f"alice {alice.public_key.openssh()}\n", revoked=sshcerts.line(cert) + " old cert\n"
+    )
+    with pytest.raises(TrustError) as exc:
+        _evaluate(policy, [("a.sig", _sig(alice))])
+    assert exc.value.problems == (f"a.sig: key {alice.public_key.fingerprint} is revoked",)
+
+
+def test_a_damaged_revoked_keys_line_refuses_the_policy(alice) -> None:
+    """ssh-keygen -r refuses every signature when a line cannot be read; so does airlock."""
+    ca = Ed25519PrivateKey.generate()
+    forged = sshcerts.certificate(sshcerts.raw_public_of(alice), ca, bad_signature=True)
+    for text in ("\r\n", sshcerts.line(forged), "ssh-ed25519 AAAA\n"):
+        with pytest.raises(TrustError, match="malformed line"):
+            parse_revoked(text)
+    # blank lines, comments, a NUL-started line and a short RSA key are skipped, as in OpenSSH
+    assert parse_revoked(" \n\t#x\n\0junk\n") == frozenset()
+
+
+def test_certificate_as_a_plain_entry_does_not_trust_its_key(alice) -> None:
+    """OpenSSH 9.2's sshkey_equal needs the same key type: a certificate is not the key."""
+    cert = sshcerts.certificate(sshcerts.raw_public_of(alice), Ed25519PrivateKey.generate())
+    policy = _policy(f"alice {sshcerts.line(cert)}\n")
+    _refused(policy, alice, "untrusted key")
+
+
+@pytest.mark.parametrize(
+    "principals, names",
+    [
+        ("alice,,bob", ("alice", "", "bob")),  # an empty pattern matches the empty name
+        ("*@example.org", ("*@example.org",)),
+        ("!*", ()),
+        ("!mallory,*", ("*",)),
+        ("a," + "x" * 1023, ()),  # match_pattern_list gives up on a 1023-byte pattern
+        ('""', ()),
+    ],
+)
+def test_principals_are_openssh_patterns(alice, principals: str, names: tuple) -> None:
+    policy = _policy(f"{principals} {alice.public_key.openssh()}\n")
+    assert policy.signers[0].principals == names
+    if names:
+        assert _evaluate(policy, [("a.sig", _sig(alice))]).accepted[0].principals == names
+    else:
+        _refused(policy, alice, "match no name")
+
+
+def test_overlong_namespace_pattern_allows_nothing(alice) -> None:
+    policy = _policy(
+        f'alice namespaces="{MANIFEST_NAMESPACE},{"x" * 1100}" {alice.public_key.openssh()}\n'
+    )
+    _refused(policy, alice, "not allowed to sign namespace")
+
+
+@pytest.mark.parametrize(
+    "text, when",
+    [
+        ("20260101UTC", datetime(2026, 1, 1, tzinfo=timezone.utc)),
+        ("2026 101Z", datetime(2026, 1, 1, tzinfo=timezone.utc)),  # strptime skips spaces
+        ("20260231Z", datetime(2026, 3, 3, tzinfo=timezone.utc)),  # timegm rolls over
+        ("20261231235961Z", datetime(2027, 1, 1, 0, 0, 1, tzinfo=timezone.utc)),
+    ],
+)
+def test_time_forms_glibc_strptime_accepts(text: str, when: datetime) -> None:
+    assert parse_time(text) == when
+
+
+def test_validity_is_judged_in_whole_seconds(alice) -> None:
+    policy = _policy(f'alice valid-before="20261127120000Z" {alice.public_key.openssh()}\n')
+    assert _evaluate(policy, [("a.sig", _sig(alice))], now=NOW + timedelta(milliseconds=999))

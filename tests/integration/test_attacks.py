@@ -37,6 +37,7 @@ from tests.bundlekit import (
     make_stage,
     members,
     policy_for,
+    with_region,
     write_tar,
 )
 
@@ -333,14 +334,15 @@ def test_rejects_key_after_its_valid_before(tmp_path, alice, bundle) -> None:
 def test_rejects_one_signature_duplicated_to_pad_the_threshold(
     tmp_path, alice, bob, bundle
 ) -> None:
-    def pad(m):
-        data = m[1][1]
-        copy = file_info("airlock/signatures/zzzz-copy.sig", data)
-        return [m[0], m[1], (copy, data), *m[2:]]
-
-    bad = rewrite(bundle, tmp_path / "bad.tar", pad)
+    # The copy needs a second member name, and a member's name is its key's id: a copy under
+    # any other name is not a signature member at all, so it cannot count (a key counting
+    # once is tested in tests/unit/ssh/test_trust.py).
+    sigs = read_metadata(bundle).signatures
+    copy = ("airlock/signatures/" + "z" * 43 + ".sig", sigs[0][1])
+    bad = with_region(bundle, tmp_path / "bad.tar", [*sigs, copy])
     err = assert_refused(tmp_path, bad, policy_for(tmp_path, [alice, bob], threshold=2), TrustError)
-    assert "counts once" in "\n".join(err.problems)
+    assert "1 of the required 2" in err.message
+    assert "member name does not match the signing key" in "\n".join(err.problems)
 
 
 def test_rejects_signature_in_the_wrong_namespace(tmp_path, alice, bundle, policy) -> None:

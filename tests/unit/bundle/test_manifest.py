@@ -180,7 +180,10 @@ def test_path_rules_refuse(path: str) -> None:
 
 
 def test_path_rules_accept_nfc_unicode_and_long_paths() -> None:
-    check_path("models/\u00e9t\u00e9/" + "d/" * 1000 + "f.gguf")
+    check_path("models/\u00e9t\u00e9/" + "d/" * 125 + "f.gguf")  # 128 segments
+    longest = "models/" + "/".join(["\u00e9" * 127] * 12) + "/fffff"  # 254-byte segments
+    assert len(longest.encode()) == 3072
+    check_path(longest)
 
 
 def test_expires_parses_durations_and_dates() -> None:

@@ -255,7 +255,7 @@ def _files_problems(files: List[Any], components: Dict[str, Any]) -> List[str]:
             problems.append(f"{where}: size must be an integer from 0 to {MAX_INT}")
         if not isinstance(entry["sha256"], str) or not _HEX64.match(entry["sha256"]):
             problems.append(f"{where}: sha256 must be 64 lowercase hex digits")
-        if entry["mode"] not in MODES:
+        if not isinstance(entry["mode"], str) or entry["mode"] not in MODES:
             problems.append(f'{where}: mode must be "0644" or "0755"')
         if entry["component"] != component_of(path):
             problems.append(f"{where}: component must be {component_of(path)!r}")

@@ -50,7 +50,11 @@ class VerifyReport:
 
 @contextmanager
 def open_bundle(path: Path) -> Iterator[IO[bytes]]:
-    """Open a bundle ``.tar``, or a split bundle through its ``.parts`` index."""
+    """Open a bundle ``.tar``, or a split bundle through its ``.parts`` index.
+
+    An OS error opening or reading it (no such file, a directory, an unreadable part) is a
+    UsageError naming the file.
+    """
     try:
         if path.name.endswith(".parts"):
             reader = PartsReader([p for _, p in read_index(path)])
@@ -59,11 +63,17 @@ def open_bundle(path: Path) -> Iterator[IO[bytes]]:
         else:
             with open(path, "rb") as f:
                 yield f
-    except FileNotFoundError as e:
+    except OSError as e:
         raise UsageError(
-            f"cannot open {e.filename}: no such file",
+            f"cannot read {e.filename or path}: {e.strerror or e}",
             hint="pass the bundle .tar, or the .parts index with all parts beside it",
         ) from e
+
+
+def _check_index(path: Path, policy: TrustPolicy, now: datetime) -> None:
+    """A split bundle's index: readable and well-formed (UsageError), then its signature."""
+    read_index(path)
+    check_index_signature(path, policy, now=now)
 
 
 def check_policy(
@@ -170,7 +180,7 @@ def verify_bundle(
     """
     now = now or datetime.now(timezone.utc)
     if path.name.endswith(".parts"):
-        check_index_signature(path, policy, now=now)
+        _check_index(path, policy, now)
     else:
         from bundler.bundle.cosign import refuse_pending_cosign
 
@@ -215,7 +225,7 @@ def unpack_bundle(
     """
     now = now or datetime.now(timezone.utc)
     if path.name.endswith(".parts"):
-        check_index_signature(path, policy, now=now)
+        _check_index(path, policy, now)
     with open_bundle(path) as f:
         meta = read_metadata_stream(f, collect_signature_problems=True)
         check_policy(meta, policy, now=now, allow_unknown_signers=allow_unknown_signers)

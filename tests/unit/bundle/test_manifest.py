@@ -85,6 +85,13 @@ def test_written_manifest_validates_against_the_json_schema(schema) -> None:
         lambda m: m["files"][0].update(mode="0777"),
         lambda m: m["files"][0].update(sha256="AB" * 32),
         lambda m: m.update(created="2026-01-01T00:00:00+00:00"),
+        lambda m: m.update(name="../etc"),
+        lambda m: m.update(version="1.0\x1b[2J"),
+        lambda m: m.update(sequence=2**63),
+        lambda m: m["builder"].update(extra="x"),
+        lambda m: m["builder"].update(platform="x\x9b"),
+        lambda m: m["files"][0].update(path="models/" + "x" * 256),
+        lambda m: m["files"][0].update(path="models/\x85"),
     ],
     ids=[
         "schema-version",
@@ -95,6 +102,13 @@ def test_written_manifest_validates_against_the_json_schema(schema) -> None:
         "mode",
         "hex",
         "time",
+        "name-traversal",
+        "version-escape",
+        "sequence-int64",
+        "builder-extra",
+        "builder-c1",
+        "segment-255",
+        "path-c1",
     ],
 )
 def test_schema_and_parser_agree_on_invalid_manifests(schema, mutate) -> None:

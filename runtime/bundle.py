@@ -90,6 +90,7 @@ MAX_RESERVE_BYTES = 64 * 1024 * 1024
 MAX_MEMBER_READ = 64 * 1024 * 1024
 _SIGNATURE_FILE = re.compile(r"\Aairlock/signatures/[A-Za-z0-9_-]{43}\.sig\Z")
 _CRAFTED = "someone crafted or altered this archive; do not use it"
+_NOT_A_BUNDLE = "check that you passed the bundle .tar (or the .parts index of a split bundle)"
 
 
 class BundleMetadata(NamedTuple):
@@ -131,12 +132,12 @@ def read_metadata_stream(
     except ArchiveFormatError as e:
         raise ArchiveFormatError(
             f"this is not an airlock bundle: {e.message}",
-            hint="check that you passed the bundle .tar (or the .parts index of a split bundle)",
+            hint=_NOT_A_BUNDLE,
         ) from None
     if header is None or header.path != MANIFEST_NAME:
         raise ArchiveFormatError(
             f"the first member is not {MANIFEST_NAME}; this is not an airlock bundle",
-            hint="check that you passed the bundle .tar (or the .parts index of a split bundle)",
+            hint=_NOT_A_BUNDLE,
         )
     mtime = header.mtime
     if header.size > MAX_MANIFEST_BYTES:

@@ -19,22 +19,36 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-# Messages carry file names, Ansible output and model text: never interpret them as rich
-# markup (escape), and never re-wrap them when stderr is a file or a pipe (soft_wrap).
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+from runtime.bundle import printable
+
+# Messages carry file names, Ansible output, model text and bundle contents: never let
+# them reach the terminal as control characters or escape sequences (safe), never interpret
+# them as rich markup (escape), never re-wrap them when stderr is a file or a pipe.
+err = Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def safe(text: object) -> str:
+    """``text`` with every control, bidi and invisible character shown as an escape
+    (``\\x1b``), newlines kept: for any line built from untrusted input."""
+    return printable(str(text), keep_newlines=True)
 
 
 def step(message: str) -> None:
     """Announce one step of a longer job on stderr."""
-    err.print(f"[bold cyan]==>[/] {escape(message)}")
+    err.print(f"[bold cyan]==>[/] {escape(safe(message))}")
 
 
 def info(message: str) -> None:
-    err.print(f"    {escape(message)}")
+    err.print(f"    {escape(safe(message))}")
 
 
 def warn(message: str) -> None:
-    err.print(f"[bold yellow]warning:[/] {escape(message)}")
+    err.print(f"[bold yellow]warning:[/] {escape(safe(message))}")
+
+
+def out(line: str) -> None:
+    """One line of a command's human-readable result on stdout, made safe."""
+    sys.stdout.write(safe(line) + "\n")
 
 
 def emit_json(data: Any) -> None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Iterable, Optional, Sequence
 
+from runtime.text import printable
+
 
 class AirlockError(Exception):
     """Root of every error airlock reports to a user.
@@ -32,12 +34,17 @@ class AirlockError(Exception):
         self.problems: Sequence[str] = tuple(problems or ())
 
     def render(self) -> str:
-        """The full user-facing text: message, every problem, and the fix."""
+        """The full user-facing text: message, every problem, and the fix.
+
+        Messages quote names and values from untrusted input (bundles, member names): every
+        control or invisible character in them is shown as an escape, never sent raw to the
+        terminal (runtime.text.printable).
+        """
         lines = ["error: " + self.message]
         lines.extend("  - " + p for p in self.problems)
         if self.hint:
             lines.append("hint: " + self.hint)
-        return "\n".join(lines)
+        return "\n".join(printable(line, keep_newlines=True) for line in lines)
 
 
 class UsageError(AirlockError):

@@ -15,9 +15,11 @@ import sys
 import tempfile
 from typing import IO, Any, Dict, List, NamedTuple, Optional, Sequence, Set
 
-from runtime.bundle import MODES, check_payload, read_metadata_stream
-from runtime.errors import AirlockError, InstallError, IntegrityError, UsageError
+from runtime.bundle import MAX_PATH_BYTES, MODES, check_payload, read_metadata_stream
+from runtime.errors import AirlockError, InstallError, UsageError
 from runtime.fsio import fsync_dir
+
+PATH_MAX = 4096  # Linux, with the terminating NUL
 
 
 class UnpackResult(NamedTuple):
@@ -42,10 +44,12 @@ def unpack(
 ) -> UnpackResult:
     """Verify and unpack ``bundle`` into ``dest``, which must not exist yet.
 
-    Files are written into a staging directory beside ``dest`` while they are hashed;
-    ``dest`` appears (by one rename) only when every member matched. On any failure the
-    staging directory is removed and ``dest`` is untouched. Raises IntegrityError,
-    ArchiveFormatError, InstallError.
+    The manifest bytes are compared with ``manifest_sha256`` (the digest the controller
+    verified) before they are parsed. Files are written into a staging directory beside
+    ``dest`` while they are hashed; ``dest`` appears (by one rename) only when every member
+    matched. On any failure the staging directory is removed and ``dest`` is untouched.
+    Raises IntegrityError, ArchiveFormatError, InstallError (also for every OS error: a
+    full disk, a destination too long for the bundle's paths, permissions).
     """
     dest = os.path.abspath(os.fspath(dest))
     if os.path.lexists(dest):
@@ -59,18 +63,15 @@ def unpack(
             f"the parent directory {parent} does not exist",
             hint="create it (the install role does this) and run again",
         )
-    staging = tempfile.mkdtemp(prefix="." + os.path.basename(dest) + ".staging-", dir=parent)
     try:
-        own = stream is None
-        f = open(bundle, "rb") if stream is None else stream
+        staging = tempfile.mkdtemp(prefix="." + os.path.basename(dest) + ".staging-", dir=parent)
+    except OSError as e:
+        raise _install_error(f"cannot create a staging directory beside {dest}", e) from e
+    try:
+        f = stream if stream is not None else open(bundle, "rb")
         try:
-            meta = read_metadata_stream(f)
-            if meta.manifest_sha256 != manifest_sha256.lower():
-                raise IntegrityError(
-                    f"manifest sha256 of {os.fspath(bundle)} is {meta.manifest_sha256},"
-                    f" expected {manifest_sha256}",
-                    hint="this is not the bundle the controller verified; copy it again",
-                )
+            meta = read_metadata_stream(f, manifest_sha256=manifest_sha256)
+            _check_fits(staging, meta.manifest)
             made: Set[str] = set()
 
             def sink(entry: Dict[str, Any]) -> IO[bytes]:
@@ -80,12 +81,15 @@ def unpack(
                 f, meta.manifest, offset=meta.payload_offset, sink=sink, progress=progress
             )
         finally:
-            if own:
+            if stream is None:
                 f.close()
         os.chmod(staging, 0o755)  # noqa: S103 - a release directory is world-readable
         fsync_dir(staging)
         os.rename(staging, dest)
         fsync_dir(parent)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _install_error(f"unpacking {os.fspath(bundle)} into {dest} failed", e) from e
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -99,6 +103,28 @@ def unpack(
         files=files,
         bytes=total,
     )
+
+
+def _install_error(what: str, e: OSError) -> InstallError:
+    """An OS error (full disk, permissions, a name too long) as the InstallError it means."""
+    where = f" ({e.filename})" if e.filename else ""
+    return InstallError(
+        f"{what}: {e.strerror or e}{where}",
+        hint="check free space, permissions and the destination path, then run again",
+    )
+
+
+def _check_fits(staging: str, manifest: Dict[str, Any]) -> None:
+    """Refuse, before writing anything, a destination too long for the bundle's paths."""
+    longest = max((len(e["path"].encode("utf-8")) for e in manifest["files"]), default=0)
+    need = len(os.fsencode(staging)) + 1 + longest
+    if need >= PATH_MAX:
+        raise InstallError(
+            f"the bundle's longest path ({longest} bytes) does not fit under {staging}:"
+            f" {need} bytes, the limit is {PATH_MAX - 1}",
+            hint=f"unpack into a destination of at most {PATH_MAX - 2 - MAX_PATH_BYTES - 24}"
+            " bytes (every bundle path fits under such a destination)",
+        )
 
 
 def _create(root: str, path: str, mode: int, made: Set[str]) -> IO[bytes]:

@@ -20,14 +20,19 @@ from bundler.errors import IntegrityError, UsageError
 from bundler.fsio import write_atomic
 from bundler.ssh import sig as sshsig
 from bundler.ssh.keys import Signer
-from runtime.bundle import BLOCK, MANIFEST_NAME, PAX_NAME, RESERVE_NAME, SIGNATURE_DIR
+from runtime.bundle import (
+    BLOCK,
+    MANIFEST_NAME,
+    REGION_ALIGN,
+    RESERVE_NAME,
+    SIGNATURE_DIR,
+)
+from runtime.bundle import member_header as member_header  # pack writes payload headers
 
 CHUNK = 1 << 20
 HASH_WINDOW = 16 << 20  # mmap window for hashing the finished archive
 SIGNATURE_ALLOWANCE = 1024  # header + padded armored Ed25519 SSHSIG (about 300 bytes)
 COSIGN_SLOTS = 16  # co-signatures that fit in place before a rewrite is needed
-REGION_ALIGN = 4096
-_MAX_OCTAL_SIZE = 8**11 - 1
 # The whole-archive SSHSIG hashes with sha256: PROTOCOL.sshsig allows it, every
 # `ssh-keygen -Y verify` accepts it, and with SHA extensions it is about twice as fast as
 # sha512 over a multi-GB tar (the one extra read pack cannot avoid).
@@ -37,47 +42,8 @@ Progress = Optional[Callable[[int], None]]
 
 
 # --------------------------------------------------------------------------- tar headers
-
-
-def _pax_record(key: str, value: str) -> bytes:
-    body = f" {key}={value}\n".encode()
-    length = len(body) + len(str(len(body)))
-    if len(str(length)) != len(str(length - len(body))):
-        length = len(body) + len(str(length))
-    return str(length).encode("ascii") + body
-
-
-def _block(name: bytes, size: int, mode: int, mtime: int, typeflag: bytes) -> bytes:
-    header = bytearray(BLOCK)
-    header[0 : len(name)] = name
-    header[100:108] = b"%07o\0" % mode
-    header[108:116] = b"0000000\0"
-    header[116:124] = b"0000000\0"
-    header[124:136] = b"%011o\0" % size
-    header[136:148] = b"%011o\0" % mtime
-    header[148:156] = b" " * 8
-    header[156:157] = typeflag
-    header[257:263] = b"ustar\0"
-    header[263:265] = b"00"
-    header[329:337] = b"0000000\0"
-    header[337:345] = b"0000000\0"
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
-
-
-def member_header(path: str, size: int, mode: int, mtime: int) -> bytes:
-    """The header block(s) of one regular file; a PAX header only when ustar cannot hold it."""
-    raw = path.encode("utf-8")
-    records = b""
-    if len(raw) > 100 or not raw.isascii():
-        records += _pax_record("path", path)
-    if size > _MAX_OCTAL_SIZE:
-        records += _pax_record("size", str(size))
-    out = b""
-    if records:
-        out = _block(PAX_NAME.encode(), len(records), 0o644, mtime, b"x") + _pad(records)
-    name = raw if len(raw) <= 100 and raw.isascii() else raw[:100]
-    return out + _block(name, 0 if size > _MAX_OCTAL_SIZE else size, mode, mtime, b"0")
+# One header writer for both sides: runtime.tarformat.member_header, which the readers also
+# rebuild every header with and compare byte for byte.
 
 
 def _pad(data: bytes) -> bytes:

@@ -23,11 +23,16 @@ def inspect_bundle(
     policy: Optional[TrustPolicy] = None,
     now: Optional[datetime] = None,
     sbom: Optional[SbomSummary] = None,
+    allow_unknown_signers: bool = False,
 ) -> dict[str, Any]:
     """Name, version, sequence, times, signers, components, files and sizes of ``path``.
 
-    Signers are listed unverified unless ``policy`` is given, in which case the policy and
-    expiry are checked (TrustError / ExpiredError) and signers are marked verified. The
+    Without ``policy`` NOTHING is verified: every value is what the bundle claims, and
+    ``verified`` says so ("nothing"). With it, the policy, expiry and every signature member
+    are checked as verify checks them (TrustError / ExpiredError / SignatureError), signers
+    are marked verified and ``verified`` is "signatures" (payload bytes are not read:
+    ``airlock verify`` does that). A signature member not shaped as airlock writes them is
+    listed with its ``error`` either way. The
     ``sbom`` entry is what ``sbom(path, metadata)`` returns (the evidence package's
     ``bundle_sbom_summary``, which reads one small member, hash-checked), else None. Refuses, as
     verify does (IntegrityError), a bundle whose co-sign was interrupted: its metadata
@@ -38,14 +43,21 @@ def inspect_bundle(
 
         refuse_pending_cosign(path)
     with open_bundle(path) as f:
-        meta = read_metadata_stream(f)
+        meta = read_metadata_stream(f, collect_signature_problems=True)
     verified: dict[str, list[str]] = {}
     if policy is not None:
-        decision = check_policy(meta, policy, now=now or datetime.now(timezone.utc))
+        decision = check_policy(
+            meta,
+            policy,
+            now=now or datetime.now(timezone.utc),
+            allow_unknown_signers=allow_unknown_signers,
+        )
         verified = {a.name: list(a.principals) for a in decision.accepted}
     m = meta.manifest
+    malformed = dict(meta.signature_problems)
     summary: dict[str, Any] = {
         "path": str(path),
+        "verified": "nothing" if policy is None else "signatures",
         "manifest_sha256": meta.manifest_sha256,
         "name": m["name"],
         "version": m["version"],
@@ -53,7 +65,10 @@ def inspect_bundle(
         "created": m["created"],
         "expires": m["expires"],
         "builder": m["builder"],
-        "signers": [_signer(n, sig, verified, policy is not None) for n, sig in meta.signatures],
+        "signers": [
+            _signer(n, sig, verified, policy is not None, malformed.get(n))
+            for n, sig in meta.signatures
+        ],
         "components": _components(m),
         "files": len(m["files"]),
         "bytes": sum(e["size"] for e in m["files"]),
@@ -65,9 +80,17 @@ def inspect_bundle(
 
 
 def _signer(
-    name: str, armored: bytes, verified: dict[str, list[str]], checked: bool
+    name: str,
+    armored: bytes,
+    verified: dict[str, list[str]],
+    checked: bool,
+    malformed: Optional[str],
 ) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": name}
+    if malformed is not None:
+        entry["error"] = malformed
+        entry["verified"] = False if checked else None
+        return entry
     try:
         sig = sshsig.parse(armored)
         entry["fingerprint"] = sig.public_key.fingerprint

@@ -42,6 +42,15 @@ def _policy_args(p: argparse.ArgumentParser, *, required: bool) -> None:
     )
 
 
+def _unknown_signers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-unknown-signers",
+        action="store_true",
+        help="accept valid signatures by keys in neither the allowed signers nor the revoked "
+        "keys (a bundle co-signed for other sites too) as warnings; by default they fail it",
+    )
+
+
 def _policy(args: argparse.Namespace) -> Optional[TrustPolicy]:
     if args.allowed_signers is None:
         return None
@@ -218,6 +227,7 @@ def _register_verify(sub: Any) -> None:
     )
     p.add_argument("bundle", type=Path)
     _policy_args(p, required=True)
+    _unknown_signers_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_verify)
 
@@ -228,10 +238,17 @@ def _verify(args: argparse.Namespace) -> int:
     policy = _policy(args)
     assert policy is not None
     with console.byte_progress("verify", _bundle_size(args.bundle)) as advance:
-        report = verify_bundle(args.bundle, policy, progress=advance)
+        report = verify_bundle(
+            args.bundle,
+            policy,
+            progress=advance,
+            allow_unknown_signers=args.allow_unknown_signers,
+        )
     if args.json:
         console.emit_json({"ok": True, **report.to_dict()})
     else:
+        for problem in report.problems:
+            console.warn(problem)
         console.step(f"{report.name} {report.version} (sequence {report.sequence}) verified")
         for s in report.signers:
             console.info(f"signed by {s['fingerprint']} ({', '.join(s['principals'])})")
@@ -260,6 +277,7 @@ def _register_unpack(sub: Any) -> None:
     p.add_argument("bundle", type=Path)
     p.add_argument("dest", type=Path, help="directory to create (must not exist)")
     _policy_args(p, required=True)
+    _unknown_signers_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_unpack)
 
@@ -270,7 +288,13 @@ def _unpack(args: argparse.Namespace) -> int:
     policy = _policy(args)
     assert policy is not None
     with console.byte_progress("unpack", _bundle_size(args.bundle)) as advance:
-        result = unpack_bundle(args.bundle, args.dest, policy, progress=advance)
+        result = unpack_bundle(
+            args.bundle,
+            args.dest,
+            policy,
+            progress=advance,
+            allow_unknown_signers=args.allow_unknown_signers,
+        )
     if args.json:
         console.emit_json({"ok": True, **result._asdict()})
     else:
@@ -280,10 +304,15 @@ def _unpack(args: argparse.Namespace) -> int:
 
 def _register_inspect(sub: Any) -> None:
     p = sub.add_parser(
-        "inspect", help="show a bundle's manifest summary (reads only the metadata region)"
+        "inspect",
+        help="show a bundle's manifest summary (reads only the metadata region)",
+        description="Show what BUNDLE says about itself. Without --allowed-signers nothing "
+        "is verified: every line is the bundle's own claim. With it, the signatures and "
+        "expiry are checked as verify checks them; payload bytes are never read.",
     )
     p.add_argument("bundle", type=Path)
     _policy_args(p, required=False)
+    _unknown_signers_arg(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_inspect)
 
@@ -292,23 +321,40 @@ def _inspect(args: argparse.Namespace) -> int:
     from bundler.bundle.summary import inspect_bundle
     from bundler.evidence.sbom import bundle_sbom_summary
 
-    summary = inspect_bundle(args.bundle, policy=_policy(args), sbom=bundle_sbom_summary)
+    summary = inspect_bundle(
+        args.bundle,
+        policy=_policy(args),
+        sbom=bundle_sbom_summary,
+        allow_unknown_signers=args.allow_unknown_signers,
+    )
     if args.json:
         console.emit_json(summary)
         return 0
-    print(f"{summary['name']} {summary['version']} (sequence {summary['sequence']})")
-    print(f"  created {summary['created']}, expires {summary['expires']}")
-    print(f"  manifest sha256 {summary['manifest_sha256']}")
-    print(f"  {summary['files']} files, {summary['bytes']} bytes")
+    out = console.out  # every line below carries bundle-controlled text: made safe
+    if summary["verified"] == "nothing":
+        out("UNVERIFIED: no trust policy was given, so nothing below has been checked; it is")
+        out("what the bundle claims about itself (verify it: airlock verify --allowed-signers)")
+    else:
+        out("signatures and expiry verified against the trust policy; payload bytes were not")
+        out("read (airlock verify checks every byte)")
+    out(f"{summary['name']} {summary['version']} (sequence {summary['sequence']})")
+    out(f"  created {summary['created']}, expires {summary['expires']}")
+    out(f"  manifest sha256 {summary['manifest_sha256']}")
+    out(f"  {summary['files']} files, {summary['bytes']} bytes")
+    b = summary["builder"]
+    out(f"  built by airlock {b['airlock']}, Python {b['python']}, {b['platform']}")
     for s in summary["signers"]:
         state = {True: "verified", False: "NOT trusted", None: "unverified"}[s["verified"]]
-        print(f"  signer {s.get('fingerprint', s.get('error'))} ({state})")
+        if "error" in s:
+            out(f"  signature member {s['name']} is malformed: {s['error']}")
+        else:
+            out(f"  signer {s['fingerprint']} ({state})")
     for name, comp in summary["components"].items():
-        print(f"  component {name}: {comp['type']}, {comp['files']} files, {comp['bytes']} bytes")
+        out(f"  component {name}: {comp['type']}, {comp['files']} files, {comp['bytes']} bytes")
     for lic in summary["licenses"]:
-        print(f"  model {lic['model']}: license {lic['license']}")
+        out(f"  model {lic['model']}: license {lic['license']}")
     if summary.get("sbom"):
-        print(f"  sbom: {json.dumps(summary['sbom'], sort_keys=True)}")
+        out(f"  sbom: {json.dumps(summary['sbom'], sort_keys=True)}")
     return 0
 
 

@@ -183,10 +183,10 @@ def test_verify_without_a_readable_policy_fails_closed(env, capsys) -> None:
 def test_pax_size_records_round_trip_through_gnu_tar(env, capsys, monkeypatch) -> None:
     """Members of 8 GiB or more carry a PAX size; exercise that path on small files by
     lowering the threshold, and check GNU tar, sha256sum and airlock all agree."""
-    import bundler.bundle.region as region
+    import runtime.tarformat as tarformat
 
     tmp, alice, _, allowed, stage = env
-    monkeypatch.setattr(region, "_MAX_OCTAL_SIZE", 1000)
+    monkeypatch.setattr(tarformat, "MAX_OCTAL_SIZE", 1000)  # the writer's and readers' one rule
     tar = Path(run_json(pack_args(tmp, stage, alice), capsys)["path"])
     assert b"size=179200\n" in tar.read_bytes()  # models/tiny/tiny.gguf
     x = tmp / "x"

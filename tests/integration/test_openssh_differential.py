@@ -352,6 +352,10 @@ def test_airlock_verify_command_agrees_with_ssh_keygen_on_a_real_bundle(
             args = ["verify", str(bundle), "--allowed-signers", str(files.allowed)]
             args += ["--threshold", str(threshold)]
             args += ["--revoked", str(files.revoked)] if files.revoked else []
+            # The trust decision is what OpenSSH decides per signature; a member by a key
+            # the policy does not list fails a bundle by default (docs/SECURITY.md), which
+            # OpenSSH has no notion of, so that stricter rule is set aside here.
+            args += ["--allow-unknown-signers"]
             code = main(args)
             err = capsys.readouterr().err
             assert code in (0, TrustError.exit_code), (case.name, code, err)

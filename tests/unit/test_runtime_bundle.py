@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bundler.bundle.region import build_region, member_header
+from bundler.bundle.region import build_region, member_header, signature_name
+from bundler.ssh import sig as sshsig
 from runtime import bundle as rb
+from runtime import tarformat
 from runtime.errors import ArchiveFormatError, IntegrityError
 from runtime.unpack import main as unpack_main
 from runtime.unpack import unpack
+from tests.bundlekit import make_key
 
 EPOCH = 1_767_225_600
 
@@ -45,10 +48,15 @@ def manifest_for(files: dict[str, bytes]) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def tar_bytes(files: dict[str, bytes], *, payload: list[tuple[str, bytes]] | None = None) -> bytes:
-    """A bundle without real signatures (the reader does not check them)."""
+def tar_bytes(
+    files: dict[str, bytes],
+    *,
+    payload: list[tuple[str, bytes]] | None = None,
+    signatures: list[tuple[str, bytes]] | None = None,
+) -> bytes:
+    """A bundle, by default without signatures (this reader does not check them)."""
     manifest = manifest_for(files)
-    region = build_region(manifest, [("airlock/signatures/x.sig", b"sig")], 8192, EPOCH)
+    region = build_region(manifest, signatures or [], 8192, EPOCH)
     assert region is not None
     out = region
     for path, data in payload if payload is not None else sorted(files.items()):
@@ -60,12 +68,15 @@ def tar_bytes(files: dict[str, bytes], *, payload: list[tuple[str, bytes]] | Non
 FILES = {"models/a.bin": b"a" * 1000, "models/b.bin": b"b" * 10, "README.md": b"hi\n"}
 
 
-def test_reads_the_metadata_region_only() -> None:
-    data = tar_bytes(FILES)
+def test_reads_the_metadata_region_only(tmp_path: Path) -> None:
+    key = make_key(tmp_path, "alice")
+    sig = sshsig.sign(manifest_for(FILES), key.signer, namespace=sshsig.MANIFEST_NAMESPACE)
+    name = signature_name(key.signer)
+    data = tar_bytes(FILES, signatures=[(name, sig)])
     stream = io.BytesIO(data)
     meta = rb.read_metadata_stream(stream)
     assert meta.payload_offset == 8192 == stream.tell()
-    assert meta.signatures == [("airlock/signatures/x.sig", b"sig")]
+    assert meta.signatures == [(name, sig)]
     assert meta.manifest_sha256 == hashlib.sha256(meta.manifest_bytes).hexdigest()
     assert meta.reserve_size > 0
 
@@ -115,7 +126,7 @@ def test_refuses_an_oversized_manifest_header_without_reading_it() -> None:
 def test_refuses_unknown_pax_keys_and_base256_sizes() -> None:
     for bad in (b"5 a\n", b"x a=b\n", b"9 noequals\n", b"99 a=b\n"):
         with pytest.raises(ValueError):
-            rb._parse_pax(bad)
+            tarformat.parse_pax(bad)
     pax = b"19 linkpath=/etc/x\n"
     bad = member_header("README.md", 3, 0o644, EPOCH)
     block = bytearray(bad)
@@ -125,19 +136,19 @@ def test_refuses_unknown_pax_keys_and_base256_sizes() -> None:
     block[148:156] = b"%06o\0 " % sum(block)
     stream = io.BytesIO(bytes(block) + pax.ljust(512, b"\0") + bad + b"hi\n".ljust(512, b"\0"))
     with pytest.raises(ArchiveFormatError, match="linkpath"):
-        rb._read_header(rb._Reader(stream))
+        tarformat.read_header(tarformat.StreamReader(stream))
     big = bytearray(bad)
     big[124:136] = b"\x80" + b"\0" * 11
     big[148:156] = b" " * 8
     big[148:156] = b"%06o\0 " % sum(big)
-    with pytest.raises(ArchiveFormatError, match="base-256"):
-        rb._read_header(rb._Reader(io.BytesIO(bytes(big))))
+    with pytest.raises(ArchiveFormatError, match=r"size field .* is not an octal number"):
+        tarformat.read_header(tarformat.StreamReader(io.BytesIO(bytes(big))))
 
 
 def test_pax_size_above_8_gib_is_read(tmp_path: Path) -> None:
     header = member_header("models/huge.bin", 9 * 1024**3, 0o644, EPOCH)
     assert len(header) == 1536  # PAX header + its data block + the ustar header
-    parsed = rb._read_header(rb._Reader(io.BytesIO(header)))
+    parsed = tarformat.read_header(tarformat.StreamReader(io.BytesIO(header)))
     assert parsed is not None and parsed.size == 9 * 1024**3
 
 

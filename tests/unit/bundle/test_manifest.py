@@ -85,6 +85,13 @@ def test_written_manifest_validates_against_the_json_schema(schema) -> None:
         lambda m: m["files"][0].update(mode="0777"),
         lambda m: m["files"][0].update(sha256="AB" * 32),
         lambda m: m.update(created="2026-01-01T00:00:00+00:00"),
+        lambda m: m.update(name="../etc"),
+        lambda m: m.update(version="1.0\x1b[2J"),
+        lambda m: m.update(sequence=2**63),
+        lambda m: m["builder"].update(extra="x"),
+        lambda m: m["builder"].update(platform="x\x9b"),
+        lambda m: m["files"][0].update(path="models/" + "x" * 256),
+        lambda m: m["files"][0].update(path="models/\x85"),
     ],
     ids=[
         "schema-version",
@@ -95,6 +102,13 @@ def test_written_manifest_validates_against_the_json_schema(schema) -> None:
         "mode",
         "hex",
         "time",
+        "name-traversal",
+        "version-escape",
+        "sequence-int64",
+        "builder-extra",
+        "builder-c1",
+        "segment-255",
+        "path-c1",
     ],
 )
 def test_schema_and_parser_agree_on_invalid_manifests(schema, mutate) -> None:
@@ -180,7 +194,10 @@ def test_path_rules_refuse(path: str) -> None:
 
 
 def test_path_rules_accept_nfc_unicode_and_long_paths() -> None:
-    check_path("models/\u00e9t\u00e9/" + "d/" * 1000 + "f.gguf")
+    check_path("models/\u00e9t\u00e9/" + "d/" * 125 + "f.gguf")  # 128 segments
+    longest = "models/" + "/".join(["\u00e9" * 127] * 12) + "/fffff"  # 254-byte segments
+    assert len(longest.encode()) == 3072
+    check_path(longest)
 
 
 def test_expires_parses_durations_and_dates() -> None:

@@ -65,3 +65,22 @@ def test_inspect_refuses_a_bundle_whose_cosign_was_interrupted(tmp_path: Path) -
     assert "airlock sign" in (refused.value.hint or "")
     journal_path(bundle).unlink()
     assert inspect_bundle(bundle)["name"] == "demo"
+
+
+def test_inspect_says_what_it_verified_and_lists_a_malformed_signature(tmp_path: Path) -> None:
+    from bundler.errors import SignatureError
+    from runtime.bundle import read_metadata
+    from tests.bundlekit import with_region
+
+    alice = make_key(tmp_path / "keys", "alice")
+    bundle = make_bundle(tmp_path, [alice]).path
+    assert inspect_bundle(bundle)["verified"] == "nothing"
+    policy = policy_for(tmp_path, [alice])
+    assert inspect_bundle(bundle, policy=policy, now=DURING)["verified"] == "signatures"
+    junk = ("airlock/signatures/" + "A" * 43 + ".sig", b"not a signature\n")
+    bad = with_region(bundle, tmp_path / "bad.tar", [junk, *read_metadata(bundle).signatures])
+    listed = {s["name"]: s for s in inspect_bundle(bad)["signers"]}  # in signature-name order
+    assert "BEGIN/END" in listed.pop(junk[0])["error"]
+    assert [s["fingerprint"] for s in listed.values()] == [alice.signer.public_key.fingerprint]
+    with pytest.raises(SignatureError):  # with a policy, as verify does
+        inspect_bundle(bad, policy=policy, now=DURING)

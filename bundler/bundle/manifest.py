@@ -20,6 +20,7 @@ from runtime.bundle import (
     component_of,
     manifest_problems,
     parse_manifest,
+    parse_time,
     path_problem,
 )
 
@@ -187,11 +188,6 @@ def format_time(when: datetime) -> str:
     if when.tzinfo is None:
         raise UsageError("internal: naive datetime in a manifest time")
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: str) -> datetime:
-    """Parse the manifest's ``YYYY-MM-DDTHH:MM:SSZ``."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
 
 
 _DURATION = re.compile(r"\A(\d+)([dw])\Z")

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from bundler.errors import SpecError
 from bundler.fsio import write_atomic
 from bundler.paths import safe_relpath
+from bundler.project.derive import is_checkpoint
 from bundler.project.spec import ModelSpec, Spec
 
 LOCK_VERSION = 1
@@ -223,6 +224,11 @@ def lock_problems(spec: Spec, lock: Lock) -> list[str]:
         if m.entrypoint is not None and m.entrypoint != lm.entrypoint:
             problems.append(
                 f"models.{m.name}.entrypoint: spec has {m.entrypoint!r}, lock has {lm.entrypoint!r}"
+            )
+        if m.convert is not None and not is_checkpoint(lm.entrypoint):
+            problems.append(
+                f"models.{m.name}.convert: the lock's entrypoint {lm.entrypoint!r} is not a "
+                "safetensors checkpoint"
             )
         if COMMIT_RE.match(m.revision) and lm.commit != m.revision:
             problems.append(

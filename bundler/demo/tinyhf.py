@@ -41,10 +41,8 @@ def tokenizer_json(vocab: int) -> bytes:
     from tokenizers import Tokenizer, decoders, models, normalizers, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))  # noqa: S106
-    tok.normalizer = normalizers.Sequence(  # type: ignore[assignment]
-        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-    )
-    tok.decoder = decoders.Sequence(  # type: ignore[assignment]
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence(
         [
             decoders.Replace("▁", " "),
             decoders.ByteFallback(),
@@ -53,9 +51,7 @@ def tokenizer_json(vocab: int) -> bytes:
         ]
     )
     specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
-    trainer = trainers.BpeTrainer(  # type: ignore[call-arg]
-        vocab_size=vocab, special_tokens=specials, show_progress=False
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials, show_progress=False)
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
     doc = json.loads(tok.to_str())
     # the byte tokens are ordinary vocabulary entries of a Llama tokenizer, not added tokens

@@ -195,6 +195,7 @@ class ConverterEnv:
 
     python: Path
     key: str
+    pycache: Path  # PYTHONPYCACHEPREFIX of every run: bytecode stays out of the source trees
     requirements: tuple[str, ...]
     packages: tuple[dict[str, Any], ...]  # {name, version, file, sha256}, sorted by name
     cached: bool
@@ -290,13 +291,29 @@ def converter_env(
     entry = BuildCache(cache_dir).build("converter-env", inputs, builder)
     copy_log(entry, log_dir, "converter-env.log")
     packages = tuple(json.loads((entry.path / PACKAGES_FILE).read_text()))
+    python = entry.path / "venv" / "bin" / "python"
+    pycache = entry.path / "pycache"
+    if not (pycache / ".warm").is_file():
+        # Compile the environment's bytecode once, at its final path, into its own prefix:
+        # importing torch and transformers from source costs a minute and a half.
+        with tempfile.TemporaryDirectory(prefix=".warm-", dir=entry.path.parent) as t:
+            env = {**_offline_env(Path(t)), "PYTHONPYCACHEPREFIX": str(pycache)}
+            Path(t, "home").mkdir()
+            run_logged(
+                [str(python), "-c", "import numpy, sentencepiece, torch, transformers"],
+                entry.path / "warm.log",
+                env=env,
+                what="compiling the converter environment",
+            )
+        (pycache / ".warm").write_text("1\n")
     if not entry.hit:
         console.info(
             f"converter environment: {len(packages)} locked packages in {entry.seconds:.0f} s"
         )
     return ConverterEnv(
-        python=entry.path / "venv" / "bin" / "python",
+        python=python,
         key=entry.key,
+        pycache=pycache,
         requirements=reqs,
         packages=packages,
         cached=entry.hit,
@@ -320,13 +337,13 @@ class Converted:
 
 
 def _offline_env(tmp: Path) -> dict[str, str]:
-    """A small, fixed environment: offline, no bytecode in the source tree, one math thread."""
+    """A small, fixed environment: offline, bytecode in a prefix of its own, one math thread."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp / "home"),
         "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0",
-        "PYTHONPYCACHEPREFIX": str(tmp / "pycache"),
+        "PYTHONPYCACHEPREFIX": str(tmp / "pycache"),  # callers point it into the env
         "PYTHONNOUSERSITE": "1",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -388,7 +405,8 @@ def convert(
                 str(out / OUTPUT),
             ]
             try:
-                run_logged(argv, log, cwd=tmp, env=_offline_env(tmp), what=SCRIPT)
+                env_vars = {**_offline_env(tmp), "PYTHONPYCACHEPREFIX": str(env.pycache)}
+                run_logged(argv, log, cwd=tmp, env=env_vars, what=SCRIPT)
             except BuildError as e:
                 raise ConvertError(
                     f"{SCRIPT} could not convert {repo_name}",

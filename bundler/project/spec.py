@@ -252,7 +252,7 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
     convert, quantize = parse_derive(raw, where, p.add)
     if source == "local":
         path = _str(p, raw, "path", where, required=True)
-        for key in ("repo", "revision", "files", "allow", "entrypoint", "convert"):
+        for key in ("repo", "revision", "files", "allow", "entrypoint", "convert", "quantize"):
             if key in raw:
                 p.add(where + key, "not used by a local source", "remove it or use source: hub")
         if path is None or name is None:

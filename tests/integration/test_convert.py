@@ -145,7 +145,9 @@ def test_safetensors_repo_is_converted_quantized_served_and_recorded(
     assert line in capsys.readouterr().out
 
     again = _build(d, "again")
-    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(bundle.read_bytes()).digest()
+    assert (
+        hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(bundle.read_bytes()).digest()
+    )
 
 
 @pytest.mark.slow
@@ -162,5 +164,7 @@ def test_unknown_architecture_is_refused_before_signing(
 @pytest.mark.slow
 def test_spec_quantization_types_are_the_pinned_tools() -> None:
     cache = default_cache_dir()
-    tool = quantize.build_quantize_tool(sdist.fetch_sdist(VERSION, cache_dir=cache), cache_dir=cache)
+    tool = quantize.build_quantize_tool(
+        sdist.fetch_sdist(VERSION, cache_dir=cache), cache_dir=cache
+    )
     assert tool.types == QUANT_TYPES

@@ -612,9 +612,9 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     client = HubClient(settings)
     st = _Staged()
     cache = _cache_dir()
-    stage = Path(tempfile.mkdtemp(prefix=".airlock-stage-", dir=options.out_dir))
     log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
     derive = _derive_for(spec, lk, cache, log_dir)
+    stage = Path(tempfile.mkdtemp(prefix=".airlock-stage-", dir=options.out_dir))
     try:
         stage_models(spec, lk, client, stage, st, derive)
         stage_far_side(stage, st)

@@ -343,6 +343,19 @@ class _Builder:
                 purl = PackageURL(
                     type="huggingface", namespace=group or None, name=name, version=commit
                 )
+                endpoint = (m.endpoint or "https://huggingface.co").rstrip("/")
+                ext.append(
+                    ExternalReference(
+                        type=ExternalReferenceType.DISTRIBUTION,
+                        url=XsUri(f"{endpoint}/{repo}/tree/{commit}"),
+                        comment="the Hub repository at the pinned commit",
+                    )
+                )
+                ext.append(
+                    ExternalReference(
+                        type=ExternalReferenceType.VCS, url=XsUri(f"{endpoint}/{repo}")
+                    )
+                )
             if derived and purl is not None:
                 # The GGUF is made here: the publisher's repository is its ancestor, not it.
                 pedigree = Pedigree(
@@ -369,19 +382,6 @@ class _Builder:
                     notes=_lineage(m),
                 )
                 purl = None
-                endpoint = (m.endpoint or "https://huggingface.co").rstrip("/")
-                ext.append(
-                    ExternalReference(
-                        type=ExternalReferenceType.DISTRIBUTION,
-                        url=XsUri(f"{endpoint}/{repo}/tree/{commit}"),
-                        comment="the Hub repository at the pinned commit",
-                    )
-                )
-                ext.append(
-                    ExternalReference(
-                        type=ExternalReferenceType.VCS, url=XsUri(f"{endpoint}/{repo}")
-                    )
-                )
             children = self._files_under(f"models/{m.name}/", "models")
             for f in m.files:
                 for child in children:

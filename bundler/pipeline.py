@@ -194,14 +194,19 @@ class _Derive:
     _env: Optional[convertlib.ConverterEnv] = None
     _tool: Optional[quantize.QuantizeTool] = None
 
-    def converter(self) -> tuple[convertlib.Converter, convertlib.ConverterEnv]:
-        if self._conv is None or self._env is None:
+    def converter(self) -> convertlib.Converter:
+        if self._conv is None:
             self._conv = convertlib.converter(self.source, cache_dir=self.cache_dir)
-            reqs = convertlib.converter_requirements(self._conv.tree)
+        return self._conv
+
+    def environment(self) -> convertlib.ConverterEnv:
+        if self._env is None:
+            reqs = convertlib.converter_requirements(self.converter().tree)
+            console.step("converter environment (hash-locked, cached)")
             self._env = convertlib.converter_env(
                 reqs, cache_dir=self.cache_dir, log_dir=self.log_dir
             )
-        return self._conv, self._env
+        return self._env
 
     def tool(self) -> quantize.QuantizeTool:
         if self._tool is None:
@@ -258,7 +263,7 @@ class _Derive:
             "quantize_tool_sha256": None,
         }
         if weights:
-            conv, env = self.converter()
+            conv = self.converter()
             if "config.json" not in inputs:
                 raise ConvertError(
                     f"model {m.name}: the selection has no config.json",
@@ -267,6 +272,7 @@ class _Derive:
             arch = convertlib.check_architecture(
                 inputs["config.json"][0].read_bytes(), conv, model=m.name
             )
+            env = self.environment()  # after the architecture check: that fails in seconds
             outtype = sm.convert.outtype if sm.convert is not None else DEFAULT_OUTTYPE
             if sm.convert is None:
                 console.info(f"{m.name}: no GGUF in the selection; converting to {outtype}")

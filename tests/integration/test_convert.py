@@ -144,6 +144,9 @@ def test_safetensors_repo_is_converted_quantized_served_and_recorded(
     assert main(["inspect", str(bundle)]) == 0
     line = f"converted from {REPO}@{commit} with llama.cpp {engine['llama_cpp_commit']}"
     assert line in capsys.readouterr().out
+    assert main(["report", str(bundle), "--out", str(tmp_path / "report.html")]) == 0
+    page = (tmp_path / "report.html").read_text()
+    assert line in page and locked["files"][0]["sha256"] in page
 
     # Drop the cached conversion and quantization: the second build really runs both tools,
     # so byte-identical bundles show the converter and llama-quantize are deterministic.

@@ -30,6 +30,7 @@ from bundler.evidence import provenance, sbom
 from bundler.evidence.readme import render_bundle_readme
 from bundler.fsio import FileStamp, hash_file
 from bundler.paths import FAR_SIDE_DIRS, repo_root
+from bundler.project import pin
 from bundler.project.derive import DEFAULT_OUTTYPE, QUANTIZE_INPUTS, is_checkpoint
 from bundler.project.lock import (
     Lock,
@@ -37,7 +38,6 @@ from bundler.project.lock import (
     check_lock,
     load_lock,
 )
-from bundler.project.pin import lock
 from bundler.project.spec import ModelSpec, Spec, load_spec
 from bundler.sources import wheelhouse
 from bundler.sources.ggufinfo import read_facts, shards_of
@@ -45,7 +45,7 @@ from bundler.sources.hub import HubClient, HubSettings
 from bundler.sources.licenses import license_facts
 from bundler.ssh.keys import Signer, load_signer
 
-__all__ = ["BuildOptions", "BuildResult", "build", "lock"]  # lock: from bundler.project.pin
+__all__ = ["BuildOptions", "BuildResult", "build", "converter_pins", "lock"]
 
 CHUNK = 1024 * 1024
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache")
@@ -190,6 +190,7 @@ class _Derive:
     source: sdist.SourceArchive
     cache_dir: Path
     log_dir: Path
+    pins: Optional[Mapping[str, Any]] = None  # the lock's converter environment
     _conv: Optional[convertlib.Converter] = None
     _env: Optional[convertlib.ConverterEnv] = None
     _tool: Optional[quantize.QuantizeTool] = None
@@ -201,10 +202,14 @@ class _Derive:
 
     def environment(self) -> convertlib.ConverterEnv:
         if self._env is None:
-            reqs = convertlib.converter_requirements(self.converter().tree)
-            console.step("converter environment (hash-locked, cached)")
+            if self.pins is None:  # check_lock refuses this for a converted model
+                raise SpecError("the lock records no converter environment")
+            console.step("converter environment (the lock's wheels, hash-checked, cached)")
             self._env = convertlib.converter_env(
-                reqs, cache_dir=self.cache_dir, log_dir=self.log_dir
+                self.pins["requirements"],
+                packages=self.pins["packages"],
+                cache_dir=self.cache_dir,
+                log_dir=self.log_dir,
             )
         return self._env
 
@@ -577,6 +582,38 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("AIRLOCK_CACHE") or Path.home() / ".cache" / "airlock")
 
 
+def converter_pins(spec: Spec, lk: Lock) -> Optional[dict[str, Any]]:
+    """The converter environment ``airlock lock`` records (None: no model is converted).
+
+    The vendored requirements of the engine's pinned ``convert_hf_to_gguf.py``, resolved
+    to wheels with their sha256 (bundler.engine.convert.resolve_packages).
+    """
+    if not any(is_checkpoint(m.entrypoint) for m in lk.models):
+        return None
+    if spec.engine is None:
+        raise SpecError(
+            "a model is converted at build time, but the spec has no engine",
+            hint="add 'engine: {llama_cpp_python: ...}': its pinned llama.cpp converts it",
+        )
+    cache = _cache_dir()
+    source = sdist.fetch_sdist(spec.engine.llama_cpp_python, cache_dir=cache)
+    conv = convertlib.converter(source, cache_dir=cache)
+    reqs = convertlib.converter_requirements(conv.tree)
+    console.step("resolving the converter environment (" + ", ".join(reqs) + ")")
+    packages = convertlib.resolve_packages(reqs, cache_dir=cache)
+    return {
+        "llama_cpp_python": source.version,
+        "requirements": list(reqs),
+        "packages": [dict(p) for p in packages],
+    }
+
+
+def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, bool]:
+    """``airlock lock``: Hub revisions to commits, files to digests (bundler.project.pin),
+    and the converter environment's wheels when a model is converted at build time."""
+    return pin.lock(spec, settings=settings, converter=converter_pins)
+
+
 def _derive_for(spec: Spec, lk: Lock, cache: Path, log_dir: Path) -> Optional[_Derive]:
     """The converter and quantizer when a model is made at build time (None: none is)."""
     if not any(derives(sm, lk.model(sm.name)) for sm in spec.models):
@@ -587,7 +624,7 @@ def _derive_for(spec: Spec, lk: Lock, cache: Path, log_dir: Path) -> Optional[_D
             hint="add 'engine: {llama_cpp_python: ...}': its pinned llama.cpp does the work",
         )
     source = sdist.fetch_sdist(spec.engine.llama_cpp_python, cache_dir=cache)
-    return _Derive(source=source, cache_dir=cache, log_dir=log_dir)
+    return _Derive(source=source, cache_dir=cache, log_dir=log_dir, pins=lk.converter)
 
 
 def _load_signers(keys: Sequence[str]) -> list[Signer]:

@@ -49,6 +49,8 @@ __all__ = [
     "converter_env",
     "converter_requirements",
     "known_architectures",
+    "locked_requirements",
+    "resolve_packages",
 ]
 
 SCRIPT = "convert_hf_to_gguf.py"
@@ -212,33 +214,38 @@ def _wheel_name_version(filename: str) -> tuple[str, str]:
     return parts[0].lower().replace("_", "-"), parts[1]
 
 
-def converter_env(
+def _pip_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("PIP_REQUIRE_VIRTUALENV", None)
+    return env
+
+
+_PIP = (sys.executable, "-m", "pip", "--disable-pip-version-check")
+
+
+def _python_inputs() -> dict[str, str]:
+    return {"python": sys.version, "base_prefix": sys.base_prefix, "arch": platform.machine()}
+
+
+def resolve_packages(
     requirements: Sequence[str], *, cache_dir: Path, log_dir: Path | None = None
-) -> ConverterEnv:
-    """Resolve, lock and install the converter's environment (or reuse it from the cache).
+) -> tuple[dict[str, Any], ...]:
+    """Resolve the requirements to wheels: every one with name, version, file and sha256.
+
+    ``airlock lock`` records the result; the build installs exactly it. Cached by the
+    requirements and the interpreter (the wheels themselves are not kept).
 
     Raises:
-        BuildError: resolving or installing failed (the pip output is in the log).
+        BuildError: pip could not resolve or download them (its output is in the log).
     """
-    reqs = tuple(requirements)
-    inputs = {
-        "kind": "converter-env",
-        "requirements": list(reqs),
-        "python": sys.version,
-        "base_prefix": sys.base_prefix,
-        "arch": platform.machine(),
-        "recipe": 1,
-    }
+    inputs = {"kind": "converter-resolve", "requirements": list(requirements), **_python_inputs()}
 
     def builder(out: Path, log: Path) -> None:
         wheels = out / "_wheels"
-        (out / "requirements.in").write_text("\n".join(reqs) + "\n")
-        env = dict(os.environ)
-        env.pop("PIP_REQUIRE_VIRTUALENV", None)
-        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+        (out / "requirements.in").write_text("\n".join(requirements) + "\n")
         run_logged(
             [
-                *pip,
+                *_PIP,
                 "download",
                 "--only-binary",
                 ":all:",
@@ -248,7 +255,7 @@ def converter_env(
                 str(out / "requirements.in"),
             ],
             log,
-            env=env,
+            env=_pip_env(),
             what="resolving the converter's requirements",
         )
         packages = []
@@ -257,10 +264,64 @@ def converter_env(
             packages.append(
                 {"name": name, "version": version, "file": w.name, "sha256": hash_file(w)[1]}
             )
-        locked = "".join(
-            f"{p['name']}=={p['version']} --hash=sha256:{p['sha256']}\n" for p in packages
-        )
+        (out / PACKAGES_FILE).write_text(json.dumps(packages, indent=1, sort_keys=True) + "\n")
+        shutil.rmtree(wheels)
+
+    entry = BuildCache(cache_dir).build("converter-resolve", inputs, builder)
+    copy_log(entry, log_dir, "converter-resolve.log")
+    return tuple(json.loads((entry.path / PACKAGES_FILE).read_text()))
+
+
+def locked_requirements(packages: Sequence[Mapping[str, Any]]) -> str:
+    """The pip requirements file that installs exactly ``packages`` (pure)."""
+    return "".join(
+        f"{p['name']}=={p['version']} --hash=sha256:{p['sha256']}\n"
+        for p in sorted(packages, key=lambda p: str(p["name"]))
+    )
+
+
+def converter_env(
+    requirements: Sequence[str],
+    *,
+    packages: Sequence[Mapping[str, Any]] | None = None,
+    cache_dir: Path,
+    log_dir: Path | None = None,
+) -> ConverterEnv:
+    """The converter's environment with exactly ``packages`` (the lock's; resolved when None).
+
+    The wheels are downloaded with ``--require-hashes`` and installed with ``--no-index``;
+    the environment is cached by the packages and the interpreter.
+
+    Raises:
+        BuildError: a wheel could not be fetched or does not match its sha256, or the
+            install failed (the pip output is in the log).
+    """
+    reqs = tuple(requirements)
+    if packages is None:
+        packages = resolve_packages(reqs, cache_dir=cache_dir, log_dir=log_dir)
+    locked = locked_requirements(packages)
+    inputs = {"kind": "converter-env", "packages": locked, **_python_inputs(), "recipe": 2}
+
+    def builder(out: Path, log: Path) -> None:
+        wheels = out / "_wheels"
         (out / "requirements.lock").write_text(locked)
+        run_logged(
+            [
+                *_PIP,
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "--require-hashes",
+                "-d",
+                str(wheels),
+                "-r",
+                str(out / "requirements.lock"),
+            ],
+            log,
+            env=_pip_env(),
+            what="fetching the converter's locked wheels",
+        )
         run_logged(
             [sys.executable, "-m", "venv", "--without-pip", str(out / "venv")],
             log,
@@ -268,7 +329,7 @@ def converter_env(
         )
         run_logged(
             [
-                *pip,
+                *_PIP,
                 "--python",
                 str(out / "venv" / "bin" / "python"),
                 "install",
@@ -282,15 +343,18 @@ def converter_env(
                 str(out / "requirements.lock"),
             ],
             log,
-            env=env,
+            env=_pip_env(),
             what="installing the converter's locked packages",
         )
-        (out / PACKAGES_FILE).write_text(json.dumps(packages, indent=1, sort_keys=True) + "\n")
+        rows = sorted((dict(p) for p in packages), key=lambda p: str(p["name"]))
+        (out / PACKAGES_FILE).write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
         shutil.rmtree(wheels)
 
     entry = BuildCache(cache_dir).build("converter-env", inputs, builder)
     copy_log(entry, log_dir, "converter-env.log")
-    packages = tuple(json.loads((entry.path / PACKAGES_FILE).read_text()))
+    installed: tuple[dict[str, Any], ...] = tuple(
+        json.loads((entry.path / PACKAGES_FILE).read_text())
+    )
     python = entry.path / "venv" / "bin" / "python"
     pycache = entry.path / "pycache"
     if not (pycache / ".warm").is_file():
@@ -308,14 +372,14 @@ def converter_env(
         (pycache / ".warm").write_text("1\n")
     if not entry.hit:
         console.info(
-            f"converter environment: {len(packages)} locked packages in {entry.seconds:.0f} s"
+            f"converter environment: {len(installed)} locked packages in {entry.seconds:.0f} s"
         )
     return ConverterEnv(
         python=python,
         key=entry.key,
         pycache=pycache,
         requirements=reqs,
-        packages=packages,
+        packages=installed,
         cached=entry.hit,
         cold_seconds=entry.cold_seconds,
     )

@@ -6,8 +6,10 @@ it: Hub look-ups through :class:`bundler.sources.hub.HubClient` and hashing of l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from bundler import console
 from bundler.errors import FetchError, SpecError, UsageError
@@ -123,7 +125,17 @@ def resolve_lock(spec: Spec, client: HubClient) -> Lock:
     return Lock(models=tuple(models))
 
 
-def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, bool]:
+ConverterPins = Callable[[Spec, Lock], Optional[dict[str, Any]]]
+"""Resolves the converter environment for a resolved lock (``Lock.converter``; None: no model
+is converted). The pipeline passes it: the converter lives in the engine's pinned source."""
+
+
+def lock(
+    spec: Spec,
+    *,
+    settings: Optional[HubSettings] = None,
+    converter: Optional[ConverterPins] = None,
+) -> tuple[Lock, bool]:
     """Write ``airlock.lock`` for ``spec``; returns the lock and whether the file changed."""
     settings = settings or HubSettings.from_env()
     if settings.offline and any(m.source == "hub" for m in spec.models):
@@ -132,6 +144,8 @@ def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, b
             hint="unset HF_HUB_OFFLINE / drop --offline, or build with the existing lock",
         )
     new = resolve_lock(spec, HubClient(settings))
+    if converter is not None:
+        new = replace(new, converter=converter(spec, new))
     old_path = spec.lock_path
     old = old_path.read_bytes() if old_path.exists() else None
     changed = old != new.to_bytes()

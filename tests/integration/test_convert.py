@@ -103,6 +103,9 @@ def test_safetensors_repo_is_converted_quantized_served_and_recorded(
     assert main(["lock", str(d / "airlock.yaml")]) == 0
     locked = json.loads((d / "airlock.lock").read_text())["models"]["tiny"]
     assert locked["entrypoint"] == "model.safetensors.index.json"
+    pins = json.loads((d / "airlock.lock").read_text())["converter"]
+    assert pins["llama_cpp_python"] == VERSION
+    assert any(p["name"] == "torch" and len(p["sha256"]) == 64 for p in pins["packages"])
     shards = {f["path"] for f in locked["files"] if f["path"].endswith(".safetensors")}
     assert shards == {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
 
@@ -125,6 +128,7 @@ def test_safetensors_repo_is_converted_quantized_served_and_recorded(
     assert conv["llama_cpp_commit"] == engine["llama_cpp_commit"]
     assert conv["outtype"] == "f16" and conv["quantize"] == "Q4_K_M"
     assert len(conv["script"]["sha256"]) == 64 and len(conv["quantize_tool_sha256"]) == 64
+    assert conv["environment"]["packages"] == sorted(pins["packages"], key=lambda p: p["name"])
     packages = {p["name"]: p for p in conv["environment"]["packages"]}
     assert packages["torch"]["version"].startswith("2.13.0")
     assert all(len(p["sha256"]) == 64 for p in packages.values())

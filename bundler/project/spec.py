@@ -260,9 +260,7 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
         resolved = (base / path).resolve() if not Path(path).is_absolute() else Path(path)
         if not resolved.is_file():
             p.add(where + "path", f"{resolved} is not a file", "point it at a .gguf file")
-        return ModelSpec(
-            name=name, source="local", path=resolved, license=license_, quantize=quantize
-        )
+        return ModelSpec(name=name, source="local", path=resolved, license=license_)
     repo = _str(p, raw, "repo", where, required=True)
     if repo is not None and not REPO_RE.match(repo):
         p.add(where + "repo", f"{repo!r} is not an 'org/name' repository id", "e.g. org/model-GGUF")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bundler import __version__, console
+from bundler.bundle.manifest import check_expiry_after_now
 from bundler.bundle.pack import PackResult, pack
 from bundler.engine import cuda as cudalib
 from bundler.engine import llamacpp, sdist, smoke
@@ -404,7 +405,14 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     epoch = _epoch(options)
     # A duration expiry ("180d") counts from the build time, so SOURCE_DATE_EPOCH keeps the
     # manifest reproducible.
-    spec = load_spec(spec_path, now=datetime.fromtimestamp(epoch, tz=timezone.utc))
+    created = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    spec = load_spec(spec_path, now=created)
+    check_expiry_after_now(
+        spec.expires,
+        created=created,
+        now=datetime.now(timezone.utc),
+        fix=f"expires: DATE in {spec_path}",
+    )
     signers = _load_signers(options.keys)  # fail on a bad key before downloading gigabytes
     settings = HubSettings.from_env(offline=options.offline)
     if options.update_lock:

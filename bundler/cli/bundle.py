@@ -91,7 +91,7 @@ def _register_pack(sub: Any) -> None:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from bundler.bundle.manifest import parse_expires
+    from bundler.bundle.manifest import check_expiry_after_now, parse_expires
     from bundler.bundle.pack import pack
     from bundler.bundle.split import parse_size
     from bundler.ssh.keys import load_signer
@@ -108,7 +108,9 @@ def _pack(args: argparse.Namespace) -> int:
     # Relative expiry counts from the creation time, so SOURCE_DATE_EPOCH builds repeat.
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     created = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else None
-    expires = parse_expires(args.expires, now=created or datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    expires = parse_expires(args.expires, now=created or now)
+    check_expiry_after_now(expires, created=created or now, now=now, fix="--expires DATE")
     split = parse_size(args.split) if args.split else None
     console.step(f"packing {args.dir} as {args.name} {args.version}")
     total = sum(f.stat().st_size for f in args.dir.rglob("*") if f.is_file())

@@ -402,6 +402,11 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     SmokeTestError, KeyFileError, UsageError. Nothing is written to ``out_dir`` unless
     every step succeeded.
     """
+    with console.working():  # no silence: each step shows progress or a "still working" line
+        return _build(spec_path, options)
+
+
+def _build(spec_path: Path, options: BuildOptions) -> BuildResult:
     epoch = _epoch(options)
     # A duration expiry ("180d") counts from the build time, so SOURCE_DATE_EPOCH keeps the
     # manifest reproducible.

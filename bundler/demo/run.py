@@ -152,7 +152,8 @@ class _Progress:
         self.n += 1
         console.step(f"[{self.n}/{STEPS}] {message}")
         start = time.monotonic()
-        yield
+        with console.working():
+            yield
         took = time.monotonic() - start
         self.result.seconds[key] = round(took, 2)
         console.info(f"done in {took:.1f} s")

@@ -258,7 +258,7 @@ def stage_engine(
     """Build llama.cpp from the pinned sdist and stage it as ``engine/``; returns the source."""
     assert spec.engine is not None
     eng = spec.engine
-    console.step(f"runtime: llama-cpp-python {eng.llama_cpp_python}")
+    console.step(f"engine: llama.cpp from the llama-cpp-python {eng.llama_cpp_python} source")
     source = sdist.fetch_sdist(eng.llama_cpp_python, cache_dir=cache_dir)
     cuda = cudalib.cuda_options(eng.cuda.architectures) if eng.cuda.enabled else None
     engine = llamacpp.build_engine(

@@ -73,7 +73,11 @@ def _register_pack(sub: Any) -> None:
     p.add_argument("--key", action="append", required=True, help="signing key (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--sequence", type=int, default=1, help="release sequence number (>= 0)")
-    p.add_argument("--expires", default="180d", help="180d, 26w or a date (default 180d)")
+    p.add_argument(
+        "--expires",
+        default="180d",
+        help="180d, 26w or a date (default 180d, counted from SOURCE_DATE_EPOCH when set)",
+    )
     p.add_argument("--split", help="also cut into parts of this size (4G, 700M)")
     p.add_argument(
         "--fsync",

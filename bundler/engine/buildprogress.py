@@ -24,10 +24,10 @@ __all__ = ["announce", "estimate_seconds", "last_progress", "run_with_progress"]
 _NINJA = re.compile(rb"^\[(\d+)/(\d+)\] ", re.MULTILINE)
 _MAKE = re.compile(rb"^\[\s*(\d+)%\] ", re.MULTILINE)
 
-# CPU seconds of a cold engine build on the 2-core reference VM (cc 12, -O3): the shared
-# libraries and llama-server, and one CPU variant module. Measured from the build log of
-# x64+zen4 (331 s wall at -j2); 14 variants come out near 15 min at -j2.
-_BASE_CPU_SECONDS = 500.0
+# CPU seconds of a cold engine build on the 2-core reference VM (cc 12.2): the shared
+# libraries and llama-server, and one CPU variant module. Measured: ninja's compilers took
+# 798 CPU seconds for x64+zen4 (2026-12-03); 14 variants come out near 17 min at -j2.
+_BASE_CPU_SECONDS = 620.0
 _VARIANT_CPU_SECONDS = 90.0
 
 

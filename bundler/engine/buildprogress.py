@@ -21,8 +21,8 @@ from bundler import console
 
 __all__ = ["announce", "estimate_seconds", "last_progress", "run_with_progress"]
 
-_NINJA = re.compile(rb"^\[(\d+)/(\d+)\] ", re.MULTILINE)
-_MAKE = re.compile(rb"^\[\s*(\d+)%\] ", re.MULTILINE)
+_NINJA = re.compile(rb"^[ \t]*\[(\d+)/(\d+)\] ", re.MULTILINE)
+_MAKE = re.compile(rb"^[ \t]*\[\s*(\d+)%\] ", re.MULTILINE)
 
 # CPU seconds of a cold engine build on the 2-core reference VM (cc 12.2): the shared
 # libraries and llama-server, and one CPU variant module. Measured: ninja's compilers took

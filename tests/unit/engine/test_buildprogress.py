@@ -24,6 +24,8 @@ def test_last_progress_reads_ninja_and_make_lines() -> None:
     make = b"[  3%] Building C object a.o\n[ 12%] Linking CXX shared library libggml.so\n"
     assert last_progress(make) == (12, 100)
     assert last_progress(b"-- Configuring done\n-- Generating done\n") is None
+    # pip --verbose (the binding's wheel build) indents the backend's ninja lines
+    assert last_progress(b"  [7/150] Building C object ggml.c.o\n") == (7, 150)
 
 
 def test_estimate_scales_an_earlier_cold_build_here_by_the_work() -> None:

@@ -49,6 +49,7 @@ _live_bars = [0]
 _working: list[tuple[str | None, float]] = []
 _last_step: list[tuple[str, float]] = [("working", time.monotonic())]
 _watcher: list[threading.Thread] = []
+_plain: list[_PlainProgress] = []  # the plain progress reporters now running, innermost last
 
 
 def _print(markup: str) -> None:
@@ -84,11 +85,17 @@ def _due(since: float = 0.0) -> bool:
 
 
 def tick() -> None:
-    """Print "LABEL: still working (N s)" for the innermost :func:`working` block (its
-    label, else the last step's message) when nothing has been printed for
-    PLAIN_INTERVAL seconds and no bar is live. The watcher thread calls it every second."""
+    """When nothing has been printed for PLAIN_INTERVAL seconds and no bar is live: the
+    innermost plain progress's line if it has one, else "LABEL: still working (N s)" for
+    the innermost :func:`working` block (its label, else the last step's message). The
+    watcher thread calls it every second."""
     with _lock:
-        if not _working or _live_bars[0] or not _due():
+        if _live_bars[0] or not _due():
+            return
+        if _plain and _plain[-1].seen:
+            _plain[-1].report()
+            return
+        if not _working:
             return
         label, since = _working[-1]
         if label is None:
@@ -141,6 +148,7 @@ class _PlainProgress:
         self.unit = unit  # None: bytes
         self.done = 0
         self.start = _clock()
+        self.seen = False  # an update has come: there is something to report
         self.printed = False
 
     def _amount(self) -> str:
@@ -151,16 +159,29 @@ class _PlainProgress:
         of = f"/{self.total}" if self.total else ""
         return f"{self.done}{of} {self.unit}{pct}"
 
+    def report(self) -> None:
+        with _lock:
+            info(f"{self.description}: {self._amount()}, {_duration(_clock() - self.start)}")
+            self.printed = True
+
     def update(self, done: int, total: int | None = None) -> None:
         with _lock:
             self.done = done
+            self.seen = True
             if total is not None:
                 self.total = total
             if _due(self.start):
-                info(f"{self.description}: {self._amount()}, {_duration(_clock() - self.start)}")
-                self.printed = True
+                self.report()
 
-    def finish(self) -> None:
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        with _lock:
+            _plain.append(self)
+        try:
+            yield
+        finally:
+            with _lock:
+                _plain.remove(self)
         if self.printed:  # a long one ends with a line; a quick one stays quiet
             took = _duration(_clock() - self.start)
             info(f"{self.description}: {self._amount()}, done in {took}")
@@ -176,8 +197,8 @@ def byte_progress(description: str, total: int | None) -> Iterator[Any]:
         def advance_plain(n: int) -> None:
             plain.update(plain.done + n)
 
-        yield advance_plain
-        plain.finish()
+        with plain.running():
+            yield advance_plain
         return
     with _bar(
         TextColumn("    {task.description}"),
@@ -200,8 +221,8 @@ def count_progress(description: str, unit: str) -> Iterator[Callable[[int, int],
     A bar on a terminal, else a line at most PLAIN_INTERVAL after the last output."""
     if not err.is_terminal:
         plain = _PlainProgress(description, None, unit)
-        yield plain.update
-        plain.finish()
+        with plain.running():
+            yield plain.update
         return
     with _bar(
         TextColumn("    {task.description}"),

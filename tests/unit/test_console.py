@@ -130,3 +130,20 @@ def test_no_still_working_line_while_a_bar_is_live(
         clock.now += 100
         console.tick()
     assert capsys.readouterr().err == ""
+
+
+def test_the_watcher_prints_the_running_progress_rather_than_still_working(
+    clock: _FakeClock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the build's own poll and the watcher race for the same due line: whichever prints,
+    # it is the progress, never a "still working" that hides it
+    with console.working("llama.cpp build"), console.count_progress("llama.cpp build", "steps"):
+        clock.now += console.PLAIN_INTERVAL
+        console.tick()  # no step seen yet: still working
+        assert "still working (10 s)" in capsys.readouterr().err
+    with console.working("llama.cpp build"):
+        with console.count_progress("llama.cpp build", "steps") as update:
+            update(40, 231)
+            clock.now += console.PLAIN_INTERVAL
+            console.tick()
+            assert capsys.readouterr().err == "    llama.cpp build: 40/231 steps (17%), 10 s\n"

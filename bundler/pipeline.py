@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bundler import __version__, console
+from bundler.bundle.manifest import check_expiry_after_now
 from bundler.bundle.pack import PackResult, pack
 from bundler.derivation import Deriver, converter_pins, deriver_for, derives
 from bundler.engine import cuda as cudalib
@@ -316,7 +317,7 @@ def stage_engine(
     """Build llama.cpp from the pinned sdist and stage it as ``engine/``; returns the source."""
     assert spec.engine is not None
     eng = spec.engine
-    console.step(f"runtime: llama-cpp-python {eng.llama_cpp_python}")
+    console.step(f"engine: llama.cpp from the llama-cpp-python {eng.llama_cpp_python} source")
     source = sdist.fetch_sdist(eng.llama_cpp_python, cache_dir=cache_dir)
     cuda = cudalib.cuda_options(eng.cuda.architectures) if eng.cuda.enabled else None
     engine = llamacpp.build_engine(
@@ -466,10 +467,22 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     SmokeTestError, KeyFileError, UsageError. Nothing is written to ``out_dir`` unless
     every step succeeded.
     """
+    with console.working():  # no silence: each step shows progress or a "still working" line
+        return _build(spec_path, options)
+
+
+def _build(spec_path: Path, options: BuildOptions) -> BuildResult:
     epoch = _epoch(options)
     # A duration expiry ("180d") counts from the build time, so SOURCE_DATE_EPOCH keeps the
     # manifest reproducible.
-    spec = load_spec(spec_path, now=datetime.fromtimestamp(epoch, tz=timezone.utc))
+    created = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    spec = load_spec(spec_path, now=created)
+    check_expiry_after_now(
+        spec.expires,
+        created=created,
+        now=datetime.now(timezone.utc),
+        fix=f"expires: DATE in {spec_path}",
+    )
     signers = _load_signers(options.keys)  # fail on a bad key before downloading gigabytes
     settings = HubSettings.from_env(offline=options.offline)
     if options.update_lock:

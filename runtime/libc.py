@@ -153,7 +153,8 @@ def check_engine(
     problems = engine_problems(libc, glibc_min, glibcxx_min)
     if problems:
         raise HostLibraryError(
-            "this host cannot load the bundle's engine: " + "; ".join(problems),
+            "this host's C runtime is older than the bundle's engine needs",
+            problems=problems,
             hint="install on a host that has it (docs/OPERATIONS.md, Supported hosts: glibc "
             "2.28+, no libstdc++ needed), or rebuild the bundle with this airlock, whose "
             "engine needs only glibc 2.28 (airlock inspect shows glibc_min)",

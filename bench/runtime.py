@@ -171,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cold", action="store_true", help="build both engines in a fresh, empty cache first"
     )
+    ap.add_argument(
+        "--cold-cache",
+        type=Path,
+        default=None,
+        help="with --cold: use this new directory as the fresh cache and keep it afterwards",
+    )
     args = ap.parse_args(argv)
     cache = default_cache_dir()
     source = sdist.fetch_sdist(VERSION, cache_dir=cache)
@@ -184,8 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     build_cache = cache
     cold_tmp = None
     if args.cold:
-        cold_tmp = tempfile.TemporaryDirectory(prefix="airlock-bench-cold-", dir=cache)
-        build_cache = Path(cold_tmp.name)
+        if args.cold_cache is not None:
+            args.cold_cache.mkdir(parents=True)  # must not exist: a cold cache is empty
+            build_cache = args.cold_cache
+        else:
+            cold_tmp = tempfile.TemporaryDirectory(prefix="airlock-bench-cold-", dir=cache)
+            build_cache = Path(cold_tmp.name)
         shutil.copytree(cache / "sdist", build_cache / "sdist")
         source = sdist.fetch_sdist(VERSION, cache_dir=build_cache)
 
@@ -201,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return e, (e.cold_seconds if e.cached else time.monotonic() - t0)
 
-    # the system-compiler build first: in --cold it also pays for unpacking the sdist
-    system_engine, system_cold = build("system")
+    # the portable build first: in --cold it also pays for unpacking the sdist
     engine, cold = build("portable")
+    system_engine, system_cold = build("system")
     t0 = time.monotonic()
     build("portable")
     cached = time.monotonic() - t0

@@ -356,7 +356,7 @@ def build_engine(
         "targets": engine_targets(chosen, cuda),
         "cuda": _cuda_inputs(cuda),
         **tools,
-        "recipe": 2,
+        "recipe": 1,
     }
     cache = BuildCache(cache_dir)
     env = {**os.environ, **zig.env} if zig else None
@@ -760,7 +760,7 @@ def build_llama_cpp_python_wheel(
         "source_sha256": source.sha256,
         "cmake_args": args,
         **toolchain(zig),
-        "recipe": 2,
+        "recipe": 1,
     }
 
     def builder(out: Path, log: Path) -> None:

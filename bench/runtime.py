@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             cold_tmp = tempfile.TemporaryDirectory(prefix="airlock-bench-cold-", dir=cache)
             build_cache = Path(cold_tmp.name)
         shutil.copytree(cache / "sdist", build_cache / "sdist")
+        # zig's own cache follows $AIRLOCK_CACHE: cold too (bundler/engine/portable.py)
+        os.environ["AIRLOCK_CACHE"] = str(build_cache)
         source = sdist.fetch_sdist(VERSION, cache_dir=build_cache)
 
     def build(compiler: llamacpp.Compiler) -> tuple[llamacpp.EngineBuild, float | None]:

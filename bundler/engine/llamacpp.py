@@ -241,10 +241,10 @@ def toolchain(zig: Toolchain | None = None) -> dict[str, str]:
     return tools
 
 
-def _zig(compiler: Compiler, cache_dir: Path) -> Toolchain | None:
+def _zig(compiler: Compiler) -> Toolchain | None:
     if compiler not in ("portable", "system"):
         raise UsageError(f"unknown compiler {compiler!r}", hint="use 'portable' or 'system'")
-    return portable.zig_toolchain(cache_dir) if compiler == "portable" else None
+    return portable.zig_toolchain() if compiler == "portable" else None
 
 
 def _compiler_id(cc: str) -> str:
@@ -344,7 +344,7 @@ def build_engine(
     """
     chosen = resolve_variants(variants)
     flags = engine_cmake_flags(chosen, cuda)
-    zig = _zig(compiler, cache_dir)
+    zig = _zig(compiler)
     tools = toolchain(zig)
     if cuda is not None:
         tools["nvcc"] = _first_line([cuda.nvcc or "nvcc", "--version"], last=True)
@@ -754,7 +754,7 @@ def build_llama_cpp_python_wheel(
     """
     resolve_variants(variants)
     args = wheel_cmake_args()
-    zig = _zig(compiler, cache_dir)
+    zig = _zig(compiler)
     inputs = {
         "kind": "wheel",
         "source_sha256": source.sha256,

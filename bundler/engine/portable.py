@@ -23,6 +23,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from bundler.engine.buildcache import default_cache_dir
 from bundler.errors import BuildError
 
 __all__ = ["TARGET", "Toolchain", "zig_executable", "zig_toolchain"]
@@ -77,19 +78,21 @@ def _zig_version(zig: Path) -> str:
     return proc.stdout.strip()
 
 
-def zig_toolchain(cache_dir: Path) -> Toolchain:
-    """Write the ``cc``/``c++`` wrappers under ``cache_dir/zig/<version>`` and describe them.
+def zig_toolchain(cache_dir: Path | None = None) -> Toolchain:
+    """Write the ``cc``/``c++`` wrappers under ``<cache>/zig/<version>`` and describe them.
 
-    Zig's own cache (the libc++ and glibc stubs it builds on first use, about two minutes
-    cold) lives beside them, so a cold airlock cache is a cold zig cache too. The wrappers
-    are written atomically: concurrent builds on one machine share them.
+    ``<cache>`` is ``cache_dir``, else ``$AIRLOCK_CACHE`` (``~/.cache/airlock``): one per
+    machine, not per build cache, because zig's own cache (the libc++, compiler-rt and glibc
+    stubs it builds on first use, two to seven minutes cold on two cores) lives beside the
+    wrappers and every build may share it. The wrappers are written atomically:
+    concurrent builds on one machine share them.
 
     Raises:
         BuildError: zig is missing or does not run.
     """
     zig = zig_executable()
     version = _zig_version(zig)
-    base = cache_dir / "zig" / version
+    base = (cache_dir or default_cache_dir()) / "zig" / version
     (base / "bin").mkdir(parents=True, exist_ok=True)
     paths = {}
     digest = hashlib.sha256()

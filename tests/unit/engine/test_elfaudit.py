@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from bundler.engine import elfaudit, portable
-from bundler.engine.buildcache import default_cache_dir
 from bundler.errors import BuildError
 
 PROGRAM = """\
@@ -97,7 +96,7 @@ def test_a_truncated_elf_file_is_a_build_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_portable_toolchain_meets_the_floor_with_no_host_libstdcxx(tmp_path: Path) -> None:
     """zig c++ -target x86_64-linux-gnu.2.28: glibc <= 2.28, libc++ linked in statically."""
-    zig = portable.zig_toolchain(default_cache_dir())
+    zig = portable.zig_toolchain()
     env = {**os.environ, **zig.env}
     src = tmp_path / "p.cpp"
     src.write_text(PROGRAM)

@@ -32,7 +32,18 @@ CLIENT = """\
 import sys
 sys.path.insert(0, {repo!r})
 from runtime.health import check_completion, wait_healthy
-wait_healthy("http://127.0.0.1:8080", timeout=120)
+pid = sys.argv[1]  # the chroot running llama-server: a loader failure ends the wait at once
+
+
+def alive():
+    try:
+        with open("/proc/" + pid + "/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+wait_healthy("http://127.0.0.1:8080", timeout=120, alive=alive)
 print("COMPLETION:", repr(check_completion("http://127.0.0.1:8080", timeout=60)))
 """
 
@@ -45,7 +56,7 @@ chroot {root} /bin/sh -c 'cd /mnt/engine/lib && exec /mnt/engine/bin/llama-serve
     -m /mnt/tiny.gguf --host 127.0.0.1 --port 8080 -c 256 -np 1 -t 2 --offline' \\
     > {log} 2>&1 &
 server=$!
-{python} {client}
+{python} {client} $server
 rc=$?
 kill $server 2>/dev/null
 wait $server

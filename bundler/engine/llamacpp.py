@@ -7,12 +7,12 @@ build ever dies with SIGILL on an older CPU. Optionally a CUDA module is built
 (:mod:`bundler.engine.cuda`), with the CUDA runtime libraries it needs carried in
 ``engine/lib/cuda``.
 
-Everything is compiled with the portable toolchain (:mod:`bundler.engine.portable`: zig cc
-for glibc 2.28, libc++ linked statically) and the result is audited against that floor
-(:mod:`bundler.engine.elfaudit`) before it is returned, so a bundle never carries an engine
-that an older host cannot load. The command lines (cmake flags, variant choice) are pure
-functions; the adapters around them run cmake, copy files and check that the result is
-relocatable and within the floor.
+Every result is audited (:mod:`bundler.engine.elfaudit`): the manifest records the glibc
+and libstdc++ levels it needs, so a host that cannot load it refuses before any transfer.
+With the portable toolchain (:mod:`bundler.engine.portable`, opt-in and not yet usable, see
+:data:`Compiler`) the result is also checked against the glibc 2.28 floor. The command
+lines (cmake flags, variant choice) are pure functions; the adapters around them run cmake,
+copy files and check that the result is relocatable.
 """
 
 from __future__ import annotations
@@ -224,9 +224,12 @@ def engine_targets(variants: Sequence[str], cuda: CudaOptions | None) -> list[st
 
 
 Compiler = Literal["portable", "system"]
-"""``portable``: zig cc for the glibc floor (every bundle). ``system``: the build machine's
-``cc``/``c++`` (``$CC``), linked against its own glibc and libstdc++: only for comparisons
-(bench/runtime.py), never checked against the floor."""
+"""``system`` (the default): the build machine's ``cc``/``c++`` (``$CC``), linked against its
+own glibc and libstdc++; the audit records the levels it needs (``glibc_min``,
+``glibcxx_min``) and hosts below them are refused before any transfer. ``portable``: zig cc
+for the glibc 2.28 floor, checked against it; NOT YET USABLE: its engine aborts at start
+("free(): invalid pointer" in ~basic_ostringstream, common/arg.cpp) because every shared
+library carries its own static libc++ copy (docs/OPERATIONS.md, Supported hosts)."""
 
 
 def toolchain(zig: Toolchain | None = None) -> dict[str, str]:
@@ -330,7 +333,7 @@ def build_engine(
     log_dir: Path | None = None,
     jobs: int = 2,
     index_url: str | None = None,
-    compiler: Compiler = "portable",
+    compiler: Compiler = "system",
 ) -> EngineBuild:
     """Build (or reuse from the cache) llama-server and its modules from ``source``.
 
@@ -734,7 +737,7 @@ def build_llama_cpp_python_wheel(
     cache_dir: Path,
     log_dir: Path | None = None,
     jobs: int = 2,
-    compiler: Compiler = "portable",
+    compiler: Compiler = "system",
 ) -> Path:
     """Build (or reuse) the portable llama-cpp-python wheel from ``source``.
 

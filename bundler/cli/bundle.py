@@ -366,6 +366,8 @@ def _inspect(args: argparse.Namespace) -> int:
         )
     for lic in summary["licenses"]:
         out(f"  model {lic['model']}: license {lic['license']}")
+    for row in summary.get("lineage") or []:
+        out(f"  model {row['model']}: {row['line']}")
     if summary.get("sbom"):
         out(f"  sbom: {json.dumps(summary['sbom'], sort_keys=True)}")
     return 0

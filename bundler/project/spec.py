@@ -14,6 +14,7 @@ import yaml
 
 from bundler.bundle.manifest import expiry_from_text
 from bundler.errors import SpecError
+from bundler.project.derive import ConvertSpec, parse_derive
 from runtime.variants import X86_VARIANT_NAMES
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -37,6 +38,8 @@ class ModelSpec:
     entrypoint: Optional[str] = None
     path: Optional[Path] = None  # local source, resolved against the spec's directory
     license: Optional[str] = None  # declared license for a local source
+    convert: Optional[ConvertSpec] = None  # convert the repo's safetensors (project.derive)
+    quantize: Optional[str] = None  # a llama-quantize type, e.g. Q4_K_M
 
     @property
     def pinned(self) -> bool:
@@ -142,6 +145,8 @@ _MODEL_KEYS = (
     "entrypoint",
     "path",
     "license",
+    "convert",
+    "quantize",
 )
 _ENGINE_KEYS = ("llama_cpp_python", "cpu_variants", "cuda")
 _CUDA_KEYS = ("enabled", "architectures")
@@ -244,9 +249,10 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
     allow = _str_list(p, raw, "allow", where)
     entrypoint = _str(p, raw, "entrypoint", where, required=False)
     license_ = _str(p, raw, "license", where, required=False)
+    convert, quantize = parse_derive(raw, where, p.add)
     if source == "local":
         path = _str(p, raw, "path", where, required=True)
-        for key in ("repo", "revision", "files", "allow", "entrypoint"):
+        for key in ("repo", "revision", "files", "allow", "entrypoint", "convert", "quantize"):
             if key in raw:
                 p.add(where + key, "not used by a local source", "remove it or use source: hub")
         if path is None or name is None:
@@ -274,6 +280,8 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
         allow=allow,
         entrypoint=entrypoint,
         license=license_,
+        convert=convert,
+        quantize=quantize,
     )
 
 

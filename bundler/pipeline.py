@@ -321,7 +321,11 @@ def stage_engine(
     source = sdist.fetch_sdist(eng.llama_cpp_python, cache_dir=cache_dir)
     cuda = cudalib.cuda_options(eng.cuda.architectures) if eng.cuda.enabled else None
     engine = llamacpp.build_engine(
-        source, variants=eng.cpu_variants, cuda=cuda, cache_dir=cache_dir, log_dir=log_dir
+        source,
+        variants=eng.cpu_variants,
+        cuda=cuda,
+        cache_dir=cache_dir,
+        log_dir=log_dir,
     )
     llamacpp.stage_engine(engine, stage / "engine")
     props = dict(engine.properties)

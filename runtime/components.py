@@ -1,7 +1,8 @@
 """One typed view of what the signed manifest says about the engine and the models.
 
 The producer writes ``components.engine.properties``
-(``bundler.engine.llamacpp.engine_properties``, ``glibc_min`` from the build's symbol audit,
+(``bundler.engine.llamacpp.engine_properties``, ``glibc_min`` and ``glibcxx_min`` from the
+build's symbol audit,
 ``server_defaults`` from the spec) and ``components.models.properties.models`` (one record
 per model, ``bundler.pipeline.stage_models``; docs/FORMAT.md). Readers on both sides of the gap
 take these records instead of digging in the dicts, so every default is written once, here.
@@ -56,7 +57,8 @@ class EngineFacts(NamedTuple):
     compiler: Optional[str]
     cmake: Optional[str]
     arch: Optional[str]
-    glibc_min: Optional[str]  # the oldest glibc a host may have ("2.34")
+    glibc_min: Optional[str]  # the oldest glibc a host may have ("2.28"); None: unknown
+    glibcxx_min: Optional[str]  # the host libstdc++ level it needs ("3.4.30"); None: none
     server: str  # defaulted to ENGINE_SERVER
     lib_dir: str  # defaulted to ENGINE_LIB_DIR
     backend_dir: str  # defaulted to lib_dir
@@ -228,6 +230,7 @@ def parse_engine(raw: Dict[str, Any]) -> EngineFacts:
         cmake=_str(raw, "cmake"),
         arch=_str(raw, "arch"),
         glibc_min=_str(raw, "glibc_min"),
+        glibcxx_min=_str(raw, "glibcxx_min"),
         server=_str(raw, "server") or ENGINE_SERVER,
         lib_dir=lib_dir,
         backend_dir=_str(raw, "backend_dir") or lib_dir,

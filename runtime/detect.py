@@ -1,4 +1,4 @@
-"""Host facts for runtime selection: CPU, cores, memory, cgroup limits, GPUs, driver, disk.
+"""Host facts for runtime selection: CPU, cores, glibc, memory, cgroup limits, GPUs, disk.
 
 Everything is read from files under a configurable root (``/`` on a real host, a fixture
 tree in tests), so the parsers are pure functions of text and the only live calls are
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from runtime.errors import AirlockError, UsageError
+from runtime.libc import libc_facts
 
 FACTS_SCHEMA = 1
 
@@ -575,6 +576,7 @@ def detect(
         "kernel": (r.text("/proc/sys/kernel/osrelease") or "").strip() or None,
         "python": platform.python_version() if root == Path("/") else None,
         "cpu": _cpu_facts(r, warnings),
+        "libc": libc_facts(root, live=root == Path("/"), warnings=warnings),
         "numa": _numa_facts(r),
         "memory": _memory_facts(r, warnings),
         "cgroup": _cgroup_facts(r),
@@ -603,6 +605,10 @@ def render(facts: Facts) -> str:
         f"{cpu['usable']} usable",
         "flags:   " + (" ".join(cpu["flags"]) or "none of interest"),
         f"numa:    {facts['numa']['nodes']} node(s)",
+        "libc:    glibc {}, libstdc++ {}".format(
+            facts["libc"]["glibc"] or "not found",
+            "GLIBCXX_" + facts["libc"]["glibcxx"] if facts["libc"]["glibcxx"] else "not found",
+        ),
         "memory:  {} total, {} available".format(
             _gib(facts["memory"]["total_bytes"]), _gib(facts["memory"]["available_bytes"])
         ),

@@ -77,6 +77,12 @@ class HostError(AirlockError):
     exit_code = 50
 
 
+class HostLibraryError(HostError):
+    """A target host's glibc (or libstdc++) is older than the bundle's engine needs."""
+
+    exit_code = 51
+
+
 class InstallError(AirlockError):
     """Installing, switching or rolling back a release failed on a host."""
 

@@ -33,6 +33,7 @@ from runtime.drift import find_drift
 from runtime.errors import (
     AirlockError,
     HostError,
+    HostLibraryError,
     InstallError,
     IntegrityError,
     RollbackError,
@@ -41,6 +42,7 @@ from runtime.errors import (
 from runtime.fsio import atomic_write, file_sha256
 from runtime.health import check_completion, health_gate, wait_healthy
 from runtime.layout import Layout, load_state, save_state
+from runtime.libc import check_engine, libc_facts
 
 # ---------------------------------------------------------------- state changes (pure)
 
@@ -121,16 +123,31 @@ def previous_release(state: Dict[str, Any]) -> Optional[str]:
 # ---------------------------------------------------------------- host facts
 
 
-def host_facts(layout: Layout, install_path: str) -> Dict[str, Any]:
+def host_facts(
+    layout: Layout,
+    install_path: str,
+    *,
+    glibc_min: Optional[str] = None,
+    glibcxx_min: Optional[str] = None,
+) -> Dict[str, Any]:
     """What the install role reads on a host before it changes anything there.
 
     ``state`` is :func:`load_state` (the empty state before the first install, the schema
     checked), ``systemd`` whether systemd is PID 1, ``free`` the bytes available at
-    ``install_path`` (or its nearest existing parent), ``arch`` the machine and ``python``
-    this interpreter's version. Raises InstallError for an unreadable state file, HostError
-    when the free disk cannot be measured.
+    ``install_path`` (or its nearest existing parent), ``arch`` the machine, ``python``
+    this interpreter's version, ``libc`` the host's glibc and libstdc++ levels
+    (:func:`runtime.libc.libc_facts`) and ``libc_refusal`` the rendered refusal when they
+    are older than the engine's ``glibc_min``/``glibcxx_min`` need (else null): preflight
+    shows it before any byte of the bundle is transferred. Raises InstallError for an
+    unreadable state file, HostError when the free disk cannot be measured.
     """
     warnings: List[str] = []
+    libc = libc_facts(Path("/"), live=True, warnings=[])
+    try:
+        check_engine(libc, glibc_min, glibcxx_min)
+        refusal = None
+    except HostLibraryError as e:
+        refusal = e.render()
     disk = disk_facts(Path(install_path), warnings)
     if disk is None:
         raise HostError(
@@ -143,6 +160,8 @@ def host_facts(layout: Layout, install_path: str) -> Dict[str, Any]:
         "free": int(disk["free_bytes"]),
         "arch": platform.machine(),
         "python": list(sys.version_info[:3]),
+        "libc": libc,
+        "libc_refusal": refusal,
     }
 
 
@@ -391,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
         "host-facts", help="state, systemd, free disk, arch, Python: what install reads first"
     )
     p.add_argument("--install-path", required=True, help="measure free disk here")
+    p.add_argument("--glibc-min", default=None, help="the engine's glibc_min (manifest)")
+    p.add_argument("--glibcxx-min", default=None, help="the engine's glibcxx_min (manifest)")
 
     p = sub.add_parser("check-sequence", help="refuse a sequence below the floor")
     p.add_argument("--sequence", type=int, required=True)
@@ -445,7 +466,12 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             state, link=current_target(layout), previous=previous_release(state), changed=False
         )
     if cmd == "host-facts":
-        return host_facts(layout, args.install_path)
+        return host_facts(
+            layout,
+            args.install_path,
+            glibc_min=args.glibc_min or None,
+            glibcxx_min=args.glibcxx_min or None,
+        )
     if cmd == "check-sequence":
         message = check_sequence(
             load_state(layout), args.sequence, allow_downgrade=args.allow_downgrade

@@ -37,6 +37,7 @@ from runtime.fit import (
     gib,
     gpu_offload,
 )
+from runtime.libc import check_engine
 from runtime.overrides import check_overrides, fixed_value
 from runtime.variants import bundled_variants, choose_variant
 
@@ -87,7 +88,8 @@ def select(
     ``server_flags``: options the bundled llama-server accepts (from ``--help``), or
     ``None`` when unknown. Raises UsageError for bad overrides or a manifest without an
     engine/model, HostError when the host cannot run the bundle (wrong architecture, no
-    usable CPU variant, model does not fit). Returns the decision document.
+    usable CPU variant, model does not fit), HostLibraryError (a HostError) when its glibc
+    or libstdc++ is older than the engine needs. Returns the decision document.
     """
     ov = check_overrides(overrides or {})
     engine = require_engine(manifest)
@@ -105,6 +107,10 @@ def select(
             f"the bundle's engine is built for {engine_arch} but this host is {arch}",
             hint=f"build a bundle for {arch} (airlock build on or for that architecture)",
         )
+    if "libc" in facts:  # facts from a runtime.detect older than the glibc check have none
+        why_libc = check_engine(facts["libc"] or {}, engine.glibc_min, engine.glibcxx_min)
+        if why_libc:
+            reasons.append(why_libc)
     reasons.append(
         f"model {model.name}: {gib(model.weights)}"
         + (f" {model.quant}" if model.quant else "")

@@ -12,7 +12,7 @@ from bundler.errors import SignatureError
 from bundler.ssh import sig as sshsig
 from bundler.ssh.trust import TrustPolicy
 from runtime.bundle import BundleMetadata, read_metadata_stream
-from runtime.components import models_of
+from runtime.components import engine_of, models_of
 
 SbomSummary = Callable[[Path, BundleMetadata], Optional[dict[str, Any]]]
 
@@ -74,6 +74,7 @@ def inspect_bundle(
         "bytes": sum(e["size"] for e in m["files"]),
         "reserve_bytes": meta.reserve_size,
         "licenses": _licenses(m),
+        "host_floor": _host_floor(m),
         "lineage": [
             {"model": model.name, "line": model.lineage} for model in models_of(m) if model.lineage
         ],
@@ -120,6 +121,21 @@ def _components(m: dict[str, Any]) -> dict[str, Any]:
             "bytes": sum(e["size"] for e in files),
         }
     return out
+
+
+def _host_floor(m: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """What the engine needs of a host's C runtime (the build's audit), or None: no engine.
+
+    ``glibcxx_min`` None means no libstdc++ from the host; a bundle from before the audit
+    has no such key, shown as ``"not recorded"``.
+    """
+    engine = engine_of(m)
+    if engine is None:
+        return None
+    return {
+        "glibc_min": engine.glibc_min,
+        "glibcxx_min": engine.glibcxx_min if "glibcxx_min" in engine.properties else "not recorded",
+    }
 
 
 def _licenses(m: dict[str, Any]) -> list[dict[str, Any]]:

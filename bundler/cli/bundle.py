@@ -357,6 +357,19 @@ def _inspect(args: argparse.Namespace) -> int:
             out(f"  signer {s['fingerprint']} ({state})")
     for name, comp in summary["components"].items():
         out(f"  component {name}: {comp['type']}, {comp['files']} files, {comp['bytes']} bytes")
+    floor = summary.get("host_floor")
+    if floor:
+        cxx = floor["glibcxx_min"]
+        out(
+            f"  engine needs: glibc >= {floor['glibc_min'] or 'not recorded'}, "
+            + (
+                "no libstdc++ from the host"
+                if cxx is None
+                else "libstdc++ level not recorded"
+                if cxx == "not recorded"
+                else f"libstdc++ with GLIBCXX_{cxx}"
+            )
+        )
     for lic in summary["licenses"]:
         out(f"  model {lic['model']}: license {lic['license']}")
     for row in summary.get("lineage") or []:

@@ -7,8 +7,12 @@ build ever dies with SIGILL on an older CPU. Optionally a CUDA module is built
 (:mod:`bundler.engine.cuda`), with the CUDA runtime libraries it needs carried in
 ``engine/lib/cuda``.
 
-The command lines (cmake flags, variant choice) are pure functions; the adapters around them
-run cmake, copy files and check that the result is relocatable.
+Every result is audited (:mod:`bundler.engine.elfaudit`): the manifest records the glibc
+and libstdc++ levels it needs, so a host that cannot load it refuses before any transfer.
+With the portable toolchain (:mod:`bundler.engine.portable`, opt-in and not yet usable, see
+:data:`Compiler`) the result is also checked against the glibc 2.28 floor. The command
+lines (cmake flags, variant choice) are pure functions; the adapters around them run cmake,
+copy files and check that the result is relocatable.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from typing import Any, Literal
 from bundler import console
 from bundler.engine import buildprogress
 from bundler.engine import cuda as cudalib
+from bundler.engine import elfaudit, portable
 from bundler.engine.buildcache import BuildCache, CacheEntry, copy_log, log_tail
 from bundler.engine.cuda import CudaOptions, RuntimeWheel
+from bundler.engine.portable import Toolchain
 from bundler.engine.sdist import SourceArchive, source_tree
 from bundler.errors import BuildError, FetchError, UsageError
 from runtime import variants
@@ -218,14 +224,31 @@ def engine_targets(variants: Sequence[str], cuda: CudaOptions | None) -> list[st
 # --------------------------------------------------------------------------- toolchain
 
 
-def toolchain() -> dict[str, str]:
+Compiler = Literal["portable", "system"]
+"""``system`` (the default): the build machine's ``cc``/``c++`` (``$CC``), linked against its
+own glibc and libstdc++; the audit records the levels it needs (``glibc_min``,
+``glibcxx_min``) and hosts below them are refused before any transfer. ``portable``: zig cc
+for the glibc 2.28 floor, checked against it; NOT YET USABLE: its engine aborts at start
+("free(): invalid pointer" in ~basic_ostringstream, common/arg.cpp) because every shared
+library carries its own static libc++ copy (docs/OPERATIONS.md, Supported hosts)."""
+
+
+def toolchain(zig: Toolchain | None = None) -> dict[str, str]:
     """Compiler and cmake versions (part of every build key)."""
-    cc = os.environ.get("CC", "cc")
-    return {
-        "compiler": _compiler_id(cc),
+    tools = {
+        "compiler": zig.compiler if zig else _compiler_id(os.environ.get("CC", "cc")),
         "cmake": _first_line(["cmake", "--version"]),
         "arch": platform.machine(),
     }
+    if zig is not None:
+        tools["toolchain_sha256"] = zig.wrapper_sha256
+    return tools
+
+
+def _zig(compiler: Compiler) -> Toolchain | None:
+    if compiler not in ("portable", "system"):
+        raise UsageError(f"unknown compiler {compiler!r}", hint="use 'portable' or 'system'")
+    return portable.zig_toolchain() if compiler == "portable" else None
 
 
 def _compiler_id(cc: str) -> str:
@@ -302,17 +325,22 @@ def build_engine(
     log_dir: Path | None = None,
     jobs: int = 2,
     index_url: str | None = None,
+    compiler: Compiler = "system",
 ) -> EngineBuild:
     """Build (or reuse from the cache) llama-server and its modules from ``source``.
 
+    ``compiler="system"`` builds with the build machine's compiler and skips the floor
+    check (a comparison build for bench/runtime.py; never staged into a bundle).
+
     Raises:
-        BuildError: cmake or the compiler failed (with the log's tail and its path), or
-            the result is not relocatable.
+        BuildError: cmake or the compiler failed (with the log's tail and its path), the
+            result is not relocatable, or a file needs more than the glibc floor.
         UsageError: unknown variant names.
     """
     chosen = resolve_variants(variants)
     flags = engine_cmake_flags(chosen, cuda)
-    tools = toolchain()
+    zig = _zig(compiler)
+    tools = toolchain(zig)
     if cuda is not None:
         tools["nvcc"] = _first_line([cuda.nvcc or "nvcc", "--version"], last=True)
     inputs: dict[str, Any] = {
@@ -326,6 +354,7 @@ def build_engine(
         "recipe": 1,
     }
     cache = BuildCache(cache_dir)
+    env = {**os.environ, **zig.env} if zig else None
 
     def builder(out: Path, log: Path) -> None:
         buildprogress.announce(
@@ -360,12 +389,13 @@ def build_engine(
             str(build_dir),
             *(["-G", "Ninja"] if shutil.which("ninja") else []),
             *flags,
+            *(zig.cmake_flags() if zig else []),
             "-DCMAKE_PROJECT_INCLUDE=" + str(include),
             "-DLLAMA_BUILD_COMMIT=" + (commit[:9] if commit != "unknown" else "unknown"),
             "-DLLAMA_BUILD_NUMBER=0",
             *sdk_flags,
         ]
-        _run_logged(configure, log, what="cmake configure of llama.cpp")
+        _run_logged(configure, log, env=env, what="cmake configure of llama.cpp")
         build = [
             *prefix,
             "cmake",
@@ -376,7 +406,7 @@ def build_engine(
             "--target",
             *engine_targets(chosen, cuda),
         ]
-        _run_logged(build, log, what="llama.cpp build (" + ", ".join(chosen) + ")")
+        _run_logged(build, log, env=env, what="llama.cpp build (" + ", ".join(chosen) + ")")
         _collect(build_dir / "bin", out, chosen, cuda)
         if cuda is not None:
             cudalib.collect_cuda_runtime(wheels, out / "lib" / "cuda")
@@ -391,7 +421,12 @@ def build_engine(
     wheels: WheelRecord = (None, None)
     if cuda is not None:
         wheels = _read_wheel_record(entry.path) or _recover_wheel_record(entry, cuda, index_url)
-    return _engine_result(entry, source, chosen, flags, cuda, tools, wheels)
+    result = _engine_result(entry, source, chosen, flags, cuda, tools, wheels)
+    if zig is not None:
+        elfaudit.require_floor(
+            elfaudit.read_files(entry.path, result.files), f"the engine build {entry.key[:12]}"
+        )
+    return result
 
 
 def _cold_builds(cache: BuildCache) -> list[tuple[int, float]]:
@@ -573,18 +608,6 @@ def check_relocatable(root: Path) -> None:
         )
 
 
-def glibc_min(elves: Iterable[Path]) -> str | None:
-    """The newest ``GLIBC_x.y`` symbol version the files need: the oldest glibc they run on."""
-    best: tuple[int, ...] = ()
-    for elf in elves:
-        out = subprocess.run(
-            ["objdump", "-T", str(elf)], capture_output=True, text=True, check=False
-        ).stdout
-        for m in re.finditer(r"\bGLIBC_(\d+(?:\.\d+)+)\b", out):
-            best = max(best, tuple(int(x) for x in m.group(1).split(".")))
-    return ".".join(map(str, best)) if best else None
-
-
 def _engine_result(
     entry: CacheEntry,
     source: SourceArchive,
@@ -605,7 +628,10 @@ def _engine_result(
         )
     )
     props = engine_properties(source, variants, flags, cuda, tools, files, wheels)
-    props["glibc_min"] = glibc_min(entry.path / f for f in files if not f.startswith("lib/cuda/"))
+    # what a host must have: the newest symbol versions any carried ELF file needs
+    facts = elfaudit.read_files(entry.path, files)
+    props["glibc_min"] = elfaudit.highest(facts, "GLIBC")
+    props["glibcxx_min"] = elfaudit.highest(facts, "GLIBCXX")
     return EngineBuild(
         root=entry.path,
         properties=props,
@@ -724,6 +750,7 @@ def build_llama_cpp_python_wheel(
     cache_dir: Path,
     log_dir: Path | None = None,
     jobs: int = 2,
+    compiler: Compiler = "system",
 ) -> Path:
     """Build (or reuse) the portable llama-cpp-python wheel from ``source``.
 
@@ -731,27 +758,31 @@ def build_llama_cpp_python_wheel(
     :func:`wheel_cmake_args`); ``llama-server`` carries the fast variant modules. The
     pipeline passes the result to :func:`bundler.sources.wheelhouse.build_wheelhouse` in
     ``extra_wheels``. The wheel's tag is ``py3-none-linux_x86_64``: llama_cpp loads
-    libllama through ctypes (no CPython ABI), but it holds native x86-64 code linked on
-    this machine's glibc, which an unversioned linux tag states honestly.
+    libllama through ctypes (no CPython ABI). Its native code is compiled with the
+    portable toolchain like the engine and audited against the same glibc 2.28 floor.
 
     The build backend (scikit-build-core) comes from the package index in pip's isolated
     build environment; compiling llama.cpp itself needs no network.
 
     Raises:
-        BuildError: the wheel build failed (with the log's tail and its path).
+        BuildError: the wheel build failed (with the log's tail and its path), or one of
+            its libraries needs more than the glibc floor.
     """
     resolve_variants(variants)
     args = wheel_cmake_args()
+    zig = _zig(compiler)
     inputs = {
         "kind": "wheel",
         "source_sha256": source.sha256,
         "cmake_args": args,
-        **toolchain(),
+        **toolchain(zig),
         "recipe": 1,
     }
 
     def builder(out: Path, log: Path) -> None:
         env = dict(os.environ)
+        if zig is not None:
+            env.update(zig.env, CC=str(zig.cc), CXX=str(zig.cxx))
         env["CMAKE_ARGS"] = args
         env["CMAKE_BUILD_PARALLEL_LEVEL"] = str(jobs)
         env.pop("PIP_REQUIRE_VIRTUALENV", None)
@@ -775,6 +806,8 @@ def build_llama_cpp_python_wheel(
         raise BuildError(
             f"{entry.path}/dist: expected one llama_cpp_python wheel, found {len(wheels)}"
         )
+    if zig is not None:
+        elfaudit.require_floor(elfaudit.read_wheel(wheels[0]), f"the wheel {wheels[0].name}")
     return wheels[0]
 
 

@@ -310,7 +310,16 @@ def _engine(old: Optional[EngineFacts], new: Optional[EngineFacts]) -> list[Chan
             _short(ol.get("sha256")),
             _short(nl.get("sha256")),
         )
-    for key in ("llama_cpp_commit", "compiler", "cmake", "arch", "server", "lib_dir"):
+    for key in (
+        "llama_cpp_commit",
+        "compiler",
+        "cmake",
+        "arch",
+        "glibc_min",
+        "glibcxx_min",
+        "server",
+        "lib_dir",
+    ):
         out += _changed("runtime", key, attr(old, key), attr(new, key))
     for key, label in (("cmake_flags", "cmake flag"), ("cpu_variants", "cpu variant")):
         out += _sets("runtime", label, set(attr(old, key) or ()), set(attr(new, key) or ()))

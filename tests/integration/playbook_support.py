@@ -64,6 +64,7 @@ def make_bundle(
     filler_bytes: int = 0,
     seed: int = 0,
     break_model: bool = False,
+    engine_overrides: dict[str, Any] | None = None,
 ) -> Bundle:
     """A real signed bundle: the engine, a generated tiny GGUF, runtime/, playbooks/, templates/."""
     stage = workdir / f"stage-{version}"
@@ -88,7 +89,7 @@ def make_bundle(
         shutil.copytree(
             REPO / part, stage / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
         )
-    engine_props: dict[str, Any] = dict(engine.properties)
+    engine_props: dict[str, Any] = {**engine.properties, **(engine_overrides or {})}
     engine_props["server_defaults"] = {
         "port": PORT,
         "host": "0.0.0.0",

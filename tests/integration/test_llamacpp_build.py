@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.engine import llamacpp
+from bundler.engine import elfaudit, llamacpp
 from bundler.engine.llamacpp import EngineBuild
 from bundler.engine.sdist import SourceArchive
 from bundler.errors import BuildError
@@ -72,6 +72,11 @@ def test_engine_records_the_pinned_source_and_variants(built: EngineBuild) -> No
     assert p["server"] == "engine/bin/llama-server"
     assert p["cuda"] is None
     assert re.fullmatch(r"2\.\d+", p["glibc_min"])
+    # the audit's record of what a host needs (the system compiler links libstdc++)
+    assert re.fullmatch(r"3\.4\.\d+", p["glibcxx_min"])
+    facts = elfaudit.read_files(built.root, built.files)
+    assert {f.path for f in facts} == set(built.files)
+    assert p["glibc_min"] == elfaudit.highest(facts, "GLIBC")
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bundler.engine import llamacpp, sdist
+from bundler.engine import elfaudit, llamacpp, sdist
 from bundler.engine.buildcache import default_cache_dir
 from bundler.errors import ClosureError
 from bundler.paths import repo_root
@@ -78,6 +78,7 @@ def test_llama_cpp_python_wheel_is_portable_and_installs_offline(tmp_path: Path)
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
     assert any(n.startswith("llama_cpp/lib/libllama.so") for n in names)
+    assert any(f.path.endswith("libllama.so") for f in elfaudit.read_wheel(wheel))
     target = Target(HERE, "manylinux_2_28_x86_64")
     house = wheelhouse.build_wheelhouse(
         [target], [], extra_wheels=[wheel], dest=tmp_path / "wheels", cache_dir=cache

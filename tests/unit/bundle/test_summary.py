@@ -84,3 +84,27 @@ def test_inspect_says_what_it_verified_and_lists_a_malformed_signature(tmp_path:
     assert [s["fingerprint"] for s in listed.values()] == [alice.signer.public_key.fingerprint]
     with pytest.raises(SignatureError):  # with a policy, as verify does
         inspect_bundle(bad, policy=policy, now=DURING)
+
+
+def test_summary_shows_what_the_engine_needs_of_a_host(tmp_path: Path, capsys) -> None:
+    from bundler.bundle import summary
+    from bundler.cli.main import main
+
+    alice = make_key(tmp_path / "keys", "alice")
+    bundle = make_bundle(tmp_path, [alice]).path
+    # bundlekit's engine predates the audit: no glibc_min, no glibcxx_min key
+    assert inspect_bundle(bundle)["host_floor"] == {
+        "glibc_min": None,
+        "glibcxx_min": "not recorded",
+    }
+    assert main(["inspect", str(bundle)]) == 0
+    assert "engine needs: glibc >= not recorded, libstdc++ level not recorded" in (
+        capsys.readouterr().out
+    )
+    portable = {"glibc_min": "2.28", "glibcxx_min": None}
+    m = {"components": {"engine": {"type": "runtime", "properties": portable}}}
+    assert summary._host_floor(m) == portable
+    old = {"glibc_min": "2.34", "glibcxx_min": "3.4.30"}
+    m = {"components": {"engine": {"type": "runtime", "properties": old}}}
+    assert summary._host_floor(m) == old
+    assert summary._host_floor({"components": {}}) is None

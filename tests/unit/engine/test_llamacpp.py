@@ -211,14 +211,13 @@ def fake_cuda_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeInde
         (out / "lib" / "libggml-cuda.so").write_bytes(b"module")
 
     monkeypatch.setattr(cudalib, "download_cuda_wheels", index.download)
-    monkeypatch.setattr(llamacpp, "toolchain", lambda: dict(tools))
+    monkeypatch.setattr(llamacpp, "toolchain", lambda zig=None: dict(tools))
     monkeypatch.setattr(llamacpp, "_first_line", lambda argv, last=False: "V13.0.88")
     monkeypatch.setattr(llamacpp, "source_tree", lambda source, cache_dir: tmp_path / "src")
     monkeypatch.setattr(llamacpp, "_isolation_prefix", lambda: [])
     monkeypatch.setattr(llamacpp, "_run_logged", lambda *a, **kw: None)
     monkeypatch.setattr(llamacpp, "_collect", collect)
     monkeypatch.setattr(llamacpp, "check_relocatable", lambda root: None)
-    monkeypatch.setattr(llamacpp, "glibc_min", lambda elves: None)
     return index
 
 

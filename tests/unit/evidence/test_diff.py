@@ -235,3 +235,13 @@ def test_render_keeps_each_change_on_one_short_line() -> None:
     assert d.section("licenses")[0].new == text  # JSON keeps the full value
     lines = render(d).splitlines()
     assert all(len(line) < 260 for line in lines)
+
+
+def test_the_engines_host_floor_change_is_reported() -> None:
+    old, new = manifest(), manifest()
+    old["components"]["engine"]["properties"].update(glibc_min="2.34", glibcxx_min="3.4.30")
+    new["components"]["engine"]["properties"].update(glibc_min="2.28", glibcxx_min=None)
+    d = diff_manifests(old, new)
+    changes = {c.subject: (c.old, c.new) for c in d.section("runtime")}
+    assert changes["glibc_min"] == ("2.34", "2.28")
+    assert changes["glibcxx_min"] == ("3.4.30", None)

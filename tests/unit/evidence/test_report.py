@@ -259,3 +259,13 @@ def test_report_reads_metadata_and_small_members_never_the_model(tmp_path: Path)
     before = _bytes_read()
     write_report(bundle, tmp_path / "report.html")
     assert _bytes_read() - before < model_size // 8
+
+
+def test_report_shows_what_the_engine_needs_of_a_host() -> None:
+    m = manifest()
+    assert "libstdc++ level not recorded" in render_html(report_for(m))
+    m["components"]["engine"]["properties"].update(glibc_min="2.28", glibcxx_min=None)
+    html = render_html(report_for(m))
+    cell = re.search(r'<td id="host-floor">(.*?)</td>', html)
+    assert cell is not None
+    assert cell.group(1) == "glibc &ge; 2.28, no libstdc++ needed (libc++ linked statically)"

@@ -225,7 +225,9 @@ def test_the_zip_reports_host_facts_and_creates_nothing(runtime_zip: Path, tmp_p
     )
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
-    assert sorted(facts) == ["arch", "free", "python", "state", "systemd"]
+    assert sorted(facts) == ["arch", "free", "libc", "libc_refusal", "python", "state", "systemd"]
+    assert facts["libc"]["glibc"] == os.confstr("CS_GNU_LIBC_VERSION").split()[1]
+    assert facts["libc_refusal"] is None  # no --glibc-min: nothing to refuse
     assert facts["state"] == empty_state()
     assert facts["python"] == list(sys.version_info[:3])
     assert facts["arch"] == os.uname().machine

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bundler import console
-from bundler.engine import buildprogress
+from bundler.engine import buildprogress, elfaudit, portable
 from bundler.engine import cuda as cudalib
-from bundler.engine import elfaudit, portable
 from bundler.engine.buildcache import BuildCache, CacheEntry, copy_log, log_tail
 from bundler.engine.cuda import CudaOptions, RuntimeWheel
 from bundler.engine.portable import Toolchain

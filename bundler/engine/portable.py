@@ -6,8 +6,8 @@ against the build machine's glibc (Debian 12: 2.36, symbols up to ``GLIBC_2.34``
 libstdc++ (``GLIBCXX_3.4.30``). Zig's bundled clang can: ``-target x86_64-linux-gnu.2.28``
 links against glibc 2.28's symbol versions (zig ships their stubs) and zig links its own
 libc++, libc++abi, libunwind and compiler-rt statically into every binary. It comes from the
-``ziglang`` package on PyPI, pinned in pyproject.toml, so the build machine needs no extra
-system package.
+``ziglang`` package on PyPI, pinned in pyproject.toml's ``portable`` extra, so the build
+machine needs no extra system package.
 
 CMake and scikit-build-core take a compiler as one executable path, so the toolchain is
 two tiny wrapper scripts (``cc`` and ``c++``) written into the build directory; their text
@@ -63,7 +63,7 @@ def zig_executable() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise BuildError(
             "the portable toolchain needs the ziglang package (zig cc), which is not installed",
-            hint="run: bash .ci/setup (or pip install -e .): pyproject.toml pins ziglang",
+            hint="run: pip install -e '.[portable]' (pyproject.toml pins ziglang in that extra)",
         )
     zig = Path(next(iter(spec.submodule_search_locations))) / "zig"
     if not os.access(zig, os.X_OK):

@@ -164,9 +164,12 @@ class SystemdHost(TestHost):
         if self.nspawn is None or self.nspawn.poll() is not None:
             raise TestHostError(f"test host {self.name} is not running")
         for _ in range(100):
-            with contextlib.suppress(OSError, ValueError):
-                task = Path(f"/proc/{self.nspawn.pid}/task/{self.nspawn.pid}/children")
-                return int(task.read_text().split()[0])
+            for pid in self.pids():  # the processes in the host's network namespace
+                with contextlib.suppress(OSError):
+                    status = Path(f"/proc/{pid}/status").read_text()
+                    nspid = status.split("\nNSpid:", 1)[1].split("\n", 1)[0].split()
+                    if len(nspid) > 1 and nspid[-1] == "1":  # pid 1 of its own pid namespace
+                        return pid
             time.sleep(0.05)
         raise TestHostError(f"test host {self.name} has no init process")
 

@@ -163,7 +163,7 @@ class TestHost:
             host._network(host.prefixlen)
             host._sshd(authorized_key)
             if login_user != "root":
-                host._sudo_user()
+                host._sudo_user(authorized_key)
         except BaseException:
             host.destroy()
             raise
@@ -223,7 +223,8 @@ class TestHost:
         shutil.copy(key.public, w / "authorized_keys")
         (w / "sshd_config").write_text(
             f"ListenAddress {self.address}\nPort 22\nHostKey {self.host_key}\n"
-            f"AuthorizedKeysFile {w / 'authorized_keys'}\nPidFile none\n"
+            # sshd reads the file as the user: an unprivileged one reads its own copy.
+            f"AuthorizedKeysFile {w / 'authorized_keys'} .ssh/authorized_keys\nPidFile none\n"
             f"PermitRootLogin {'prohibit-password' if self.login_user == 'root' else 'no'}\n"
             "PasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
@@ -273,11 +274,22 @@ class TestHost:
             time.sleep(0.05)
         raise TestHostError(f"sshd for test host {self.name} did not listen: {self._log_tail()}")
 
-    def _sudo_user(self) -> None:
+    def _sudo_user(self, key: SshKey) -> None:
         """The unprivileged login user and its sudoers drop-in (in the host's own /etc)."""
         user = self.login_user
         # "*": no password, but not locked ("!"), which sshd without PAM would refuse.
         self.run(["useradd", "-m", "-d", f"/var/lib/{user}", "-s", "/bin/sh", "-p", "*", user])
+        self.run(
+            [
+                "su",
+                "-s",
+                "/bin/sh",
+                "-c",
+                "umask 077 && mkdir -p ~/.ssh && cat > ~/.ssh/authorized_keys",
+                user,
+            ],
+            input=key.public.read_bytes(),
+        )
         rule = f"/etc/sudoers.d/{user}"
         self.run(
             ["sh", "-c", f"umask 0337 && cat > {rule}"], input=SUDO_RULE.format(user=user).encode()

@@ -130,7 +130,7 @@ class SystemdHost(TestHost):
         log = (self.workdir / "console.log").open("ab")
         self.nspawn = subprocess.Popen(
             [
-                NSPAWN, "--quiet", "--boot", "--register=no", "--console=read-only",
+                NSPAWN, "--quiet", "--boot", "--register=no", "--keep-unit", "--console=read-only",
                 f"--machine={self.netns}", f"--directory={self.root}",
                 f"--network-namespace-path=/run/netns/{self.netns}",
             ],

@@ -59,13 +59,18 @@ def test_hosts_refuse_root_ssh_and_the_user_has_only_the_sudo_rule(fleet: TestFl
     user = fleet.login_user
     assert user != "root"
     for host in fleet.hosts:
-        assert _ssh(fleet, host, "root", "true").returncode != 0
-        assert _ssh(fleet, host, user, "id -u").stdout.strip() != "0"
+        refused = _ssh(fleet, host, "root", "true")
+        assert refused.returncode == 255 and "Permission denied" in refused.stderr
+        uid = _ssh(fleet, host, user, "id -u")
+        assert uid.returncode == 0 and uid.stdout.strip().isdigit(), uid.stderr
+        assert uid.stdout.strip() != "0"
         rule = host.run(f"cat /etc/sudoers.d/{user}").stdout
         assert rule == SUDO_RULE.format(user=user)
         # The user cannot run a command as root other than through /bin/sh.
-        assert _ssh(fleet, host, user, "sudo -n /usr/bin/id -u").returncode != 0
-        assert _ssh(fleet, host, user, "sudo -n /bin/sh -c 'id -u'").stdout.strip() == "0"
+        other = _ssh(fleet, host, user, "sudo -n /usr/bin/id -u")
+        assert other.returncode == 1 and "password is required" in other.stderr, other.stderr
+        shell = _ssh(fleet, host, user, "sudo -n /bin/sh -c 'id -u'")
+        assert shell.stdout.strip() == "0", shell.stderr
 
 
 def test_installs_as_the_unprivileged_user(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -139,6 +140,8 @@ def test_after_a_reboot_the_service_is_back_on_current(fleet: TestFleet) -> None
     assert isinstance(host, SystemdHost)
     boot_id, init = host.run("cat /proc/sys/kernel/random/boot_id").stdout, host.init_pid()
     host.reboot()
+    for sock in fleet.control_dir.glob("*"):  # SSH masters to the old sshd are gone with it
+        subprocess.run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True)
     # A new boot: a new systemd process and nspawn's new boot id; nobody started the service.
     assert host.init_pid() != init
     assert host.run("cat /proc/sys/kernel/random/boot_id").stdout != boot_id

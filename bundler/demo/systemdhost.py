@@ -109,6 +109,8 @@ class SystemdHost(TestHost):
             "MaxSessions 50\nMaxStartups 50\n"
         )
         (root / "etc" / "hostname").write_text(self.name + "\n")
+        with open(root / "etc" / "hosts", "a") as hosts:  # sudo looks its host's name up
+            hosts.write(f"127.0.1.1\t{self.name}\n")
         home = root / "root"
         if self.login_user != "root":
             user = self.login_user

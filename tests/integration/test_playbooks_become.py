@@ -104,8 +104,10 @@ def test_upgrade_resumes_a_partial_upload_of_the_user(
     host = fleet.hosts[0]
     have = 1 << 20
     part = f"/opt/airlock/upload/{bundles[V2].manifest_sha256}.tar.part"
+    prefix = work / "prefix.part"  # /tmp is the build machine's own on these hosts
     with open(bundles[V2].path, "rb") as f:
-        host.run(f"cat > {part} && chown {fleet.login_user} {part}", input=f.read(have))
+        prefix.write_bytes(f.read(have))
+    host.run(f"cp {prefix} {part} && chown {fleet.login_user} {part}")
     run = run_playbook(fleet, work, "install.yml", "-v", bundle=bundles[V2], signer=signer)
     assert run.rc == 0, run.output[-4000:]
     assert f"tail -c +{have + 1} " in run.output  # host 1 resumed after the partial file

@@ -217,3 +217,29 @@ def test_engine_and_runtime_together_is_a_problem(tmp_path: Path) -> None:
     assert _problems(data, tmp_path) == [
         "runtime: 'runtime' is the older name of 'engine'; the spec has both (keep only 'engine')"
     ]
+
+
+@pytest.mark.parametrize(
+    ("repo", "name"),
+    [
+        ("org/tiny-GGUF", "tiny-gguf"),
+        ("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-gguf"),
+        ("org/Odd..Name_", "odd..name"),
+        ("org/" + "A" * 70, "a" * 64),
+    ],
+)
+def test_hub_model_without_a_name_is_named_after_its_repo(
+    tmp_path: Path, repo: str, name: str
+) -> None:
+    data = _base()
+    data["models"] = [{"repo": repo}]
+    spec = _parse(data, tmp_path)
+    assert spec.models[0].name == name
+    assert spec.server.model == name
+
+
+def test_local_model_without_a_name_is_still_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    data = _base()
+    data["models"] = [{"source": "local", "path": "m.gguf", "license": "mit"}]
+    assert any(p.startswith("models[0].name: missing value") for p in _problems(data, tmp_path))

@@ -5,7 +5,8 @@ Layout on a host (every root configurable, see :class:`Layout`)::
     /opt/airlock/releases/<version>/   unpacked, verified payload of one bundle (read-only)
     /opt/airlock/current -> releases/<version>
     /opt/airlock/lib/runtime.zip       this package (zip-self), copied by the playbook
-    /opt/airlock/incoming/             bundle transfers (``<digest>.tar.part`` while resuming)
+    /opt/airlock/upload/               the SSH login user's stream (``<digest>.tar.part``, resumed)
+    /opt/airlock/incoming/             a complete transfer, renamed here and owned by root
     /etc/airlock/releases/<version>.env  rendered server settings for that release
     /var/lib/airlock/state.json        installed releases, sequence floor, verified digests
     /var/lib/airlock/manifests/<sha256>.json  the verified manifest bytes of each release

@@ -8,6 +8,12 @@ host's own mount namespace, so whatever an install writes (users, ``/opt/airlock
 ``/var/lib/airlock``, pid files) stays on that host. ``ansible-playbook`` reaches the hosts
 over real SSH with a generated key and pinned host keys.
 
+A fleet made with ``become=True`` logs in as an unprivileged user made for that run
+(``altest<token>``, password locked, home under ``/var``) on hosts whose sshd has
+``PermitRootLogin no``; the user becomes root through sudo with one sudoers drop-in,
+:data:`SUDO_RULE`: the narrowest rule Ansible's become works with (it runs every privileged
+step as ``sudo -u root /bin/sh -c '...'``, so a list of commands cannot be granted instead).
+
 Needs root, ``ip``, ``unshare``, ``nsenter``, ``ssh-keygen`` and ``/usr/sbin/sshd``::
 
     with TestFleet(3, workdir=tmp) as fleet:
@@ -32,11 +38,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol, TypeVar
 
 from bundler.errors import AirlockError
 
 SSHD = "/usr/sbin/sshd"
+SUDO_RULE = "{user} ALL=(root) NOPASSWD: /bin/sh\n"
 OVERLAID = ("etc", "opt", "var")
+
+
+_Host = TypeVar("_Host", bound="TestHost")
 
 
 class TestHostError(AirlockError):
@@ -106,15 +117,25 @@ class TestHost:
     controller_address: str
     address: str
     host_key: Path
+    login_user: str = "root"
+    prefixlen: int = 30
     sshd: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
     @contextlib.contextmanager
     def create(
-        cls, name: str, *, workdir: Path, authorized_key: SshKey, token: str | None = None
+        cls,
+        name: str,
+        *,
+        workdir: Path,
+        authorized_key: SshKey,
+        token: str | None = None,
+        login_user: str = "root",
     ) -> Iterator[TestHost]:
         """Create the host, yield it with sshd listening, and remove everything after."""
-        host = cls.start(name, workdir=workdir, authorized_key=authorized_key, token=token)
+        host = cls.start(
+            name, workdir=workdir, authorized_key=authorized_key, token=token, login_user=login_user
+        )
         try:
             yield host
         finally:
@@ -122,17 +143,48 @@ class TestHost:
 
     @classmethod
     def start(
-        cls, name: str, *, workdir: Path, authorized_key: SshKey, token: str | None = None
+        cls,
+        name: str,
+        *,
+        workdir: Path,
+        authorized_key: SshKey,
+        token: str | None = None,
+        login_user: str = "root",
     ) -> TestHost:
-        """Create the host (caller must :meth:`destroy` it)."""
+        """Create the host (caller must :meth:`destroy` it).
+
+        ``login_user`` other than root is created on the host with the sudo rule
+        :data:`SUDO_RULE`, and sshd refuses root logins.
+        """
         if os.geteuid() != 0:
             raise TestHostError("test hosts need root (network and mount namespaces)")
+        host = cls.plan(name, workdir=workdir, token=token, login_user=login_user)
+        try:
+            host._network(host.prefixlen)
+            host._sshd(authorized_key)
+            if login_user != "root":
+                host._sudo_user(authorized_key)
+        except BaseException:
+            host.destroy()
+            raise
+        return host
+
+    @classmethod
+    def plan(
+        cls: type[_Host],
+        name: str,
+        *,
+        workdir: Path,
+        token: str | None = None,
+        login_user: str = "root",
+    ) -> _Host:
+        """The host's names and addresses (a free /30), nothing created yet."""
         token = token or secrets.token_hex(3)
         short = f"{token}{name[-3:]}".replace("-", "")[:10]
         net = _free_subnet()
         ctl, addr = (str(a) for a in list(net.hosts())[:2])
         workdir.mkdir(parents=True, exist_ok=True)
-        host = cls(
+        return cls(
             name=name,
             workdir=workdir,
             netns=f"airlock-{short}",
@@ -140,14 +192,9 @@ class TestHost:
             controller_address=ctl,
             address=addr,
             host_key=workdir / "ssh_host_ed25519_key",
+            login_user=login_user,
+            prefixlen=net.prefixlen,
         )
-        try:
-            host._network(net.prefixlen)
-            host._sshd(authorized_key)
-        except BaseException:
-            host.destroy()
-            raise
-        return host
 
     def _network(self, prefix: int) -> None:
         inner = self.veth_controller[:-1] + "h"
@@ -176,8 +223,10 @@ class TestHost:
         shutil.copy(key.public, w / "authorized_keys")
         (w / "sshd_config").write_text(
             f"ListenAddress {self.address}\nPort 22\nHostKey {self.host_key}\n"
-            f"AuthorizedKeysFile {w / 'authorized_keys'}\nPidFile none\n"
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            # sshd reads the file as the user: an unprivileged one reads its own copy.
+            f"AuthorizedKeysFile {w / 'authorized_keys'} .ssh/authorized_keys\nPidFile none\n"
+            f"PermitRootLogin {'prohibit-password' if self.login_user == 'root' else 'no'}\n"
+            "PasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
             "MaxSessions 50\nMaxStartups 50\nSubsystem sftp internal-sftp\n"
             "AcceptEnv LANG LC_*\n"
@@ -224,6 +273,28 @@ class TestHost:
                     return
             time.sleep(0.05)
         raise TestHostError(f"sshd for test host {self.name} did not listen: {self._log_tail()}")
+
+    def _sudo_user(self, key: SshKey) -> None:
+        """The unprivileged login user and its sudoers drop-in (in the host's own /etc)."""
+        user = self.login_user
+        # "*": no password, but not locked ("!"), which sshd without PAM would refuse.
+        self.run(["useradd", "-m", "-d", f"/var/lib/{user}", "-s", "/bin/sh", "-p", "*", user])
+        self.run(
+            [
+                "su",
+                "-s",
+                "/bin/sh",
+                "-c",
+                "umask 077 && mkdir -p ~/.ssh && cat > ~/.ssh/authorized_keys",
+                user,
+            ],
+            input=key.public.read_bytes(),
+        )
+        rule = f"/etc/sudoers.d/{user}"
+        self.run(
+            ["sh", "-c", f"umask 0337 && cat > {rule}"], input=SUDO_RULE.format(user=user).encode()
+        )
+        self.run(["visudo", "-c", "-q", "-f", rule])
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -302,29 +373,52 @@ class TestHost:
         _sh(["ip", "netns", "del", self.netns], check=False)
 
 
+class HostStarter(Protocol):
+    """How a fleet makes each host: :meth:`TestHost.start` or a systemd host's."""
+
+    def __call__(
+        self, name: str, *, workdir: Path, authorized_key: SshKey, token: str, login_user: str
+    ) -> TestHost: ...
+
+
 class TestFleet:
-    """``n`` test hosts sharing one client key, an inventory and an SSH ControlPath dir."""
+    """``n`` test hosts sharing one client key, an inventory and an SSH ControlPath dir.
+
+    ``start`` makes each host (default: a network-namespace host on the build machine's
+    userland; ``functools.partial(SystemdHost.start_systemd, rootfs=...)`` boots systemd).
+    """
 
     __test__ = False
 
-    def __init__(self, n: int, *, workdir: Path | None = None, group: str = "airlock_hosts"):
+    def __init__(
+        self,
+        n: int,
+        *,
+        workdir: Path | None = None,
+        group: str = "airlock_hosts",
+        become: bool = False,
+        start: HostStarter | None = None,
+    ):
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="airlock-fleet-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.group = group
         self.token = secrets.token_hex(3)
+        self.login_user = f"altest{self.token}" if become else "root"
         # Unix socket paths are limited to 108 bytes: keep the ControlPath dir short.
         self.control_dir = Path(tempfile.mkdtemp(prefix="alcp", dir="/tmp"))
         self.key = SshKey.generate(self.workdir / "id_ed25519")
         self.hosts: list[TestHost] = []
+        start = start or TestHost.start
         try:
             for i in range(n):
                 self.hosts.append(
-                    TestHost.start(
+                    start(
                         f"host{i + 1}",
                         workdir=self.workdir / f"host{i + 1}",
                         authorized_key=self.key,
                         token=f"{self.token}{i}",
+                        login_user=self.login_user,
                     )
                 )
         except BaseException:
@@ -366,7 +460,8 @@ class TestFleet:
         lines += [
             "",
             f"[{self.group}:vars]",
-            "ansible_user=root",
+            f"ansible_user={self.login_user}",
+            *(["ansible_become=true"] if self.login_user != "root" else []),
             f"ansible_ssh_private_key_file={self.key.private}",
             f"ansible_ssh_common_args='{common}'",
             "ansible_python_interpreter=/usr/bin/python3",

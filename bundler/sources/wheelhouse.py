@@ -30,7 +30,10 @@ from bundler.fsio import hash_file, write_atomic
 from bundler.paths import repo_root
 
 __all__ = [
+    "ANSIBLE_CORE_SERIES",
     "CONTROLLER_PLATFORM",
+    "CONTROLLER_PYTHONS",
+    "CONTROLLER_PYTHON_WHY",
     "Target",
     "WheelInfo",
     "WheelhouseResult",
@@ -42,7 +45,20 @@ __all__ = [
 ]
 
 CONTROLLER_PLATFORM = "manylinux_2_28_x86_64"
-CONTROLLER_REQUIREMENTS = ("ansible-core>=2.16",)
+# One ansible-core release series for every controller Python, the one the playbooks are
+# tested with, and pip itself, so the bootstrap runs the closure's own pinned pip wheel
+# (no python3-venv, no ensurepip, no network: runtime/controller.py).
+ANSIBLE_CORE_SERIES = "2.19"
+CONTROLLER_REQUIREMENTS = (f"ansible-core=={ANSIBLE_CORE_SERIES}.*", "pip")
+# The controller Pythons where the pinned ansible-core and airlock's own closure both
+# install: ansible-core 2.19 needs Python 3.11-3.13 on the controller (its support
+# matrix; requires-python >=3.11), and airlock's httpx2/httpcore2 2.16 need 3.11 too.
+CONTROLLER_PYTHONS = ("3.11", "3.12", "3.13")
+CONTROLLER_PYTHON_WHY = (
+    f"the pinned ansible-core {ANSIBLE_CORE_SERIES} supports Python "
+    f"{CONTROLLER_PYTHONS[0]}-{CONTROLLER_PYTHONS[-1]} on the controller (ansible-core 2.16 "
+    "and newer need 3.10 or newer; airlock's own httpx2/httpcore2 need 3.11)"
+)
 # Locally built wheels (llama-cpp-python) carry the honest, unversioned linux tag; every
 # target on that architecture accepts them besides its manylinux tag.
 _LOCAL_PLATFORMS = {"x86_64": "linux_x86_64", "aarch64": "linux_aarch64"}
@@ -557,26 +573,34 @@ def _source_key(root: Path) -> str:
     return h.hexdigest()
 
 
+CONTROLLER_BOOTSTRAP = "python3 -m runtime.controller /opt/airlock-controller"
+
+
 def build_controller_wheelhouse(
     dest: Path,
     *,
     cache_dir: Path,
-    pythons: Sequence[str] = (),
+    pythons: Sequence[str] = CONTROLLER_PYTHONS,
     platform: str = CONTROLLER_PLATFORM,
     index_url: str | None = None,
 ) -> WheelhouseResult:
-    """The far-side Ansible controller's wheelhouse: ansible-core, airlock, dependencies.
+    """The far-side Ansible controller's wheelhouse: ansible-core, pip, airlock, dependencies.
 
-    Bootstraps offline with (docs/FORMAT.md)::
+    One hash-pinned closure per controller Python (``requirements-cp<XY>-<platform>.txt``),
+    each resolved for that Python (``pip download --python-version``) and proven to install
+    offline. Bootstraps offline, with or without python3-venv, from the directory that holds
+    the bundle's ``controller/`` and ``runtime/`` (docs/OPERATIONS.md)::
 
-        python3 -m venv /opt/airlock-controller && /opt/airlock-controller/bin/pip install \\
-            --no-index --find-links controller/ --require-hashes -r controller/requirements.txt
+        python3 -m runtime.controller /opt/airlock-controller
 
-    ``requirements.txt`` pins the build machine's Python (or the first of ``pythons``);
-    every further Python gets ``requirements-<abi>-<platform>.txt``.
+    ``requirements.txt`` is a copy of the build machine's Python's file (else the first).
+
+    Raises:
+        BuildError: a closure lacks ansible-core or pip (see :func:`controller_pins`).
+        FetchError, ClosureError: as :func:`build_wheelhouse`.
     """
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    versions = list(dict.fromkeys([*(pythons or [here])]))
+    versions = list(dict.fromkeys(pythons or [here]))
     targets = [Target(v, platform) for v in versions]
     with tempfile.TemporaryDirectory(prefix="airlock-ctl-") as tmp:
         own = build_airlock_wheel(Path(tmp), cache_dir=cache_dir)
@@ -588,15 +612,35 @@ def build_controller_wheelhouse(
             cache_dir=cache_dir,
             index_url=index_url,
         )
+    main_target = next((t for t in targets if t.python == here), targets[0])
     main_req = dest / "requirements.txt"
-    _atomic_copy(result.requirements[targets[0]], main_req)
+    _atomic_copy(result.requirements[main_target], main_req)
     props = dict(result.properties)
     props["requirements"] = f"{dest.name}/requirements.txt"
-    props["bootstrap"] = (
-        f"python3 -m venv /opt/airlock-controller && /opt/airlock-controller/bin/pip install "
-        f"--no-index --find-links {dest.name}/ --require-hashes -r {dest.name}/requirements.txt"
-    )
+    props["pythons"] = versions
+    props["ansible_core"] = {
+        t.python: controller_pins(result.requirements[t].read_text())["ansible-core"]
+        for t in targets
+    }
+    props["bootstrap"] = CONTROLLER_BOOTSTRAP
     return WheelhouseResult(dest, props, result.requirements, result.wheels)
+
+
+def controller_pins(requirements: str) -> dict[str, str]:
+    """``{name: version}`` of a controller requirements file; it must pin ansible-core and pip.
+
+    Raises:
+        BuildError: one of the two is not in the closure.
+    """
+    pins = {}
+    for line in requirements.splitlines():
+        m = re.match(r"^([A-Za-z0-9._-]+)==(\S+) ", line)
+        if m:
+            pins[str(canonicalize_name(m.group(1)))] = m.group(2)
+    missing = [n for n in ("ansible-core", "pip") if n not in pins]
+    if missing:
+        raise BuildError(f"the controller closure has no {' and no '.join(missing)}")
+    return pins
 
 
 def _pip() -> list[str]:

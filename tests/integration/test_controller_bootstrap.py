@@ -1,0 +1,201 @@
+"""The Ansible controller bootstrapped from a bundle alone, offline, on real Debian userlands.
+
+A bundle without an engine is built here (the controller wheelhouse is what matters); its
+``controller/``, ``runtime/``, ``playbooks/`` and ``templates/`` are taken out as
+docs/OPERATIONS.md says (GNU tar, then ``sha256sum --check``) and handed, read-only, to a
+Debian root filesystem with ``python3`` and no ``python3-venv``, entered with
+``unshare --net`` (no interface but a down loopback) and ``chroot``. Every step runs on an
+overlay over the cached tree, so the tree stays shared and clean.
+
+Run under the netns lock: ``flock /tmp/airlock-netns.lock pytest -m slow this_file``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
+from bundler.pipeline import BuildOptions, build, lock
+from bundler.project.spec import load_spec
+from bundler.sources.wheelhouse import ANSIBLE_CORE_SERIES, CONTROLLER_PYTHONS
+from bundler.ssh.keys import generate_keypair
+from tests.rootfs import debian_rootfs
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns]
+
+EPOCH = int(time.time()) // 86400 * 86400
+BOOTSTRAP = ["python3", "-m", "runtime.controller", "/opt/airlock-controller"]
+VENV = "/opt/airlock-controller/bin"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    tar: Path
+    ctl: Path  # the parts a controller takes out of the checked archive
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    d = tmp_path_factory.mktemp("ctlbundle")
+    generate_keypair(d / "key", comment="builder@test", passphrase=None)
+    pub = (d / "key.pub").read_text().strip()
+    write_tiny_model(d / "m.gguf", TinyModelOptions(seed=5, chat_template=False))
+    (d / "airlock.yaml").write_text(
+        "name: demo\nversion: '1.0.0'\nsequence: 1\nexpires: 30d\n"
+        "models:\n  - {name: m, source: local, path: ./m.gguf, license: mit}\n"
+    )
+    lock(load_spec(d / "airlock.yaml"))
+    opts = BuildOptions(out_dir=d / "dist", keys=(str(d / "key"),), source_date_epoch=EPOCH)
+    result = build(d / "airlock.yaml", opts)
+    (d / "dist" / "allowed_signers").write_text(
+        f'builder@test namespaces="airlock-manifest-v1" {pub}\n'
+    )
+    ctl = d / "ctl"
+    ctl.mkdir()
+    parts = ["SHA256SUMS", "controller", "playbooks", "runtime", "templates"]
+    subprocess.run(["tar", "-xf", str(result.path), "-C", str(ctl), *parts], check=True)
+    subprocess.run(
+        ["sha256sum", "--check", "--ignore-missing", "--quiet", "--strict", "SHA256SUMS"],
+        cwd=ctl,
+        check=True,
+    )
+    return Bundle(tar=result.path, ctl=ctl)
+
+
+class Chroot:
+    """A cached Debian tree under a private overlay, entered with no network."""
+
+    def __init__(self, root: Path, work: Path, binds: dict[str, Path]) -> None:
+        self.root, self.work, self.binds = root, work, binds
+        for sub in ("upper", "work", "merged"):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+
+    def run(self, argv: Sequence[str], *, cwd: str = "/") -> subprocess.CompletedProcess[str]:
+        merged = self.work / "merged"
+        lines = [
+            "set -e",
+            f"mount -t overlay overlay -o lowerdir={self.root},upperdir={self.work / 'upper'},"
+            f"workdir={self.work / 'work'} {merged}",
+            f"mount -t proc proc {merged}/proc",
+        ]
+        for inside, outside in self.binds.items():
+            target = f"{merged}{inside}"
+            lines += [
+                f"mkdir -p {target}",
+                f"mount --bind {outside} {target}",
+                f"mount -o remount,bind,ro {target}",
+            ]
+        inner = f"cd {shlex.quote(cwd)} && exec {shlex.join(argv)}"
+        lines.append(
+            f"exec chroot {merged} /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "
+            f"HOME=/root LANG=C.UTF-8 /bin/sh -c {shlex.quote(inner)}"
+        )
+        return subprocess.run(
+            [
+                "unshare",
+                "--mount",
+                "--net",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "\n".join(lines),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+
+
+def _chroot(suite: str, tmp_path: Path, bundle: Bundle) -> Chroot:
+    assert os.geteuid() == 0, "needs root (overlay mounts, chroot, network namespaces)"
+    root = debian_rootfs(suite, include=("python3",))
+    return Chroot(root, tmp_path / suite, {"/ctl": bundle.ctl, "/bundle": bundle.tar.parent})
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_trixie_python313_without_python3_venv_bootstraps_offline_and_verifies(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    box = _chroot("trixie", tmp_path, bundle)
+    assert _ok(box.run(["python3", "-c", "import sys; print(sys.version_info[:2])"])) == (
+        "(3, 13)\n"
+    )
+    # No route and no interface up: nothing in there can reach a network.
+    routes = _ok(box.run(["cat", "/proc/net/route"])).splitlines()
+    assert len(routes) == 1, routes
+    # The old documented command fails here: Debian's python3 without python3-venv.
+    stock = box.run(["python3", "-m", "venv", "/tmp/stock"])
+    assert stock.returncode != 0 and "ensurepip is not available" in stock.stdout + stock.stderr
+
+    out = _ok(box.run(BOOTSTRAP, cwd="/ctl"))
+    assert "controller ready: /opt/airlock-controller (Python 3.13" in out
+    version = _ok(box.run([f"{VENV}/ansible-playbook", "--version"]))
+    assert f"ansible-playbook [core {ANSIBLE_CORE_SERIES}." in version
+    assert "python version = 3.13" in version
+    verify = box.run(
+        [
+            f"{VENV}/airlock",
+            "verify",
+            f"/bundle/{bundle.tar.name}",
+            "--allowed-signers",
+            "/bundle/allowed_signers",
+            "--threshold",
+            "1",
+        ]
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "demo 1.0.0 (sequence 1) verified" in verify.stdout + verify.stderr
+    # The venv has the pinned pip too, for later offline use.
+    assert _ok(box.run([f"{VENV}/python", "-m", "pip", "--version"])).startswith("pip ")
+
+
+def test_trixie_refuses_a_tampered_pip_wheel_before_running_it(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    ctl = tmp_path / "ctl"
+    shutil.copytree(bundle.ctl, ctl)
+    [pip] = ctl.glob("controller/pip-*.whl")
+    pip.write_bytes(pip.read_bytes() + b"\0")
+    box = Chroot(
+        debian_rootfs("trixie", include=("python3",)),
+        tmp_path / "trixie",
+        {"/ctl": ctl, "/bundle": bundle.tar.parent},
+    )
+    proc = box.run(BOOTSTRAP, cwd="/ctl")
+    assert proc.returncode == 60, proc.stdout + proc.stderr
+    assert f"{pip.name}: sha256" in proc.stderr and "is not the one" in proc.stderr
+    assert box.run(["test", "-e", "/opt/airlock-controller"]).returncode == 1
+
+
+def test_bullseye_python39_is_refused_naming_the_versions_and_the_fix(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    box = _chroot("bullseye", tmp_path, bundle)
+    assert _ok(box.run(["python3", "-c", "import sys; print(sys.version_info[:2])"])) == (
+        "(3, 9)\n"
+    )
+    proc = box.run(BOOTSTRAP, cwd="/ctl")
+    assert proc.returncode == 50, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert "Python 3.9 cannot run this bundle's Ansible controller" in err
+    for v in CONTROLLER_PYTHONS:
+        assert f"Python {v} (ansible-core {ANSIBLE_CORE_SERIES}." in err
+    assert "does not support Python 3.9 on the controller" in err
+    assert "hint: run this command with python3.11 or" in err
+    # Refused before anything was written.
+    assert box.run(["test", "-e", "/opt/airlock-controller"]).returncode == 1

@@ -12,8 +12,8 @@ bundle has no closure for is refused before anything is written, naming the Pyth
 the ansible-core the bundle carries.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` and nothing from runtime/ before the check
+# below: RHEL 8's python3 is 3.6, and it must get the refusal, not a SyntaxError.
 import argparse
 import hashlib
 import os
@@ -24,7 +24,30 @@ import venv
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from runtime.errors import AirlockError, HostError, InstallError, UsageError
+
+def _refuse_before_38() -> None:
+    """Python older than runtime/'s 3.8: the same refusal as :func:`choose`, stdlib only."""
+    house = Path(__file__).resolve().parent.parent / "controller"
+    found = sorted(
+        int(m.group(1))
+        for m in (re.match(r"requirements-cp3(\d+)-", p.name) for p in house.glob("*.txt"))
+        if m
+    )
+    here = "{}.{}".format(*sys.version_info[:2])
+    carried = ", ".join(f"3.{v}" for v in sorted(set(found)))
+    what = f"it for Python {carried} only" if carried else "no controller wheelhouse here"
+    sys.stderr.write(
+        f"error: Python {here} cannot run this bundle's Ansible controller: the bundle carries "
+        f"{what}\nhint: run this command with one of those instead of python3 (RHEL 8/9: "
+        "dnf install python3.11)\n"
+    )
+    sys.exit(50)
+
+
+if __name__ == "__main__" and sys.version_info < (3, 8):
+    _refuse_before_38()
+
+from runtime.errors import AirlockError, HostError, InstallError, UsageError  # noqa: E402
 
 __all__ = ["Closure", "bootstrap", "choose", "closures", "main"]
 

@@ -52,6 +52,8 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     (d / "airlock.yaml").write_text(
         "name: demo\nversion: '1.0.0'\nsequence: 1\nexpires: 30d\n"
         "models:\n  - {name: m, source: local, path: ./m.gguf, license: mit}\n"
+        # No engine and no target packages: only the controller wheelhouse is built.
+        "targets: {llama_cpp_python: false}\n"
     )
     lock(load_spec(d / "airlock.yaml"))
     opts = BuildOptions(out_dir=d / "dist", keys=(str(d / "key"),), source_date_epoch=EPOCH)

@@ -12,11 +12,13 @@ Run under the netns lock: ``flock /tmp/airlock-netns.lock pytest -m slow this_fi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import tarfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,3 +205,31 @@ def test_bullseye_python39_is_refused_naming_the_versions_and_the_fix(
     assert "hint: run this command with python3.11 or" in err
     # Refused before anything was written.
     assert box.run(["test", "-e", "/opt/airlock-controller"]).returncode == 1
+
+
+def test_manifest_and_sbom_record_one_closure_per_controller_python(bundle: Bundle) -> None:
+    with tarfile.open(bundle.tar) as tar:
+        manifest = json.load(tar.extractfile("airlock/manifest.json"))  # type: ignore[arg-type]
+        sbom = json.load(tar.extractfile("evidence/sbom.cdx.json"))  # type: ignore[arg-type]
+    props = manifest["components"]["controller"]["properties"]
+    assert props["pythons"] == list(CONTROLLER_PYTHONS)
+    assert [t["requirements"] for t in props["targets"]] == [
+        f"controller/requirements-cp{v.replace('.', '')}-manylinux_2_28_x86_64.txt"
+        for v in CONTROLLER_PYTHONS
+    ]
+    assert set(props["ansible_core"]) == set(CONTROLLER_PYTHONS)
+    assert props["bootstrap"] == "python3 -m runtime.controller /opt/airlock-controller"
+    files = {f["path"] for f in manifest["files"]}
+    refs: set[str] = set()
+    stack = list(sbom["components"])
+    while stack:
+        c = stack.pop()
+        refs.add(c.get("bom-ref", ""))
+        stack += c.get("components", [])
+    for v in CONTROLLER_PYTHONS:
+        abi = f"cp{v.replace('.', '')}"
+        # Each Python's own compiled wheels (PyYAML has no abi3 wheel) are in both records.
+        [pyyaml] = [
+            w["file"] for w in props["wheels"] if w["name"].lower() == "pyyaml" and abi in w["file"]
+        ]
+        assert pyyaml in files and f"wheel:{pyyaml}" in refs

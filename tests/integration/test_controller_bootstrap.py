@@ -142,7 +142,10 @@ def test_trixie_python313_without_python3_venv_bootstraps_offline_and_verifies(
     )
     # No route and no interface up: nothing in there can reach a network.
     routes = _ok(box.run(["cat", "/proc/net/route"])).splitlines()
-    assert len(routes) == 1, routes
+    assert [r for r in routes if not r.startswith("Iface")] == [], routes
+    probe = "import socket; socket.create_connection(('192.0.2.1', 80), timeout=5)"
+    unreachable = box.run(["python3", "-c", probe])
+    assert unreachable.returncode != 0 and "Network is unreachable" in unreachable.stderr
     # The old documented command fails here: Debian's python3 without python3-venv.
     stock = box.run(["python3", "-m", "venv", "/tmp/stock"])
     assert stock.returncode != 0

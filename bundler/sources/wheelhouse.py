@@ -40,25 +40,46 @@ __all__ = [
     "build_controller_wheelhouse",
     "build_wheelhouse",
     "check_closure",
+    "controller_requirements",
     "download_argv",
     "requirements_text",
 ]
 
 CONTROLLER_PLATFORM = "manylinux_2_28_x86_64"
-# One ansible-core release series for every controller Python, the one the playbooks are
-# tested with, and pip itself, so the bootstrap runs the closure's own pinned pip wheel
-# (no python3-venv, no ensurepip, no network: runtime/controller.py).
-ANSIBLE_CORE_SERIES = "2.19"
-CONTROLLER_REQUIREMENTS = (f"ansible-core=={ANSIBLE_CORE_SERIES}.*", "pip")
-# The controller Pythons where the pinned ansible-core and airlock's own closure both
-# install: ansible-core 2.19 needs Python 3.11-3.13 on the controller (its support
-# matrix; requires-python >=3.11), and airlock's httpx2/httpcore2 2.16 need 3.11 too.
-CONTROLLER_PYTHONS = ("3.11", "3.12", "3.13")
+# Per controller Python, the newest ansible-core release series that supports it on the
+# controller (PyPI's requires-python and ansible-core's support matrix): 2.17 is the last
+# series for 3.10 (it supports 3.10-3.12), 2.19 supports 3.11-3.13 and is the one the
+# playbooks are tested with; the playbooks are syntax-checked with 2.17 too
+# (tests/integration/test_controller_bootstrap.py). pip is in every closure, so the
+# bootstrap runs the closure's own pinned pip wheel (no python3-venv, no ensurepip, no
+# network: runtime/controller.py). airlock's own wheel needs 3.10 (pyproject.toml).
+ANSIBLE_CORE_SERIES: Mapping[str, str] = {
+    "3.10": "2.17",
+    "3.11": "2.19",
+    "3.12": "2.19",
+    "3.13": "2.19",
+}
+CONTROLLER_PYTHONS = tuple(ANSIBLE_CORE_SERIES)
 CONTROLLER_PYTHON_WHY = (
-    f"the pinned ansible-core {ANSIBLE_CORE_SERIES} supports Python "
-    f"{CONTROLLER_PYTHONS[0]}-{CONTROLLER_PYTHONS[-1]} on the controller (ansible-core 2.16 "
-    "and newer need 3.10 or newer; airlock's own httpx2/httpcore2 need 3.11)"
+    "the bundle's controller runs on Python 3.10 (ansible-core 2.17, the newest series that "
+    "supports it) and 3.11-3.13 (ansible-core 2.19); ansible-core 2.16 and newer need 3.10 "
+    "or newer on the controller, and so does airlock's own wheel"
 )
+
+
+def controller_requirements(python: str) -> list[str]:
+    """The controller closure's top-level requirements for one controller Python.
+
+    Raises:
+        BuildError: ``python`` is not one of :data:`CONTROLLER_PYTHONS` (the spec refuses
+            it before a build gets here).
+    """
+    series = ANSIBLE_CORE_SERIES.get(python)
+    if series is None:
+        raise BuildError(f"Python {python} cannot run the controller: {CONTROLLER_PYTHON_WHY}")
+    return [f"ansible-core=={series}.*", "pip"]
+
+
 # Locally built wheels (llama-cpp-python) carry the honest, unversioned linux tag; every
 # target on that architecture accepts them besides its manylinux tag.
 _LOCAL_PLATFORMS = {"x86_64": "linux_x86_64", "aarch64": "linux_aarch64"}
@@ -275,6 +296,7 @@ def build_wheelhouse(
     cache_dir: Path,
     index_url: str | None = None,
     check: bool = True,
+    target_requirements: Mapping[Target, Sequence[str]] | None = None,
 ) -> WheelhouseResult:
     """Download binary wheels for every target into ``dest`` and pin them per target.
 
@@ -284,7 +306,8 @@ def build_wheelhouse(
 
     ``extra_wheels`` are local wheels (the llama-cpp-python wheel the pipeline built with
     :func:`bundler.engine.llamacpp.build_llama_cpp_python_wheel`); their dependencies come from
-    the index. Downloads go through pip's cache in ``cache_dir/pip``.
+    the index. ``target_requirements`` adds requirements for single targets (the controller's
+    ansible-core series per Python). Downloads go through pip's cache in ``cache_dir/pip``.
 
     Raises:
         FetchError: pip cannot resolve a target (the message names the target and pip's
@@ -293,7 +316,7 @@ def build_wheelhouse(
     """
     dest.mkdir(parents=True, exist_ok=True)
     prefix = dest.name
-    reqs = [*requirements, *(str(p) for p in extra_wheels)]
+    extra = target_requirements or {}
     per_target: dict[Target, list[WheelInfo]] = {}
     all_wheels: dict[str, WheelInfo] = {}
     env = _pip_env(cache_dir)
@@ -302,6 +325,7 @@ def build_wheelhouse(
         for target in targets:
             tdir = Path(tmp) / target.slug
             tdir.mkdir()
+            reqs = [*requirements, *extra.get(target, ()), *(str(p) for p in extra_wheels)]
             argv = download_argv(target, reqs, tdir, index_url=index_url, machine=machine)
             run = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
             if run.returncode != 0:
@@ -606,7 +630,8 @@ def build_controller_wheelhouse(
         own = build_airlock_wheel(Path(tmp), cache_dir=cache_dir)
         result = build_wheelhouse(
             targets,
-            list(CONTROLLER_REQUIREMENTS),
+            [],
+            target_requirements={t: controller_requirements(t.python) for t in targets},
             extra_wheels=[own],
             dest=dest,
             cache_dir=cache_dir,

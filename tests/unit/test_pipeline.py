@@ -145,7 +145,7 @@ def test_runtime_steps_run_in_order_and_feed_the_manifest(fake: FakeRuntime, pro
         "wheel",
         "build_wheelhouse [('3.11', 'manylinux_2_28_x86_64')] ['numpy==1.0'] "
         "['llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl']",
-        "controller 3.11 3.12 3.13",
+        "controller 3.10 3.11 3.12 3.13",
         "smoke engine m.gguf True",
     ]
     with tarfile.open(result.path) as tar:
@@ -248,7 +248,7 @@ def test_targets_that_need_no_packages_get_no_target_wheelhouse(
     _set_targets(project, '{python: ["3.11"], requirements: [], llama_cpp_python: false}')
     result = _build(project)
     assert not any(c.startswith(("wheel", "build_wheelhouse")) for c in fake.calls)
-    assert "controller 3.11 3.12 3.13" in fake.calls
+    assert "controller 3.10 3.11 3.12 3.13" in fake.calls
     with tarfile.open(result.path) as tar:
         f = tar.extractfile("airlock/manifest.json")
         assert f is not None

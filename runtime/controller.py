@@ -113,8 +113,8 @@ def choose(found: Sequence[Closure], *, python: str, machine: str, glibc: Option
             f"it for {carried} only; ansible-core {' / '.join(cores)} does not support Python "
             f"{python} on the controller",
             hint=f"run this command with {names} instead of python3 (RHEL 8/9: dnf install "
-            "python3.11; Debian 12: python3.11; Debian 13: python3.13; Ubuntu 24.04: "
-            "python3.12), or bootstrap the controller on a machine that has one",
+            "python3.11; Debian 12: python3.11; Debian 13: python3.13; Ubuntu 22.04: python3.10; "
+            "Ubuntu 24.04: python3.12), or bootstrap the controller on a machine that has one",
         )
     arch = [c for c in mine if c.platform.endswith("_" + machine)]
     if not arch:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
 from bundler.pipeline import BuildOptions, build, lock
@@ -154,7 +155,7 @@ def test_trixie_python313_without_python3_venv_bootstraps_offline_and_verifies(
     out = _ok(box.run(BOOTSTRAP, cwd="/ctl"))
     assert "controller ready: /opt/airlock-controller (Python 3.13" in out
     version = _ok(box.run([f"{VENV}/ansible-playbook", "--version"]))
-    assert f"ansible-playbook [core {ANSIBLE_CORE_SERIES}." in version
+    assert f"ansible-playbook [core {ANSIBLE_CORE_SERIES['3.13']}." in version
     assert "python version = 3.13" in version
     verify = box.run(
         [
@@ -203,9 +204,9 @@ def test_bullseye_python39_is_refused_naming_the_versions_and_the_fix(
     err = proc.stderr
     assert "Python 3.9 cannot run this bundle's Ansible controller" in err
     for v in CONTROLLER_PYTHONS:
-        assert f"Python {v} (ansible-core {ANSIBLE_CORE_SERIES}." in err
+        assert f"Python {v} (ansible-core {ANSIBLE_CORE_SERIES[v]}." in err
     assert "does not support Python 3.9 on the controller" in err
-    assert "hint: run this command with python3.11 or" in err
+    assert "hint: run this command with python3.10 or python3.11 or" in err
     # Refused before anything was written.
     assert box.run(["test", "-e", "/opt/airlock-controller"]).returncode == 1
 
@@ -236,3 +237,131 @@ def test_manifest_and_sbom_record_one_closure_per_controller_python(bundle: Bund
             w["file"] for w in props["wheels"] if w["name"].lower() == "pyyaml" and abi in w["file"]
         ]
         assert pyyaml in files and f"wheel:{pyyaml}" in refs
+
+
+# No Debian suite the registry serves has Python 3.10 (bullseye: 3.9, bookworm: 3.11,
+# trixie: 3.13), so the 3.10 controller is pyenv's CPython 3.10 on this machine, run with
+# no network and a bare environment (no PIP_*, no pip.conf reaches the bootstrap).
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+PYTHON310 = next(iter(sorted(PYENV.glob("3.10.*/bin/python3.10"))), PYENV / "3.10.x")
+
+
+def _offline(argv: Sequence[str], *, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"]
+    return subprocess.run(
+        ["unshare", "--net", *env, *argv],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def _module_options(playbooks: Path) -> dict[str, set[str]]:
+    """``{module: option names}`` of every ``ansible.builtin`` task in ``playbooks``."""
+    used: dict[str, set[str]] = {}
+    stack: list[object] = []
+    for f in sorted(playbooks.rglob("*.yml")):
+        stack.append(yaml.safe_load(f.read_text()))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack += node
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and key.startswith("ansible.builtin."):
+                    if isinstance(value, dict):
+                        used.setdefault(key, set()).update(value)
+                    else:
+                        used.setdefault(key, set())
+                else:
+                    stack.append(value)
+    return used
+
+
+def test_python310_bootstraps_offline_with_ansible_core_217_and_runs_the_playbooks(
+    bundle: Bundle, tmp_path: Path
+) -> None:
+    """Python 3.10 (Ubuntu 22.04's python3) gets ansible-core 2.17, the newest series that
+    supports a 3.10 controller; the playbooks are checked with that ansible-core."""
+    assert os.geteuid() == 0, "needs root (network namespaces)"
+    assert PYTHON310.is_file(), (
+        f"no CPython 3.10 under {PYENV}: this test needs pyenv's 3.10, as "
+        "test_playbook_recovery needs its older Pythons"
+    )
+    dest = tmp_path / "opt" / "airlock-controller"
+    probe = "import socket; socket.create_connection(('192.0.2.1', 80), timeout=5)"
+    unreachable = _offline([str(PYTHON310), "-c", probe], cwd=bundle.ctl)
+    assert unreachable.returncode != 0 and "Network is unreachable" in unreachable.stderr
+
+    out = _ok(_offline([str(PYTHON310), "-m", "runtime.controller", str(dest)], cwd=bundle.ctl))
+    assert f"controller ready: {dest} (Python 3.10, ansible-core 2.17." in out
+    bin_ = dest / "bin"
+    version = _ok(_offline([str(bin_ / "ansible-playbook"), "--version"], cwd=tmp_path))
+    assert f"ansible-playbook [core {ANSIBLE_CORE_SERIES['3.10']}." in version
+    assert "python version = 3.10" in version
+
+    # The bundle's playbooks parse with ansible-core 2.17 and use no module option that
+    # 2.17 lacks (ansible-doc of that venv is the reference).
+    playbooks = bundle.ctl / "playbooks"
+    env = {"ANSIBLE_CONFIG": str(playbooks / "ansible.cfg")}
+    books = sorted(playbooks.glob("*.yml"))
+    assert {b.name for b in books} >= {"install.yml", "verify.yml", "uninstall.yml"}
+    for book in books:
+        check = subprocess.run(
+            [str(bin_ / "ansible-playbook"), "-i", "localhost,", "--syntax-check", str(book)],
+            cwd=playbooks,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "[WARNING]" not in check.stderr, check.stderr
+    used = _module_options(playbooks)
+    assert "ansible.builtin.systemd_service" in used and "ansible.builtin.copy" in used
+    docs = json.loads(
+        _ok(
+            _offline([str(bin_ / "ansible-doc"), "-j", "-t", "module", *sorted(used)], cwd=tmp_path)
+        )
+    )
+    for module, options in sorted(used.items()):
+        known = set(docs[module]["doc"].get("options", {}))
+        known |= {
+            a for o in docs[module]["doc"].get("options", {}).values() for a in o.get("aliases", [])
+        }
+        assert options <= known, f"{module}: {sorted(options - known)} unknown to ansible-core 2.17"
+
+    verify = _offline(
+        [
+            str(bin_ / "airlock"),
+            "verify",
+            str(bundle.tar),
+            "--allowed-signers",
+            str(bundle.tar.parent / "allowed_signers"),
+            "--threshold",
+            "1",
+        ],
+        cwd=tmp_path,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "demo 1.0.0 (sequence 1) verified" in verify.stdout + verify.stderr
+    # The build side is not installed for 3.10 and says so instead of a traceback.
+    refused = _offline([str(bin_ / "airlock"), "build", "airlock.yaml"], cwd=tmp_path)
+    assert refused.returncode == 50, refused.stdout + refused.stderr
+    assert "airlock build needs Python 3.11 or newer (this is Python 3.10)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    modules = _ok(
+        _offline(
+            [
+                str(bin_ / "python"),
+                "-c",
+                "import importlib.metadata as m; print(sorted("
+                "d.metadata['Name'].lower() for d in m.distributions()))",
+            ],
+            cwd=tmp_path,
+        )
+    )
+    assert "ansible-core" in modules and "airlock" in modules
+    assert "httpx2" not in modules and "huggingface-hub" not in modules

@@ -259,7 +259,8 @@ def _offline(argv: Sequence[str], *, cwd: Path) -> subprocess.CompletedProcess[s
 
 
 def _module_options(playbooks: Path) -> dict[str, set[str]]:
-    """``{module: option names}`` of every ``ansible.builtin`` task in ``playbooks``."""
+    """``{module: option names}`` of every ``ansible.builtin`` task in ``playbooks`` (not
+    ``set_fact``, whose keys are variables)."""
     used: dict[str, set[str]] = {}
     stack: list[object] = []
     for f in sorted(playbooks.rglob("*.yml")):
@@ -270,6 +271,8 @@ def _module_options(playbooks: Path) -> dict[str, set[str]]:
             stack += node
         elif isinstance(node, dict):
             for key, value in node.items():
+                if key == "ansible.builtin.set_fact":
+                    continue  # its keys are variable names, not options
                 if isinstance(key, str) and key.startswith("ansible.builtin."):
                     if isinstance(value, dict):
                         used.setdefault(key, set()).update(value)

@@ -23,6 +23,8 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import default_environment
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from bundler.errors import BuildError, ClosureError, FetchError
@@ -270,6 +272,36 @@ def wheel_license(path: Path) -> str | None:
     return "; ".join(classifiers) if classifiers else None
 
 
+def marker_environment(python: str) -> dict[str, str]:
+    """The environment-marker values of a target Python (pip's ``--python-version`` does
+    not change them: pip evaluates markers for the interpreter that runs it)."""
+    env = {k: str(v) for k, v in default_environment().items()}
+    env.update(
+        python_version=python,
+        python_full_version=f"{python}.0",
+        implementation_version=f"{python}.0",
+    )
+    return env
+
+
+def wheel_requires(path: Path, python: str) -> list[Requirement]:
+    """The wheel's ``Requires-Dist`` that apply on ``python`` (no extras), markers dropped."""
+    with zipfile.ZipFile(path) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        headers = HeaderParser().parsestr(zf.read(meta).decode("utf-8", errors="replace"))
+    env = marker_environment(python)
+    out = []
+    for line in headers.get_all("Requires-Dist") or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate({**env, "extra": ""}):
+            req.marker = None
+            out.append(req)
+    return out
+
+
 def wheel_info(path: Path) -> WheelInfo:
     try:
         name, version, _, _ = parse_wheel_filename(path.name)
@@ -297,6 +329,7 @@ def build_wheelhouse(
     index_url: str | None = None,
     check: bool = True,
     target_requirements: Mapping[Target, Sequence[str]] | None = None,
+    nodeps_wheels: Sequence[Path] = (),
 ) -> WheelhouseResult:
     """Download binary wheels for every target into ``dest`` and pin them per target.
 
@@ -307,7 +340,9 @@ def build_wheelhouse(
     ``extra_wheels`` are local wheels (the llama-cpp-python wheel the pipeline built with
     :func:`bundler.engine.llamacpp.build_llama_cpp_python_wheel`); their dependencies come from
     the index. ``target_requirements`` adds requirements for single targets (the controller's
-    ansible-core series per Python). Downloads go through pip's cache in ``cache_dir/pip``.
+    ansible-core series per Python). ``nodeps_wheels`` join every target as they are; pip
+    does not resolve them (their dependencies, evaluated for each target, come in through
+    ``target_requirements``). Downloads go through pip's cache in ``cache_dir/pip``.
 
     Raises:
         FetchError: pip cannot resolve a target (the message names the target and pip's
@@ -325,6 +360,8 @@ def build_wheelhouse(
         for target in targets:
             tdir = Path(tmp) / target.slug
             tdir.mkdir()
+            for whl in nodeps_wheels:
+                shutil.copy2(whl, tdir / whl.name)
             reqs = [*requirements, *extra.get(target, ()), *(str(p) for p in extra_wheels)]
             argv = download_argv(target, reqs, tdir, index_url=index_url, machine=machine)
             run = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
@@ -512,6 +549,10 @@ def _install_in_venv(interp: str, dest: Path, req: Path, tmp: Path) -> tuple[boo
 
 
 def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, str]:
+    """pip's resolver over the pinned closure for ``target``; for another Python than this
+    one with ``--no-deps`` plus :func:`_missing_dependencies` (pip would evaluate the wheels'
+    markers for this interpreter, not the target's)."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
     argv = [
         *_pip(),
         "install",
@@ -521,6 +562,8 @@ def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, st
         str(tmp / "t"),
         *_target_args(target, os.uname().machine),
     ]
+    if target.python != here:
+        argv.append("--no-deps")
     argv += [
         "--only-binary=:all:",
         "--no-index",
@@ -531,7 +574,40 @@ def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, st
         str(req),
     ]
     run = subprocess.run(argv, capture_output=True, text=True, env=_offline_env(), check=False)
-    return run.returncode == 0, run.stdout + run.stderr
+    if run.returncode != 0 or target.python == here:
+        return run.returncode == 0, run.stdout + run.stderr
+    missing = _missing_dependencies(target, dest, req)
+    return not missing, "\n".join(missing)
+
+
+def _missing_dependencies(target: Target, dest: Path, req: Path) -> list[str]:
+    """Every dependency of a pinned wheel (markers evaluated for ``target``) that the
+    requirements file does not pin at a version it accepts, as ``No matching distribution
+    found for NAME`` lines."""
+    pins: dict[str, str] = {}
+    for line in req.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9._-]+)==(\S+) ", line)
+        if m:
+            pins[str(canonicalize_name(m.group(1)))] = m.group(2)
+    files = {str(canonicalize_name(parse_wheel_filename(w.name)[0])): w for w in dest.glob("*.whl")}
+    missing = []
+    for name in sorted(pins):
+        wheel = next(
+            (w for w in dest.glob("*.whl") if _wheel_pin(w) == (name, pins[name])),
+            files.get(name),
+        )
+        if wheel is None:
+            continue  # pip's --require-hashes run above already failed for it
+        for dep in wheel_requires(wheel, target.python):
+            have = pins.get(str(canonicalize_name(dep.name)))
+            if have is None or not dep.specifier.contains(have, prereleases=True):
+                missing.append(f"No matching distribution found for {dep.name} (for {name})")
+    return missing
+
+
+def _wheel_pin(path: Path) -> tuple[str, str]:
+    name, version, _, _ = parse_wheel_filename(path.name)
+    return str(canonicalize_name(name)), str(version)
 
 
 def build_airlock_wheel(out_dir: Path, *, cache_dir: Path) -> Path:
@@ -631,8 +707,14 @@ def build_controller_wheelhouse(
         result = build_wheelhouse(
             targets,
             [],
-            target_requirements={t: controller_requirements(t.python) for t in targets},
-            extra_wheels=[own],
+            # airlock's own dependencies carry python_version markers (its build-only 3.11+
+            # ones): evaluated here for each controller Python, as pip would not.
+            target_requirements={
+                t: [*controller_requirements(t.python), *map(str, wheel_requires(own, t.python))]
+                for t in targets
+            },
+            nodeps_wheels=[own],
+            extra_wheels=[],
             dest=dest,
             cache_dir=cache_dir,
             index_url=index_url,

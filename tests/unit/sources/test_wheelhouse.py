@@ -260,3 +260,40 @@ def test_target_requirements_reach_only_their_target(tmp_path: Path, monkeypatch
         "3.10": ["x==1", "ansible-core==2.17.*"],
         "3.12": ["x==1", "ansible-core==2.19.*"],
     }
+
+
+def test_wheel_requires_evaluates_markers_for_the_target_python(tmp_path: Path) -> None:
+    whl = make_wheel(
+        tmp_path,
+        "app",
+        "1.0",
+        requires=(
+            "base>=1",
+            "newer>=2; python_version >= '3.11'",
+            "backport; python_version < '3.11'",
+            "extra-only; extra == 'dev'",
+        ),
+    )
+    assert [str(r) for r in wh_mod.wheel_requires(whl, "3.10")] == ["base>=1", "backport"]
+    assert [str(r) for r in wh_mod.wheel_requires(whl, "3.12")] == ["base>=1", "newer>=2"]
+
+
+def test_dry_run_proof_for_another_python_names_a_dependency_its_markers_need(
+    tmp_path: Path,
+) -> None:
+    # The closure for 3.10 lacks the backport that only 3.10 needs: pip's own dry run would
+    # evaluate the marker for this interpreter and miss it (or demand "newer" instead).
+    wh = tmp_path / "w"
+    wh.mkdir()
+    infos = [
+        wheel_info(make_wheel(wh, "app", "1.0", requires=("backport; python_version < '3.11'",)))
+    ]
+    target = Target("3.10", "manylinux_2_28_x86_64")
+    req = wh / target.requirements_name()
+    req.write_text(requirements_text(infos))
+    assert wh_mod._missing_dependencies(target, wh, req) == [
+        "No matching distribution found for backport (for app)"
+    ]
+    infos.append(wheel_info(make_wheel(wh, "backport", "1.0")))
+    req.write_text(requirements_text(infos))
+    assert wh_mod._missing_dependencies(target, wh, req) == []

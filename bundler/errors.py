@@ -21,6 +21,7 @@ __all__ = [
     "ArchiveFormatError",
     "BuildError",
     "ClosureError",
+    "ConvertError",
     "ExpiredError",
     "FetchError",
     "GgufError",
@@ -81,6 +82,10 @@ class BuildError(AirlockError):
 
 class GgufError(BuildError):
     """A model file for the llama.cpp engine is not a readable GGUF (or a split is incomplete)."""
+
+
+class ConvertError(BuildError):
+    """A model could not be converted (convert_hf_to_gguf.py) or quantized (llama-quantize)."""
 
 
 class SmokeTestError(AirlockError):

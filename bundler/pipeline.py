@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from bundler import __version__, console
+from bundler.bundle.manifest import check_expiry_after_now
 from bundler.bundle.pack import PackResult, pack
+from bundler.derivation import Deriver, converter_pins, deriver_for, derives
 from bundler.engine import cuda as cudalib
 from bundler.engine import llamacpp, sdist, smoke
 from bundler.errors import FetchError, GgufError, SpecError, UsageError
@@ -29,13 +31,13 @@ from bundler.evidence import provenance, sbom
 from bundler.evidence.readme import render_bundle_readme
 from bundler.fsio import FileStamp, hash_file
 from bundler.paths import FAR_SIDE_DIRS, repo_root
+from bundler.project import pin
 from bundler.project.lock import (
     Lock,
     LockedModel,
     check_lock,
     load_lock,
 )
-from bundler.project.pin import lock
 from bundler.project.spec import ModelSpec, Spec, load_spec
 from bundler.sources import wheelhouse
 from bundler.sources.ggufinfo import read_facts, shards_of
@@ -43,7 +45,7 @@ from bundler.sources.hub import HubClient, HubSettings
 from bundler.sources.licenses import license_facts
 from bundler.ssh.keys import Signer, load_signer
 
-__all__ = ["BuildOptions", "BuildResult", "build", "lock"]  # lock: from bundler.project.pin
+__all__ = ["BuildOptions", "BuildResult", "build", "converter_pins", "lock"]
 
 CHUNK = 1024 * 1024
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache")
@@ -173,20 +175,77 @@ def _stage_local(
     return entries
 
 
-def stage_models(spec: Spec, lk: Lock, client: HubClient, stage: Path, st: _Staged) -> None:
-    """Fetch (or copy) every model into ``stage/models/<name>/`` and record its properties."""
+def _stage_derived(
+    sm: ModelSpec, m: LockedModel, derive: Deriver, client: HubClient, stage: Path, st: _Staged
+) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    """Fetch a model made at build time, make its GGUF and stage it with the small files.
+
+    The repository's card, license, config and tokenizer are staged as they are; the
+    weights are not: the bundle carries the GGUF made from them. Returns (file entries,
+    entrypoint, lineage).
+    """
+    if m.source != "hub" or m.repo is None or m.commit is None:
+        raise SpecError(f"models.{m.name}: only a Hub model can be converted or quantized")
+    inputs: dict[str, tuple[Path, str]] = {}
+    entries = []
+    for f in m.files:
+        got = client.fetch(
+            m.repo,
+            m.commit,
+            f.path,
+            size=f.size,
+            lfs_sha256=f.sha256 if f.lfs else None,
+            blob_id=f.blob_id,
+            sha256=f.sha256,
+        )
+        inputs[f.path] = (got.path, f.sha256)
+        if f.path.endswith((".safetensors", ".gguf")) or f.path == m.entrypoint:
+            continue
+        bundle_path = f"models/{m.name}/{f.path}"
+        _place(got.path, stage / bundle_path, size=f.size, sha256=f.sha256)
+        st.digests[bundle_path] = (f.size, f.sha256)
+        entry = {"path": bundle_path, "hub_path": f.path, "sha256": f.sha256, "size": f.size}
+        entries.append({**entry, "lfs": f.lfs})
+    made = derive.make(sm, m, inputs)
+    bundle_path = f"models/{m.name}/{made.name}"
+    _place(made.path, stage / bundle_path, size=made.size, sha256=made.sha256)
+    st.digests[bundle_path] = (made.size, made.sha256)
+    made_entry = {"path": bundle_path, "hub_path": None, "sha256": made.sha256}
+    entries.append({**made_entry, "size": made.size, "lfs": False})
+    return sorted(entries, key=lambda e: str(e["path"])), made.name, made.lineage
+
+
+def stage_models(
+    spec: Spec,
+    lk: Lock,
+    client: HubClient,
+    stage: Path,
+    st: _Staged,
+    derive: Optional[Deriver] = None,
+) -> None:
+    """Fetch (or copy) every model into ``stage/models/<name>/`` and record its properties.
+
+    A model made at build time (a safetensors checkpoint to convert, a GGUF to quantize)
+    is made by ``derive`` and staged as the one GGUF it gives, with its lineage.
+    """
     records = []
     for sm in spec.models:
         m = lk.model(sm.name)
         console.step(f"staging model {m.name}")
-        if m.source == "hub":
+        lineage: dict[str, Any] = {}
+        entrypoint = m.entrypoint
+        if derive is not None and derives(sm, m):
+            entries, entrypoint, lineage = _stage_derived(sm, m, derive, client, stage, st)
+        elif m.source == "hub":
             entries = _stage_hub(m, client, stage, st)
         else:
             entries = _stage_local(spec, sm, m, stage, st)
         base = stage / "models" / m.name
         repo_paths = [f.path for f in m.files]
         try:
-            shards = [base / p for p in shards_of(m.entrypoint, repo_paths)]
+            shards = [
+                base / p for p in shards_of(entrypoint, [entrypoint] if lineage else repo_paths)
+            ]
             facts = read_facts(shards)
         except GgufError as e:
             raise GgufError(f"model {m.name}: {e.message}", hint=e.hint, problems=e.problems) from e
@@ -203,7 +262,7 @@ def stage_models(spec: Spec, lk: Lock, client: HubClient, stage: Path, st: _Stag
             gated=m.gated,
         )
         st.warnings.extend(lic.warnings(m.name))
-        st.entrypoints[m.name] = base / m.entrypoint
+        st.entrypoints[m.name] = base / entrypoint
         record: dict[str, Any] = {
             "name": m.name,
             "source": m.source,
@@ -212,9 +271,10 @@ def stage_models(spec: Spec, lk: Lock, client: HubClient, stage: Path, st: _Stag
             "gated": lic.gated,
             "license_files": list(lic.license_files),
             "card": lic.card,
-            "entrypoint": f"models/{m.name}/{m.entrypoint}",
+            "entrypoint": f"models/{m.name}/{entrypoint}",
             "files": entries,
             "gguf": facts.properties(),
+            **lineage,
         }
         if m.source == "hub":
             record.update(repo=m.repo, revision=m.revision, commit=m.commit, endpoint=m.endpoint)
@@ -257,7 +317,7 @@ def stage_engine(
     """Build llama.cpp from the pinned sdist and stage it as ``engine/``; returns the source."""
     assert spec.engine is not None
     eng = spec.engine
-    console.step(f"runtime: llama-cpp-python {eng.llama_cpp_python}")
+    console.step(f"engine: llama.cpp from the llama-cpp-python {eng.llama_cpp_python} source")
     source = sdist.fetch_sdist(eng.llama_cpp_python, cache_dir=cache_dir)
     cuda = cudalib.cuda_options(eng.cuda.architectures) if eng.cuda.enabled else None
     engine = llamacpp.build_engine(
@@ -391,6 +451,12 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("AIRLOCK_CACHE") or Path.home() / ".cache" / "airlock")
 
 
+def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, bool]:
+    """``airlock lock``: Hub revisions to commits, files to digests (bundler.project.pin),
+    and the converter environment's wheels when a model is converted at build time."""
+    return pin.lock(spec, settings=settings, converter=converter_pins)
+
+
 def _load_signers(keys: Sequence[str]) -> list[Signer]:
     if not keys:
         raise UsageError("no signing key given", hint="pass --key PATH (airlock keygen makes one)")
@@ -404,10 +470,22 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     SmokeTestError, KeyFileError, UsageError. Nothing is written to ``out_dir`` unless
     every step succeeded.
     """
+    with console.working():  # no silence: each step shows progress or a "still working" line
+        return _build(spec_path, options)
+
+
+def _build(spec_path: Path, options: BuildOptions) -> BuildResult:
     epoch = _epoch(options)
     # A duration expiry ("180d") counts from the build time, so SOURCE_DATE_EPOCH keeps the
     # manifest reproducible.
-    spec = load_spec(spec_path, now=datetime.fromtimestamp(epoch, tz=timezone.utc))
+    created = datetime.fromtimestamp(epoch, tz=timezone.utc)
+    spec = load_spec(spec_path, now=created)
+    check_expiry_after_now(
+        spec.expires,
+        created=created,
+        now=datetime.now(timezone.utc),
+        fix=f"expires: DATE in {spec_path}",
+    )
     signers = _load_signers(options.keys)  # fail on a bad key before downloading gigabytes
     settings = HubSettings.from_env(offline=options.offline)
     if options.update_lock:
@@ -419,13 +497,14 @@ def build(spec_path: Path, options: BuildOptions) -> BuildResult:
     client = HubClient(settings)
     st = _Staged()
     cache = _cache_dir()
+    log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
+    derive = deriver_for(spec, lk, cache, log_dir)
     stage = Path(tempfile.mkdtemp(prefix=".airlock-stage-", dir=options.out_dir))
     try:
-        stage_models(spec, lk, client, stage, st)
+        stage_models(spec, lk, client, stage, st, derive)
         stage_far_side(stage, st)
         stage_readme(spec, stage, st)
         if (spec.engine is not None or spec.targets is not None) and not options.skip_engine:
-            log_dir = options.out_dir / f"{spec.name}-{spec.version}.build-logs"
             source = stage_engine(spec, stage, st, cache, log_dir) if spec.engine else None
             stage_wheels(spec, source, stage, st, cache, log_dir)
         stage_evidence(spec, stage, st, epoch=epoch, lock_bytes=lock_bytes)

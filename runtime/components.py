@@ -102,6 +102,24 @@ class ModelFacts(NamedTuple):
     commit: Optional[str]
     endpoint: Optional[str]
     properties: Dict[str, Any]
+    # A model made at build time: what it was made from ({repo, commit, revision, endpoint,
+    # files: [{path, size, sha256}]}) and how ({script, llama_cpp_commit, environment,
+    # outtype, quantize, ...}); empty for a GGUF shipped as published.
+    derived_from: Dict[str, Any]
+    converter: Dict[str, Any]
+
+    @property
+    def lineage(self) -> Optional[str]:
+        """ "converted from ORG/REPO@COMMIT with llama.cpp COMMIT" (None: shipped as published)."""
+        if not self.derived_from:
+            return None
+        verb = "converted" if self.converter.get("outtype") else "quantized"
+        return "{} from {}@{} with llama.cpp {}".format(
+            verb,
+            self.derived_from.get("repo"),
+            self.derived_from.get("commit"),
+            self.converter.get("llama_cpp_commit"),
+        )
 
 
 # --------------------------------------------------------------------------- field parsers
@@ -262,6 +280,8 @@ def parse_model(raw: Dict[str, Any], *, where: str = "model") -> ModelFacts:
         commit=_str(raw, "commit"),
         endpoint=_str(raw, "endpoint"),
         properties=dict(raw),
+        derived_from=_dict(raw, "derived_from", where),
+        converter=_dict(raw, "converter", where),
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "FileEntry",
     "Manifest",
     "canonical_json",
+    "check_expiry_after_now",
     "check_path",
     "component_of",
     "expiry_from_text",
@@ -217,6 +218,33 @@ def parse_expires(text: str, *, now: datetime) -> datetime:
     raise UsageError(
         f"cannot read the expiry {text!r}",
         hint="use a duration like 180d or 26w, or a date like 2027-05-26",
+    )
+
+
+def check_expiry_after_now(
+    expires: datetime, *, created: datetime, now: datetime, fix: str
+) -> None:
+    """Refuse to write a bundle that is expired the moment it exists.
+
+    ``created`` is the manifest's creation time (``SOURCE_DATE_EPOCH`` when set), from
+    which a duration expiry counts; ``now`` is the real clock. A pinned clock far in the
+    past makes the default ``180d`` end before today, and every verifier would refuse the
+    bundle. ``fix`` names where the user sets the expiry (``--expires DATE``, ``expires:``).
+    Pure. Raises UsageError naming both dates and the fix.
+    """
+    if expires > now:
+        return
+    pinned = ""
+    if created < now - timedelta(minutes=5):
+        pinned = (
+            f"; a duration counts from the creation time {format_time(created)} "
+            "(SOURCE_DATE_EPOCH), not from today"
+        )
+    raise UsageError(
+        f"the bundle would expire at {format_time(expires)}, which is not after the "
+        f"current time {format_time(now)}: every verifier would refuse it{pinned}",
+        hint=f"give a date after today with {fix} (e.g. "
+        f"{(now + timedelta(days=180)):%Y-%m-%d}), or build without a pinned SOURCE_DATE_EPOCH",
     )
 
 

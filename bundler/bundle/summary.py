@@ -74,6 +74,9 @@ def inspect_bundle(
         "bytes": sum(e["size"] for e in m["files"]),
         "reserve_bytes": meta.reserve_size,
         "licenses": _licenses(m),
+        "lineage": [
+            {"model": model.name, "line": model.lineage} for model in models_of(m) if model.lineage
+        ],
     }
     summary["sbom"] = sbom(path, meta) if sbom is not None else None
     return summary

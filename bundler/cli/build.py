@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
 
 
 def _lock(args: argparse.Namespace) -> int:
-    from bundler.project.pin import lock
+    from bundler.pipeline import lock  # Hub pins, and the converter's when a model converts
     from bundler.project.spec import load_spec
 
     spec = load_spec(args.spec)

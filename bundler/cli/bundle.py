@@ -73,7 +73,11 @@ def _register_pack(sub: Any) -> None:
     p.add_argument("--key", action="append", required=True, help="signing key (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--sequence", type=int, default=1, help="release sequence number (>= 0)")
-    p.add_argument("--expires", default="180d", help="180d, 26w or a date (default 180d)")
+    p.add_argument(
+        "--expires",
+        default="180d",
+        help="180d, 26w or a date (default 180d, counted from SOURCE_DATE_EPOCH when set)",
+    )
     p.add_argument("--split", help="also cut into parts of this size (4G, 700M)")
     p.add_argument(
         "--fsync",
@@ -91,7 +95,7 @@ def _register_pack(sub: Any) -> None:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from bundler.bundle.manifest import parse_expires
+    from bundler.bundle.manifest import check_expiry_after_now, parse_expires
     from bundler.bundle.pack import pack
     from bundler.bundle.split import parse_size
     from bundler.ssh.keys import load_signer
@@ -108,7 +112,9 @@ def _pack(args: argparse.Namespace) -> int:
     # Relative expiry counts from the creation time, so SOURCE_DATE_EPOCH builds repeat.
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     created = datetime.fromtimestamp(int(epoch), timezone.utc) if epoch else None
-    expires = parse_expires(args.expires, now=created or datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
+    expires = parse_expires(args.expires, now=created or now)
+    check_expiry_after_now(expires, created=created or now, now=now, fix="--expires DATE")
     split = parse_size(args.split) if args.split else None
     console.step(f"packing {args.dir} as {args.name} {args.version}")
     total = sum(f.stat().st_size for f in args.dir.rglob("*") if f.is_file())
@@ -353,6 +359,8 @@ def _inspect(args: argparse.Namespace) -> int:
         out(f"  component {name}: {comp['type']}, {comp['files']} files, {comp['bytes']} bytes")
     for lic in summary["licenses"]:
         out(f"  model {lic['model']}: license {lic['license']}")
+    for row in summary.get("lineage") or []:
+        out(f"  model {row['model']}: {row['line']}")
     if summary.get("sbom"):
         out(f"  sbom: {json.dumps(summary['sbom'], sort_keys=True)}")
     return 0

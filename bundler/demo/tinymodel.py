@@ -1,10 +1,18 @@
-"""Tiny random-weight llama GGUF models that really load and generate in llama.cpp.
+"""Tiny llama GGUF models that really load and generate in llama.cpp: random weights, or
+weights constructed so that greedy decoding answers one fixed sentence.
 
 The tokenizer is a SentencePiece-style ("llama") vocabulary: ``<unk>``, ``<s>``, ``</s>``,
 the 256 byte tokens ``<0x00>``..``<0xFF>`` (type BYTE, so any text tokenizes through byte
 fallback) and a few normal pieces. Weights are seeded, so the same options give the same
 bytes. ``dim``/``layers``/``ff`` scale the model up for compute-bound benchmarks;
 ``split`` writes ``<stem>-0000N-of-0000M.gguf`` shards.
+
+With ``answer`` set, the model is a bigram table in transformer clothing: every block's
+output projections (``attn_output``, ``ffn_down``) are zero, so each position's hidden
+state is its own token's embedding; embeddings are one-hot "state" vectors and the output
+matrix maps each state to the next word of the sentence. Whatever the prompt, the last
+prompt token (not a word of the sentence) leads to the first word, each word to the next,
+the last to end-of-sequence: greedy decoding writes the sentence and stops.
 """
 
 from __future__ import annotations
@@ -39,6 +47,13 @@ class TinyModelOptions:
     split: int = 1  # number of shards
     seed: int = 0
     name: str = "tiny"
+    # the sentence greedy decoding produces; None: random weights (answers are noise)
+    answer: Optional[str] = None
+
+
+# How far the right next token's logit is above every other one (after RMS norm the
+# one-hot state is scaled to sqrt(dim)): far beyond any rounding, also in f16.
+_ANSWER_LOGIT = 4.0
 
 
 def _vocab(extra: int) -> tuple[list[bytes], list[float], list[int]]:
@@ -53,6 +68,75 @@ def _vocab(extra: int) -> tuple[list[bytes], list[float], list[int]]:
     return tokens, scores, types
 
 
+def answer_pieces(sentence: str) -> list[str]:
+    """The vocabulary pieces that spell ``sentence``: its first word as is, every later one
+    with the SentencePiece space mark (``"Hi there."`` -> ``["Hi", "▁there."]``).
+
+    Raises:
+        ValueError: the sentence is empty, has empty words (double spaces) or repeats a
+            word (a token could not lead to two different next tokens).
+    """
+    words = sentence.split(" ")
+    if not sentence or any(not w for w in words):
+        raise ValueError(f"answer {sentence!r}: words must be separated by single spaces")
+    pieces = [words[0]] + ["▁" + w for w in words[1:]]
+    if len(set(pieces)) != len(pieces):
+        raise ValueError(f"answer {sentence!r} repeats a word; each word must appear once")
+    return pieces
+
+
+def _answer_weights(
+    tokens: list[bytes], pieces: list[str], dim: int, eos: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(token_embd, output) for a model whose greedy continuation of anything is ``pieces``."""
+    if len(pieces) + 1 > dim:
+        raise ValueError(f"an answer of {len(pieces)} words needs dim > {len(pieces)}")
+    ids = [tokens.index(p.encode()) for p in pieces]
+    embd = np.zeros((len(tokens), dim), dtype=np.float32)
+    out = np.zeros((len(tokens), dim), dtype=np.float32)
+    # state 0: any token outside the sentence; state i + 1: the sentence's i-th word
+    embd[:, 0] = 1.0
+    for i, tok in enumerate(ids):
+        embd[tok, 0] = 0.0
+        embd[tok, i + 1] = 1.0
+    for state, nxt in enumerate([*ids, eos]):
+        out[nxt, state] = _ANSWER_LOGIT
+    return embd, out
+
+
+def greedy_answers(
+    path: Path, prompt_last_tokens: list[int], *, limit: int = 64
+) -> list[list[int]]:
+    """For each prompt-ending token, the token ids a constructed answer model at ``path``
+    generates after it (up to end-of-sequence), computed with numpy from the file's
+    tensors. Blocks contribute nothing by construction, which this checks first. For tests.
+
+    Raises:
+        ValueError: a block's output projection is not zero.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    t = {tensor.name: np.asarray(tensor.data, dtype=np.float32) for tensor in reader.tensors}
+    for name, data in t.items():
+        if name.endswith(("attn_output.weight", "ffn_down.weight")) and np.any(data):
+            raise ValueError(f"{name} is not zero: the blocks contribute to the output")
+    embd, out, norm = t["token_embd.weight"], t["output.weight"], t["output_norm.weight"]
+    eos = int(reader.fields["tokenizer.ggml.eos_token_id"].parts[-1][0])
+    answers: list[list[int]] = []
+    for tok in prompt_last_tokens:
+        generated: list[int] = []
+        while len(generated) < limit:
+            x = embd[tok]
+            h = x / np.sqrt(np.mean(x * x) + 1e-5) * norm
+            tok = int(np.argmax(out @ h))
+            if tok == eos:
+                break
+            generated.append(tok)
+        answers.append(generated)
+    return answers
+
+
 def write_tiny_model(path: Path, options: Optional[TinyModelOptions] = None) -> list[Path]:
     """Write the model at ``path`` (or its shards next to it); returns the files written."""
     o = options or TinyModelOptions()
@@ -60,6 +144,12 @@ def write_tiny_model(path: Path, options: Optional[TinyModelOptions] = None) -> 
         raise ValueError("dim must divide by heads and heads by kv_heads")
     rng = np.random.default_rng(o.seed)
     tokens, scores, types = _vocab(o.extra_tokens)
+    pieces = answer_pieces(o.answer) if o.answer is not None else []
+    for piece in pieces:
+        if piece.encode() not in tokens:
+            tokens.append(piece.encode())
+            types.append(TokenType.NORMAL)
+            scores.append(-float(len(scores)))
     n_vocab = len(tokens)
     head_dim = o.dim // o.heads
     kv_dim = head_dim * o.kv_heads
@@ -71,7 +161,16 @@ def write_tiny_model(path: Path, options: Optional[TinyModelOptions] = None) -> 
     def norm() -> np.ndarray:
         return np.ones((o.dim,), dtype=np.float32)
 
-    tensors: list[tuple[str, np.ndarray]] = [("token_embd.weight", w(n_vocab, o.dim))]
+    def zero(*shape: int) -> np.ndarray:
+        return np.zeros(shape, dtype=wtype)
+
+    # a block's output projections: zero in an answer model, so blocks add nothing
+    proj = zero if pieces else w
+    if pieces:
+        embd, output = (a.astype(wtype) for a in _answer_weights(tokens, pieces, o.dim, 2))
+    else:  # drawn in this order (embeddings first, output last): seeds keep their bytes
+        embd, output = w(n_vocab, o.dim), None
+    tensors: list[tuple[str, np.ndarray]] = [("token_embd.weight", embd)]
     for i in range(o.layers):
         b = f"blk.{i}."
         tensors += [
@@ -79,13 +178,14 @@ def write_tiny_model(path: Path, options: Optional[TinyModelOptions] = None) -> 
             (b + "attn_q.weight", w(o.dim, o.dim)),
             (b + "attn_k.weight", w(kv_dim, o.dim)),
             (b + "attn_v.weight", w(kv_dim, o.dim)),
-            (b + "attn_output.weight", w(o.dim, o.dim)),
+            (b + "attn_output.weight", proj(o.dim, o.dim)),
             (b + "ffn_norm.weight", norm()),
             (b + "ffn_gate.weight", w(o.ff, o.dim)),
             (b + "ffn_up.weight", w(o.ff, o.dim)),
-            (b + "ffn_down.weight", w(o.dim, o.ff)),
+            (b + "ffn_down.weight", proj(o.dim, o.ff)),
         ]
-    tensors += [("output_norm.weight", norm()), ("output.weight", w(n_vocab, o.dim))]
+    output = output if output is not None else w(n_vocab, o.dim)
+    tensors += [("output_norm.weight", norm()), ("output.weight", output)]
 
     per_shard = -(-len(tensors) // o.split) if o.split > 1 else 0
     writer = GGUFWriter(path, "llama", split_max_tensors=per_shard)
@@ -131,6 +231,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--f16", action="store_true")
     parser.add_argument("--no-chat-template", action="store_true")
     parser.add_argument("--split", type=int, default=1)
+    parser.add_argument("--answer", help="construct weights that answer this sentence")
     args = parser.parse_args(argv)
     opts = TinyModelOptions(
         dim=args.dim,
@@ -141,6 +242,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f16=args.f16,
         chat_template=not args.no_chat_template,
         split=args.split,
+        answer=args.answer,
     )
     for p in write_tiny_model(args.path, opts):
         print(p)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bundler import console
+from bundler.engine import buildprogress
 from bundler.engine import cuda as cudalib
 from bundler.engine.buildcache import BuildCache, CacheEntry, copy_log, log_tail
 from bundler.engine.cuda import CudaOptions, RuntimeWheel
@@ -279,17 +280,8 @@ def _run_logged(
     env: Mapping[str, str] | None = None,
     what: str,
 ) -> None:
-    with open(log, "ab") as fh:
-        fh.write(("$ " + " ".join(argv) + "\n").encode())
-        fh.flush()
-        rc = subprocess.run(
-            list(argv),
-            cwd=cwd,
-            env=dict(env) if env else None,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            check=False,
-        ).returncode
+    # progress (done/total from the build tool's lines) and no silence while it runs
+    rc = buildprogress.run_with_progress(argv, log, label=what, cwd=cwd, env=env)
     if rc != 0:
         raise BuildError(
             f"{what} failed (exit {rc})",
@@ -336,6 +328,12 @@ def build_engine(
     cache = BuildCache(cache_dir)
 
     def builder(out: Path, log: Path) -> None:
+        buildprogress.announce(
+            "llama.cpp: llama-server with CPU variants " + ", ".join(chosen),
+            len(chosen),
+            jobs=jobs,
+            history=_cold_builds(cache),
+        )
         wheels: list[Path] = []
         if cuda is not None:
             # fetched first: a missing wheel fails in seconds, not after the CUDA compile
@@ -394,6 +392,21 @@ def build_engine(
     if cuda is not None:
         wheels = _read_wheel_record(entry.path) or _recover_wheel_record(entry, cuda, index_url)
     return _engine_result(entry, source, chosen, flags, cuda, tools, wheels)
+
+
+def _cold_builds(cache: BuildCache) -> list[tuple[int, float]]:
+    """(variant count, seconds) of the cold CPU engine builds in the cache, newest first."""
+    found: list[tuple[float, int, float]] = []
+    for path in cache.entries("engine"):
+        entry = CacheEntry("engine", path.name, path, {}, hit=True, seconds=0.0)
+        try:
+            inputs = json.loads((path / "inputs.json").read_text())
+        except (OSError, ValueError):
+            continue
+        seconds = entry.cold_seconds
+        if seconds and not inputs.get("cuda") and isinstance(inputs.get("variants"), list):
+            found.append((path.stat().st_mtime, len(inputs["variants"]), seconds))
+    return [(n, s) for _, n, s in sorted(found, reverse=True)]
 
 
 def _write_wheel_record(entry: Path, wheels: list[RuntimeWheel] | None, note: str | None) -> None:

@@ -21,6 +21,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from bundler import console
 from bundler.engine.buildcache import file_lock
 from bundler.errors import BuildError, FetchError
 from bundler.fsio import hash_file
@@ -147,9 +148,12 @@ def _download(url: str, dest: Path, digest: str) -> None:
     h = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=120) as resp, open(tmp, "wb") as out:  # noqa: S310
-            while chunk := resp.read(1 << 20):
-                h.update(chunk)
-                out.write(chunk)
+            size = int(resp.headers.get("Content-Length") or 0) or None
+            with console.byte_progress(dest.name, size) as advance:
+                while chunk := resp.read(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+                    advance(len(chunk))
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise FetchError(f"cannot download {url}: {e}", hint="check network access") from e

@@ -242,6 +242,7 @@ def _models(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
         og, ng = o.gguf.properties, n.gguf.properties
         for key in sorted(set(og) | set(ng)):
             out += _changed("models", f"model {name} gguf.{key}", og.get(key), ng.get(key))
+        out += _lineage(name, o, n)
         of = {f.get("hub_path") or f.get("path"): f for f in o.files}
         nf = {f.get("hub_path") or f.get("path"): f for f in n.files}
         for p in sorted(set(of) - set(nf)):
@@ -254,6 +255,36 @@ def _models(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[Change]:
                 out.append(
                     Change("models", "changed", f"model {name} file {p}", _short(a), _short(b))
                 )
+    return out
+
+
+def _lineage_facts(m: ModelFacts) -> dict[str, Optional[str]]:
+    """What a model made at build time was made from and with, flattened to labelled values."""
+    d, c = m.derived_from, m.converter
+    facts: dict[str, Optional[str]] = {}
+    if not d and not c:
+        return facts
+    for key in ("repo", "commit"):
+        facts[f"derived_from.{key}"] = _s(d.get(key))
+    for f in d.get("files") or []:
+        facts[f"derived_from file {f.get('path')}"] = _s(f.get("sha256"))
+    script = c.get("script") or {}
+    facts["converter.script.sha256"] = _s(script.get("sha256"))
+    facts["converter.script.tree_sha256"] = _s(script.get("tree_sha256"))
+    for key in ("llama_cpp_commit", "outtype", "quantize", "quantize_tool_sha256"):
+        facts[f"converter.{key}"] = _s(c.get(key))
+    for w in (c.get("environment") or {}).get("packages") or []:
+        facts[f"converter package {w.get('name')}"] = (
+            f"{w.get('version')} {_short(w.get('sha256'))}"
+        )
+    return facts
+
+
+def _lineage(name: str, o: ModelFacts, n: ModelFacts) -> list[Change]:
+    of, nf = _lineage_facts(o), _lineage_facts(n)
+    out: list[Change] = []
+    for key in sorted(set(of) | set(nf)):
+        out += _changed("models", f"model {name} {key}", of.get(key), nf.get(key))
     return out
 
 

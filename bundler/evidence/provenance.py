@@ -137,8 +137,9 @@ def resolved_dependencies(components: Mapping[str, Mapping[str, Any]]) -> list[d
     Hub files become ``<endpoint>/<repo>/resolve/<commit>/<hub_path>``, wheels
     ``pkg:pypi/<name>@<version>?file_name=<wheel>`` and the llama-cpp-python source its
     download URL (or its purl), NVIDIA's CUDA runtime wheels (``cuda.runtime_wheel_files``)
-    by purl too. Local models and wheels appear by purl as well; each wheel file appears
-    once even when two wheelhouses carry it.
+    by purl too. A model made at build time lists the Hub files it was made from and the
+    converter environment's wheels. Local models and wheels appear by purl as well; each
+    wheel file appears once even when two wheelhouses carry it.
     """
     out: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -151,7 +152,22 @@ def resolved_dependencies(components: Mapping[str, Mapping[str, Any]]) -> list[d
             for m in (parse_model(raw) for raw in props.get("models") or []):
                 endpoint = (m.endpoint or "https://huggingface.co").rstrip("/")
                 pinned = (m.source or "hub") == "hub" and m.repo and m.commit
+                derived = m.derived_from
+                if derived:  # made at build time: its inputs, its converter
+                    for f in derived.get("files") or []:
+                        uri = (
+                            f"{endpoint}/{derived['repo']}/resolve/{derived['commit']}/{f['path']}"
+                        )
+                        add(uri, str(f["sha256"]), str(f["path"]))
+                    for w in (m.converter.get("environment") or {}).get("packages") or []:
+                        add(
+                            f"pkg:pypi/{w['name']}@{w['version']}?file_name={w['file']}",
+                            str(w["sha256"]),
+                            str(w["file"]),
+                        )
                 for f in m.files:
+                    if not f.get("hub_path") and derived:
+                        continue  # the GGUF made from the inputs above: an output
                     if pinned:
                         uri = f"{endpoint}/{m.repo}/resolve/{m.commit}/{f['hub_path']}"
                     else:

@@ -27,7 +27,7 @@ from cyclonedx.model import (
     XsUri,
 )
 from cyclonedx.model.bom import Bom, BomMetaData
-from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.component import Component, ComponentType, Pedigree
 from cyclonedx.model.license import DisjunctiveLicense
 from cyclonedx.model.tool import ToolRepository
 from cyclonedx.output.json import JsonV1Dot6
@@ -38,7 +38,7 @@ from packageurl import PackageURL
 from bundler import __version__
 from bundler.errors import AirlockError, ArchiveFormatError, BuildError
 from runtime.bundle import BundleMetadata, read_member
-from runtime.components import parse_engine, parse_model
+from runtime.components import ModelFacts, parse_engine, parse_model
 
 __all__ = [
     "SBOM_PATH",
@@ -335,6 +335,9 @@ class _Builder:
             ext = []
             group = None
             name = str(m.name)
+            derived = m.derived_from
+            conv = m.converter
+            pedigree = None
             if repo and (m.source or "hub") == "hub":
                 group, _, name = str(repo).rpartition("/")
                 purl = PackageURL(
@@ -353,6 +356,32 @@ class _Builder:
                         type=ExternalReferenceType.VCS, url=XsUri(f"{endpoint}/{repo}")
                     )
                 )
+            if derived and purl is not None:
+                # The GGUF is made here: the publisher's repository is its ancestor, not it.
+                pedigree = Pedigree(
+                    ancestors=[
+                        Component(
+                            type=ComponentType.MACHINE_LEARNING_MODEL,
+                            name=name,
+                            group=group or None,
+                            version=commit or None,
+                            bom_ref=f"{ref}:source",
+                            purl=purl,
+                            hashes=[],
+                            components=[
+                                Component(
+                                    type=ComponentType.FILE,
+                                    name=str(f["path"]),
+                                    bom_ref=f"{ref}:source:{f['path']}",
+                                    hashes=[_sha256(str(f["sha256"]))],
+                                )
+                                for f in derived.get("files") or []
+                            ],
+                        )
+                    ],
+                    notes=_lineage(m),
+                )
+                purl = None
             children = self._files_under(f"models/{m.name}/", "models")
             for f in m.files:
                 for child in children:
@@ -369,6 +398,7 @@ class _Builder:
                     licenses=_licenses(m.license),
                     external_references=ext,
                     components=children,
+                    pedigree=pedigree,
                     properties=_props(
                         [
                             ("model.name", m.name),
@@ -380,6 +410,13 @@ class _Builder:
                             ("model.card", m.card),
                             ("model.gated", m.gated),
                             ("license.permissive", m.license_permissive),
+                            (
+                                "model.converter.script_sha256",
+                                (conv.get("script") or {}).get("sha256"),
+                            ),
+                            ("model.converter.llama_cpp_commit", conv.get("llama_cpp_commit")),
+                            ("model.converter.outtype", conv.get("outtype")),
+                            ("model.converter.quantize", conv.get("quantize")),
                         ]
                         + [("license.file", p) for p in m.license_files]
                     ),
@@ -549,6 +586,20 @@ class _Builder:
 
     def _unclaimed(self) -> list[Component]:
         return [self._file(f) for f in self.files if str(f["path"]) not in self.claimed]
+
+
+def _lineage(m: ModelFacts) -> str:
+    conv = m.converter
+    parts = [m.lineage or ""]
+    script = conv.get("script") or {}
+    if script:
+        parts.append(f"convert_hf_to_gguf.py sha256 {script.get('sha256')}")
+        parts.append(f"outtype {conv.get('outtype')}")
+    if conv.get("quantize"):
+        parts.append(
+            f"llama-quantize {conv['quantize']} (tool sha256 {conv.get('quantize_tool_sha256')})"
+        )
+    return "; ".join(parts)
 
 
 def _model_card(gguf: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from bundler.errors import SpecError
 from bundler.fsio import write_atomic
 from bundler.paths import safe_relpath
+from bundler.project.derive import is_checkpoint
 from bundler.project.spec import ModelSpec, Spec
 
 LOCK_VERSION = 1
@@ -101,6 +102,10 @@ class Lock:
     # an airlock whose default moved shows up here, in review, not silently in the bundle).
     # Empty in a lock written before it was recorded.
     controller_python: tuple[str, ...] = ()
+    # The converter's environment when a model is converted at build time:
+    # {"llama_cpp_python": version, "requirements": [...], "packages": [{name, version,
+    # file, sha256}]}, resolved by ``airlock lock`` and installed exactly by the build.
+    converter: Optional[dict[str, Any]] = None
 
     def model(self, name: str) -> LockedModel:
         for m in self.models:
@@ -109,12 +114,14 @@ class Lock:
         raise KeyError(name)
 
     def to_bytes(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "lock_version": LOCK_VERSION,
             "models": {m.name: m.to_json() for m in self.models},
         }
         if self.controller_python:
             doc["controller_python"] = list(self.controller_python)
+        if self.converter is not None:
+            doc["converter"] = self.converter
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
@@ -172,12 +179,35 @@ def parse_lock(data: bytes, *, where: str = "airlock.lock") -> Lock:
                     path=m.get("path"),
                 )
             )
+        converter = _converter_from_json(doc.get("converter"))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise SpecError(
             f"{where} is malformed: {e}",
             hint="regenerate it with 'airlock lock SPEC' (never edit a lock by hand)",
         ) from e
-    return Lock(models=tuple(models), controller_python=controller)
+    return Lock(models=tuple(models), controller_python=controller, converter=converter)
+
+
+def _converter_from_json(d: Any) -> Optional[dict[str, Any]]:
+    if d is None:
+        return None
+    if not isinstance(d, dict) or not isinstance(d.get("llama_cpp_python"), str):
+        raise ValueError("converter: needs llama_cpp_python, requirements and packages")
+    reqs = d.get("requirements")
+    if not isinstance(reqs, list) or not all(isinstance(r, str) for r in reqs):
+        raise ValueError("converter.requirements: expected a list of text")
+    packages = d.get("packages")
+    if not isinstance(packages, list) or not packages:
+        raise ValueError("converter.packages: expected a non-empty list")
+    for i, p in enumerate(packages):
+        where = f"converter.packages[{i}]"
+        if not isinstance(p, dict) or not all(
+            isinstance(p.get(k), str) for k in ("name", "version", "file")
+        ):
+            raise ValueError(f"{where}: a package needs name, version and file")
+        if not SHA256_RE.match(str(p.get("sha256"))):
+            raise ValueError(f"{where}: sha256 {p.get('sha256')!r} is not 64 hex digits")
+    return {"llama_cpp_python": d["llama_cpp_python"], "requirements": reqs, "packages": packages}
 
 
 def load_lock(path: Path) -> Optional[Lock]:
@@ -233,6 +263,11 @@ def lock_problems(spec: Spec, lock: Lock) -> list[str]:
             problems.append(
                 f"models.{m.name}.entrypoint: spec has {m.entrypoint!r}, lock has {lm.entrypoint!r}"
             )
+        if m.convert is not None and not is_checkpoint(lm.entrypoint):
+            problems.append(
+                f"models.{m.name}.convert: the lock's entrypoint {lm.entrypoint!r} is not a "
+                "safetensors checkpoint"
+            )
         if COMMIT_RE.match(m.revision) and lm.commit != m.revision:
             problems.append(
                 f"models.{m.name}.revision: commit {m.revision} but lock has {lm.commit}"
@@ -244,6 +279,19 @@ def lock_problems(spec: Spec, lock: Lock) -> list[str]:
             f"targets.controller_python: spec has {list(spec.controller_python)!r}, "
             f"lock has {list(lock.controller_python)!r}"
         )
+    converts = [m.name for m in lock.models if is_checkpoint(m.entrypoint)]
+    if converts and lock.converter is None:
+        problems.append(
+            f"converter: models {', '.join(converts)} are converted at build time but the "
+            "lock records no converter environment"
+        )
+    elif converts and lock.converter is not None and spec.engine is not None:
+        pinned = lock.converter["llama_cpp_python"]
+        if pinned != spec.engine.llama_cpp_python:
+            problems.append(
+                f"converter.llama_cpp_python: spec has {spec.engine.llama_cpp_python!r}, "
+                f"lock has {pinned!r}"
+            )
     return problems
 
 

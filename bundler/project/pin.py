@@ -6,12 +6,15 @@ it: Hub look-ups through :class:`bundler.sources.hub.HubClient` and hashing of l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from bundler import console
 from bundler.errors import FetchError, SpecError, UsageError
 from bundler.fsio import hash_file
+from bundler.project.derive import is_checkpoint, safetensors_entrypoint
 from bundler.project.lock import Lock, LockedFile, LockedModel, local_path_text, write_lock
 from bundler.project.spec import ModelSpec, Spec
 from bundler.sources.ggufinfo import entrypoint_candidates, shards_of, split_parts
@@ -53,8 +56,23 @@ def _lock_hub(m: ModelSpec, client: HubClient) -> LockedModel:
             hint="check the names against the repository's file list",
         )
     candidates = entrypoint_candidates(paths)
+    checkpoint = safetensors_entrypoint(paths)
+    if m.convert is not None and checkpoint is None:
+        raise SpecError(
+            f"models.{m.name}.convert: {m.repo}@{m.revision} (commit {snap.commit[:12]}) has no "
+            "safetensors checkpoint among the selected files",
+            hint="select model.safetensors (or model.safetensors.index.json and its shards) "
+            "with config.json and the tokenizer files",
+        )
     entry = m.entrypoint
-    if entry is None:
+    if entry is None and checkpoint is not None and (m.convert is not None or not candidates):
+        if m.convert is None:
+            console.info(
+                f"models.{m.name}: the selection has no GGUF file; its safetensors "
+                f"({checkpoint}) are converted with llama.cpp's convert_hf_to_gguf.py at build time"
+            )
+        entry = checkpoint
+    elif entry is None:
         if len(candidates) != 1:
             found = ", ".join(candidates) or "none"
             raise SpecError(
@@ -64,7 +82,8 @@ def _lock_hub(m: ModelSpec, client: HubClient) -> LockedModel:
         entry = candidates[0]
     elif entry not in paths:
         raise SpecError(f"models.{m.name}.entrypoint: {entry} is not among the selected files")
-    shards_of(entry, paths)
+    if not is_checkpoint(entry):
+        shards_of(entry, paths)
     files = []
     for p in paths:
         rf = by_path[p]
@@ -106,7 +125,17 @@ def resolve_lock(spec: Spec, client: HubClient) -> Lock:
     return Lock(models=tuple(models), controller_python=spec.controller_python)
 
 
-def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, bool]:
+ConverterPins = Callable[[Spec, Lock], Optional[dict[str, Any]]]
+"""Resolves the converter environment for a resolved lock (``Lock.converter``; None: no model
+is converted). The pipeline passes it: the converter lives in the engine's pinned source."""
+
+
+def lock(
+    spec: Spec,
+    *,
+    settings: Optional[HubSettings] = None,
+    converter: Optional[ConverterPins] = None,
+) -> tuple[Lock, bool]:
     """Write ``airlock.lock`` for ``spec``; returns the lock and whether the file changed."""
     settings = settings or HubSettings.from_env()
     if settings.offline and any(m.source == "hub" for m in spec.models):
@@ -115,6 +144,8 @@ def lock(spec: Spec, *, settings: Optional[HubSettings] = None) -> tuple[Lock, b
             hint="unset HF_HUB_OFFLINE / drop --offline, or build with the existing lock",
         )
     new = resolve_lock(spec, HubClient(settings))
+    if converter is not None:
+        new = replace(new, converter=converter(spec, new))
     old_path = spec.lock_path
     old = old_path.read_bytes() if old_path.exists() else None
     changed = old != new.to_bytes()

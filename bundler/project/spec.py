@@ -14,6 +14,7 @@ import yaml
 
 from bundler.bundle.manifest import expiry_from_text
 from bundler.errors import SpecError
+from bundler.project.derive import ConvertSpec, parse_derive
 from bundler.sources.wheelhouse import CONTROLLER_PYTHON_WHY, CONTROLLER_PYTHONS
 from runtime.variants import X86_VARIANT_NAMES
 
@@ -38,6 +39,8 @@ class ModelSpec:
     entrypoint: Optional[str] = None
     path: Optional[Path] = None  # local source, resolved against the spec's directory
     license: Optional[str] = None  # declared license for a local source
+    convert: Optional[ConvertSpec] = None  # convert the repo's safetensors (project.derive)
+    quantize: Optional[str] = None  # a llama-quantize type, e.g. Q4_K_M
 
     @property
     def pinned(self) -> bool:
@@ -151,6 +154,8 @@ _MODEL_KEYS = (
     "entrypoint",
     "path",
     "license",
+    "convert",
+    "quantize",
 )
 _ENGINE_KEYS = ("llama_cpp_python", "cpu_variants", "cuda")
 _CUDA_KEYS = ("enabled", "architectures")
@@ -236,16 +241,25 @@ def _expires(p: _Problems, value: Any, now: dt.datetime) -> dt.datetime:
     return result.astimezone(dt.timezone.utc)
 
 
+def default_model_name(repo: str) -> str:
+    """The name of a Hub model entry without ``name:``, from a repo id that matches
+    ``REPO_RE``: its last path segment lower-cased, cut to 64 characters, trailing
+    punctuation dropped (``Qwen/Qwen2.5-0.5B-Instruct-GGUF`` -> ``qwen2.5-0.5b-instruct-gguf``).
+    REPO_RE's characters are a name's, upper case aside, and it starts with one of ``a-z0-9``."""
+    return repo.rsplit("/", 1)[-1].lower()[:64].rstrip("-._")
+
+
 def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
     where = f"models[{i}]."
     if not isinstance(raw, dict):
         p.add(f"models[{i}]", f"expected a mapping, got {_type_name(raw)}", "name: ..., repo: ...")
         return None
     p.unknown_keys(where, raw, _MODEL_KEYS)
-    name = _str(p, raw, "name", where, required=True)
+    source = raw.get("source", "hub")
+    # a Hub model may leave its name out: it defaults to the repo's name (below)
+    name = _str(p, raw, "name", where, required=source != "hub")
     if name is not None and not NAME_RE.match(name):
         p.add(where + "name", f"{name!r} is not a valid name", "lowercase letters, digits, . _ -")
-    source = raw.get("source", "hub")
     if source not in ("hub", "local"):
         p.add(where + "source", f"unknown source {source!r}", "use 'hub' or 'local'")
         return None
@@ -253,9 +267,10 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
     allow = _str_list(p, raw, "allow", where)
     entrypoint = _str(p, raw, "entrypoint", where, required=False)
     license_ = _str(p, raw, "license", where, required=False)
+    convert, quantize = parse_derive(raw, where, p.add)
     if source == "local":
         path = _str(p, raw, "path", where, required=True)
-        for key in ("repo", "revision", "files", "allow", "entrypoint"):
+        for key in ("repo", "revision", "files", "allow", "entrypoint", "convert", "quantize"):
             if key in raw:
                 p.add(where + key, "not used by a local source", "remove it or use source: hub")
         if path is None or name is None:
@@ -272,6 +287,8 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
         p.add(where + "allow", "use either 'files' or 'allow', not both", "drop one of them")
     if "path" in raw:
         p.add(where + "path", "only a local source has a path", "add 'source: local'")
+    if "name" not in raw and repo is not None and REPO_RE.match(repo):
+        name = default_model_name(repo)
     if name is None or repo is None:
         return None
     return ModelSpec(
@@ -283,6 +300,8 @@ def _model(p: _Problems, raw: Any, i: int, base: Path) -> Optional[ModelSpec]:
         allow=allow,
         entrypoint=entrypoint,
         license=license_,
+        convert=convert,
+        quantize=quantize,
     )
 
 

@@ -212,3 +212,20 @@ def test_pack_fsync_flushes_the_bundle_and_gives_the_same_bytes(env, capsys, mon
     durable = run_json(pack_args(tmp, stage, alice, "--fsync"), capsys)
     assert Path(durable["path"]).read_bytes() == plain_bytes
     assert any(Path(p).name.startswith(".demo-1.0.0.tar.") and ".sig" not in p for p in flushed)
+
+
+def test_rejects_pack_that_is_expired_at_birth_under_a_pinned_clock(
+    env, capsys, monkeypatch
+) -> None:
+    # A reproducible build pins the clock years back: the default 180d counts from it.
+    tmp, alice, _, _, stage = env
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14
+    args = ["pack", str(stage), "--name", "demo", "--version", "1", "--key", str(alice)]
+    assert main([*args, "--out", str(tmp / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "2024-05-12T22:13:20Z" in err  # the computed expiry
+    assert "2023-11-14T22:13:20Z" in err  # the pinned creation time it counted from
+    assert "--expires DATE" in err and "SOURCE_DATE_EPOCH" in err
+    assert not (tmp / "out").exists() or not any((tmp / "out").iterdir())
+    # The same pinned clock with a date after today packs.
+    assert main([*args, "--out", str(tmp / "out"), "--expires", "2036-01-01", "--json"]) == 0

@@ -75,3 +75,15 @@ def test_model_with_garbage_header_fails_the_smoke_test(engine: Path, tmp_path: 
     model.write_bytes(b"NOTGGUF" + bytes(4096))
     with pytest.raises(SmokeTestError):
         smoke_test(engine, model, timeout=120)
+
+
+@pytest.mark.slow
+def test_demo_model_answers_its_sentence_through_the_built_server(
+    engine: Path, tmp_path: Path
+) -> None:
+    from bundler.demo.run import ANSWER, MODEL_NAME, make_model
+
+    make_model(tmp_path)
+    result = smoke_test(engine, tmp_path / f"{MODEL_NAME}.gguf", timeout=120)
+    # greedy decoding after any prompt: the sentence, then end of sequence
+    assert result.content.strip() == ANSWER, result.log_tail

@@ -108,7 +108,8 @@ def folder(module: str) -> str:
     if module == "bundler.__main__":
         return "main"
     parts = module.split(".")
-    return "pipeline" if parts[1] == "pipeline" else parts[1]
+    # bundler/derivation.py (models made at build time) is a step of the pipeline
+    return "pipeline" if parts[1] in ("pipeline", "derivation") else parts[1]
 
 
 def cycles(edges: Mapping[str, frozenset[str]]) -> list[list[str]]:

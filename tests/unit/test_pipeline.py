@@ -255,3 +255,20 @@ def test_targets_that_need_no_packages_get_no_target_wheelhouse(
         manifest = json.load(f)
         assert not [n for n in tar.getnames() if n.startswith("wheels/")]
     assert "wheels" not in manifest["components"]
+
+
+def test_rejects_build_that_is_expired_at_birth_before_any_work(
+    fake: FakeRuntime, project: Path
+) -> None:
+    from bundler.errors import UsageError
+
+    opts = BuildOptions(
+        out_dir=project / "dist", keys=(str(project / "key"),), source_date_epoch=1_700_000_000
+    )
+    with pytest.raises(UsageError) as info:
+        build(project / "airlock.yaml", opts)
+    # expires: 30d from the pinned 2023-11-14T22:13:20Z
+    assert "2023-12-14T22:13:20Z" in info.value.message
+    assert "2023-11-14T22:13:20Z" in info.value.message
+    assert "expires: DATE in" in (info.value.hint or "")
+    assert fake.calls == [] and not (project / "dist").exists()

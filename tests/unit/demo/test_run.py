@@ -112,3 +112,29 @@ def test_only_the_newest_runs_are_kept_and_nothing_else_is_touched(tmp_path: Pat
         "20261103T000000Z-2",
         "notes",
     ]
+
+
+def test_demo_model_answers_its_sentence_and_anything_else_fails_the_demo(tmp_path: Path) -> None:
+    from bundler.demo.run import ANSWER, check_answer, make_model
+    from bundler.demo.tinymodel import greedy_answers
+    from bundler.errors import InstallError
+
+    files = make_model(tmp_path)
+    assert ANSWER.encode() in files["README.md"]
+    assert greedy_answers(tmp_path / "tiny.gguf", [10])[0]  # constructed, not random
+    check_answer(ANSWER, "10.0.0.2")
+    with pytest.raises(InstallError) as info:
+        check_answer(">ֳ}h\x13 0 A .e 70", "10.0.0.2")
+    assert "10.0.0.2" in info.value.message and ANSWER in info.value.message
+
+
+def test_demo_summary_ends_with_what_to_try_next(tmp_path: Path) -> None:
+    from bundler.demo.run import DemoResult
+
+    bundle = str(tmp_path / "dist" / "demo-1.0.0.tar")
+    text = DemoResult(workdir=str(tmp_path), bundle=bundle, answer="x").summary()
+    tail = text.split("what to try next:", 1)[1]
+    assert str(tmp_path / "report.html") in tail
+    assert f"airlock inspect {bundle}" in tail and f"airlock verify {bundle}" in tail
+    assert "verify.yml" in tail
+    assert "repo:" in tail and "airlock lock" in tail

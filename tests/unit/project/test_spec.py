@@ -250,3 +250,29 @@ def test_controller_python_that_ansible_core_does_not_support_is_refused(
         "targets.controller_python: expected a non-empty list of Python versions "
         "(e.g. ['3.10', '3.11', '3.12', '3.13'])"
     ]
+
+
+@pytest.mark.parametrize(
+    ("repo", "name"),
+    [
+        ("org/tiny-GGUF", "tiny-gguf"),
+        ("Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct-gguf"),
+        ("org/Odd..Name_", "odd..name"),
+        ("org/" + "A" * 70, "a" * 64),
+    ],
+)
+def test_hub_model_without_a_name_is_named_after_its_repo(
+    tmp_path: Path, repo: str, name: str
+) -> None:
+    data = _base()
+    data["models"] = [{"repo": repo}]
+    spec = _parse(data, tmp_path)
+    assert spec.models[0].name == name
+    assert spec.server.model == name
+
+
+def test_local_model_without_a_name_is_still_a_problem(tmp_path: Path) -> None:
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    data = _base()
+    data["models"] = [{"source": "local", "path": "m.gguf", "license": "mit"}]
+    assert any(p.startswith("models[0].name: missing value") for p in _problems(data, tmp_path))

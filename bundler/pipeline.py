@@ -373,8 +373,11 @@ def stage_wheels(
         )
         st.components["wheels"] = {"type": "wheelhouse", "properties": dict(result.properties)}
         _known_wheels(stage, st, result.properties)
-    console.step("wheelhouse for the Ansible controller")
-    ctl = wheelhouse.build_controller_wheelhouse(stage / "controller", cache_dir=cache_dir)
+    pythons = spec.controller_python
+    console.step(f"wheelhouse for the Ansible controller (Python {', '.join(pythons)})")
+    ctl = wheelhouse.build_controller_wheelhouse(
+        stage / "controller", cache_dir=cache_dir, pythons=pythons
+    )
     st.components["controller"] = {"type": "wheelhouse", "properties": dict(ctl.properties)}
     _known_wheels(stage, st, ctl.properties)
 

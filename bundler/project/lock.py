@@ -98,6 +98,10 @@ class LockedModel:
 @dataclass(frozen=True)
 class Lock:
     models: tuple[LockedModel, ...]
+    # The controller Pythons the spec resolved to (its default comes from airlock's code, so
+    # an airlock whose default moved shows up here, in review, not silently in the bundle).
+    # Empty in a lock written before it was recorded.
+    controller_python: tuple[str, ...] = ()
     # The converter's environment when a model is converted at build time:
     # {"llama_cpp_python": version, "requirements": [...], "packages": [{name, version,
     # file, sha256}]}, resolved by ``airlock lock`` and installed exactly by the build.
@@ -114,6 +118,8 @@ class Lock:
             "lock_version": LOCK_VERSION,
             "models": {m.name: m.to_json() for m in self.models},
         }
+        if self.controller_python:
+            doc["controller_python"] = list(self.controller_python)
         if self.converter is not None:
             doc["converter"] = self.converter
         return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
@@ -145,6 +151,9 @@ def parse_lock(data: bytes, *, where: str = "airlock.lock") -> Lock:
         doc = json.loads(data)
         if doc.get("lock_version") != LOCK_VERSION:
             raise ValueError(f"lock_version {doc.get('lock_version')!r}, expected {LOCK_VERSION}")
+        controller = tuple(doc.get("controller_python", ()))
+        if not all(isinstance(v, str) for v in controller):
+            raise ValueError(f"controller_python {controller!r} is not a list of versions")
         models = []
         for name, m in sorted(doc["models"].items()):
             files = tuple(
@@ -176,7 +185,7 @@ def parse_lock(data: bytes, *, where: str = "airlock.lock") -> Lock:
             f"{where} is malformed: {e}",
             hint="regenerate it with 'airlock lock SPEC' (never edit a lock by hand)",
         ) from e
-    return Lock(models=tuple(models), converter=converter)
+    return Lock(models=tuple(models), controller_python=controller, converter=converter)
 
 
 def _converter_from_json(d: Any) -> Optional[dict[str, Any]]:
@@ -265,6 +274,11 @@ def lock_problems(spec: Spec, lock: Lock) -> list[str]:
             )
     for name in sorted(locked):
         problems.append(f"models.{name}: in the lock but not in the spec")
+    if lock.controller_python and lock.controller_python != spec.controller_python:
+        problems.append(
+            f"targets.controller_python: spec has {list(spec.controller_python)!r}, "
+            f"lock has {list(lock.controller_python)!r}"
+        )
     converts = [m.name for m in lock.models if is_checkpoint(m.entrypoint)]
     if converts and lock.converter is None:
         problems.append(

@@ -122,7 +122,7 @@ def resolve_lock(spec: Spec, client: HubClient) -> Lock:
     for m in spec.models:
         console.step(f"resolving {m.name} ({m.repo + '@' + m.revision if m.repo else m.path})")
         models.append(_lock_local(spec, m) if m.source == "local" else _lock_hub(m, client))
-    return Lock(models=tuple(models))
+    return Lock(models=tuple(models), controller_python=spec.controller_python)
 
 
 ConverterPins = Callable[[Spec, Lock], Optional[dict[str, Any]]]

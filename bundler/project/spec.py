@@ -15,6 +15,7 @@ import yaml
 from bundler.bundle.manifest import expiry_from_text
 from bundler.errors import SpecError
 from bundler.project.derive import ConvertSpec, parse_derive
+from bundler.sources.wheelhouse import CONTROLLER_PYTHON_WHY, CONTROLLER_PYTHONS
 from runtime.variants import X86_VARIANT_NAMES
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -70,6 +71,8 @@ class TargetsSpec:
     # The portable llama-cpp-python wheel built from the engine's pinned source (a second
     # llama.cpp compile); off for wheelhouses that only need the server's clients.
     llama_cpp_python: bool = True
+    # The far side's Ansible controller: one hash-pinned closure per Python.
+    controller_python: tuple[str, ...] = CONTROLLER_PYTHONS
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,12 @@ class Spec:
     engine: Optional[EngineSpec] = None
     targets: Optional[TargetsSpec] = None
     path: Optional[Path] = None
+
+    @property
+    def controller_python(self) -> tuple[str, ...]:
+        """The controller Pythons the bundle carries a closure for (the default without
+        ``targets``)."""
+        return self.targets.controller_python if self.targets is not None else CONTROLLER_PYTHONS
 
     @property
     def lock_path(self) -> Path:
@@ -150,7 +159,7 @@ _MODEL_KEYS = (
 )
 _ENGINE_KEYS = ("llama_cpp_python", "cpu_variants", "cuda")
 _CUDA_KEYS = ("enabled", "architectures")
-_TARGET_KEYS = ("python", "platforms", "requirements", "llama_cpp_python")
+_TARGET_KEYS = ("python", "platforms", "requirements", "llama_cpp_python", "controller_python")
 _SERVER_KEYS = ("port", "host", "ctx_size", "parallel", "model", "api_key_file")
 
 
@@ -376,7 +385,32 @@ def _targets(p: _Problems, raw: Any) -> Optional[TargetsSpec]:
         platforms=platforms,
         requirements=_str_list(p, raw, "requirements", "targets."),
         llama_cpp_python=binding,
+        controller_python=_controller_python(p, raw),
     )
+
+
+def _controller_python(p: _Problems, raw: dict[str, Any]) -> tuple[str, ...]:
+    key = "targets.controller_python"
+    if "controller_python" not in raw:
+        return CONTROLLER_PYTHONS
+    versions = _str_list(p, raw, "controller_python", "targets.")
+    supported = ", ".join(f"'{v}'" for v in CONTROLLER_PYTHONS)
+    if not versions:
+        if isinstance(raw["controller_python"], list) or raw["controller_python"] is None:
+            p.add(key, "expected a non-empty list of Python versions", f"e.g. [{supported}]")
+        return CONTROLLER_PYTHONS
+    for v in versions:
+        if not re.match(r"^3\.\d{1,2}$", v):
+            p.add(key, f"{v!r} is not a Python version", "e.g. '3.12' (quote it)")
+        elif v not in CONTROLLER_PYTHONS:
+            p.add(
+                key,
+                f"Python {v} cannot run the controller: {CONTROLLER_PYTHON_WHY}",
+                f"choose from {supported}",
+            )
+    for v in sorted({v for v in versions if versions.count(v) > 1}):
+        p.add(key, f"{v!r} is listed twice", "list each Python once")
+    return versions
 
 
 def _server(p: _Problems, raw: Any, models: Sequence[ModelSpec]) -> ServerSpec:

@@ -23,6 +23,8 @@ from email.parser import HeaderParser
 from pathlib import Path
 from typing import Any
 
+from packaging.markers import default_environment
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
 from bundler.errors import BuildError, ClosureError, FetchError
@@ -30,19 +32,56 @@ from bundler.fsio import hash_file, write_atomic
 from bundler.paths import repo_root
 
 __all__ = [
+    "ANSIBLE_CORE_SERIES",
     "CONTROLLER_PLATFORM",
+    "CONTROLLER_PYTHONS",
+    "CONTROLLER_PYTHON_WHY",
     "Target",
     "WheelInfo",
     "WheelhouseResult",
     "build_controller_wheelhouse",
     "build_wheelhouse",
     "check_closure",
+    "controller_requirements",
     "download_argv",
     "requirements_text",
 ]
 
 CONTROLLER_PLATFORM = "manylinux_2_28_x86_64"
-CONTROLLER_REQUIREMENTS = ("ansible-core>=2.16",)
+# Per controller Python, the newest ansible-core release series that supports it on the
+# controller (PyPI's requires-python and ansible-core's support matrix): 2.17 is the last
+# series for 3.10 (it supports 3.10-3.12), 2.19 supports 3.11-3.13 and is the one the
+# playbooks are tested with; the playbooks are syntax-checked with 2.17 too
+# (tests/integration/test_controller_bootstrap.py). pip is in every closure, so the
+# bootstrap runs the closure's own pinned pip wheel (no python3-venv, no ensurepip, no
+# network: runtime/controller.py). airlock's own wheel needs 3.10 (pyproject.toml).
+ANSIBLE_CORE_SERIES: Mapping[str, str] = {
+    "3.10": "2.17",
+    "3.11": "2.19",
+    "3.12": "2.19",
+    "3.13": "2.19",
+}
+CONTROLLER_PYTHONS = tuple(ANSIBLE_CORE_SERIES)
+CONTROLLER_PYTHON_WHY = (
+    "the bundle's controller runs on Python 3.10 (ansible-core 2.17, the newest series that "
+    "supports it) and 3.11-3.13 (ansible-core 2.19); ansible-core 2.16 and newer need 3.10 "
+    "or newer on the controller, and so does airlock's own wheel"
+)
+
+
+def controller_requirements(python: str) -> list[str]:
+    """The controller closure's top-level requirements for one controller Python.
+
+    Raises:
+        BuildError: ``python`` is not one of :data:`CONTROLLER_PYTHONS` (the spec refuses
+            it before a build gets here).
+    """
+    series = ANSIBLE_CORE_SERIES.get(python)
+    if series is None:
+        raise BuildError(f"Python {python} cannot run the controller: {CONTROLLER_PYTHON_WHY}")
+    return [f"ansible-core=={series}.*", "pip"]
+
+
 # Locally built wheels (llama-cpp-python) carry the honest, unversioned linux tag; every
 # target on that architecture accepts them besides its manylinux tag.
 _LOCAL_PLATFORMS = {"x86_64": "linux_x86_64", "aarch64": "linux_aarch64"}
@@ -233,6 +272,36 @@ def wheel_license(path: Path) -> str | None:
     return "; ".join(classifiers) if classifiers else None
 
 
+def marker_environment(python: str) -> dict[str, str]:
+    """The environment-marker values of a target Python (pip's ``--python-version`` does
+    not change them: pip evaluates markers for the interpreter that runs it)."""
+    env = {k: str(v) for k, v in default_environment().items()}
+    env.update(
+        python_version=python,
+        python_full_version=f"{python}.0",
+        implementation_version=f"{python}.0",
+    )
+    return env
+
+
+def wheel_requires(path: Path, python: str) -> list[Requirement]:
+    """The wheel's ``Requires-Dist`` that apply on ``python`` (no extras), markers dropped."""
+    with zipfile.ZipFile(path) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        headers = HeaderParser().parsestr(zf.read(meta).decode("utf-8", errors="replace"))
+    env = marker_environment(python)
+    out = []
+    for line in headers.get_all("Requires-Dist") or []:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate({**env, "extra": ""}):
+            req.marker = None
+            out.append(req)
+    return out
+
+
 def wheel_info(path: Path) -> WheelInfo:
     try:
         name, version, _, _ = parse_wheel_filename(path.name)
@@ -259,6 +328,8 @@ def build_wheelhouse(
     cache_dir: Path,
     index_url: str | None = None,
     check: bool = True,
+    target_requirements: Mapping[Target, Sequence[str]] | None = None,
+    nodeps_wheels: Sequence[Path] = (),
 ) -> WheelhouseResult:
     """Download binary wheels for every target into ``dest`` and pin them per target.
 
@@ -268,7 +339,10 @@ def build_wheelhouse(
 
     ``extra_wheels`` are local wheels (the llama-cpp-python wheel the pipeline built with
     :func:`bundler.engine.llamacpp.build_llama_cpp_python_wheel`); their dependencies come from
-    the index. Downloads go through pip's cache in ``cache_dir/pip``.
+    the index. ``target_requirements`` adds requirements for single targets (the controller's
+    ansible-core series per Python). ``nodeps_wheels`` join every target as they are; pip
+    does not resolve them (their dependencies, evaluated for each target, come in through
+    ``target_requirements``). Downloads go through pip's cache in ``cache_dir/pip``.
 
     Raises:
         FetchError: pip cannot resolve a target (the message names the target and pip's
@@ -277,7 +351,7 @@ def build_wheelhouse(
     """
     dest.mkdir(parents=True, exist_ok=True)
     prefix = dest.name
-    reqs = [*requirements, *(str(p) for p in extra_wheels)]
+    extra = target_requirements or {}
     per_target: dict[Target, list[WheelInfo]] = {}
     all_wheels: dict[str, WheelInfo] = {}
     env = _pip_env(cache_dir)
@@ -286,6 +360,9 @@ def build_wheelhouse(
         for target in targets:
             tdir = Path(tmp) / target.slug
             tdir.mkdir()
+            for whl in nodeps_wheels:
+                shutil.copy2(whl, tdir / whl.name)
+            reqs = [*requirements, *extra.get(target, ()), *(str(p) for p in extra_wheels)]
             argv = download_argv(target, reqs, tdir, index_url=index_url, machine=machine)
             run = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
             if run.returncode != 0:
@@ -472,6 +549,10 @@ def _install_in_venv(interp: str, dest: Path, req: Path, tmp: Path) -> tuple[boo
 
 
 def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, str]:
+    """pip's resolver over the pinned closure for ``target``; for another Python than this
+    one with ``--no-deps`` plus :func:`_missing_dependencies` (pip would evaluate the wheels'
+    markers for this interpreter, not the target's)."""
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
     argv = [
         *_pip(),
         "install",
@@ -481,6 +562,8 @@ def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, st
         str(tmp / "t"),
         *_target_args(target, os.uname().machine),
     ]
+    if target.python != here:
+        argv.append("--no-deps")
     argv += [
         "--only-binary=:all:",
         "--no-index",
@@ -491,7 +574,40 @@ def _dry_run(target: Target, dest: Path, req: Path, tmp: Path) -> tuple[bool, st
         str(req),
     ]
     run = subprocess.run(argv, capture_output=True, text=True, env=_offline_env(), check=False)
-    return run.returncode == 0, run.stdout + run.stderr
+    if run.returncode != 0 or target.python == here:
+        return run.returncode == 0, run.stdout + run.stderr
+    missing = _missing_dependencies(target, dest, req)
+    return not missing, "\n".join(missing)
+
+
+def _missing_dependencies(target: Target, dest: Path, req: Path) -> list[str]:
+    """Every dependency of a pinned wheel (markers evaluated for ``target``) that the
+    requirements file does not pin at a version it accepts, as ``No matching distribution
+    found for NAME`` lines."""
+    pins: dict[str, str] = {}
+    for line in req.read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9._-]+)==(\S+) ", line)
+        if m:
+            pins[str(canonicalize_name(m.group(1)))] = m.group(2)
+    files = {str(canonicalize_name(parse_wheel_filename(w.name)[0])): w for w in dest.glob("*.whl")}
+    missing = []
+    for name in sorted(pins):
+        wheel = next(
+            (w for w in dest.glob("*.whl") if _wheel_pin(w) == (name, pins[name])),
+            files.get(name),
+        )
+        if wheel is None:
+            continue  # pip's --require-hashes run above already failed for it
+        for dep in wheel_requires(wheel, target.python):
+            have = pins.get(str(canonicalize_name(dep.name)))
+            if have is None or not dep.specifier.contains(have, prereleases=True):
+                missing.append(f"No matching distribution found for {dep.name} (for {name})")
+    return missing
+
+
+def _wheel_pin(path: Path) -> tuple[str, str]:
+    name, version, _, _ = parse_wheel_filename(path.name)
+    return str(canonicalize_name(name)), str(version)
 
 
 def build_airlock_wheel(out_dir: Path, *, cache_dir: Path) -> Path:
@@ -557,46 +673,81 @@ def _source_key(root: Path) -> str:
     return h.hexdigest()
 
 
+CONTROLLER_BOOTSTRAP = "python3 -m runtime.controller /opt/airlock-controller"
+
+
 def build_controller_wheelhouse(
     dest: Path,
     *,
     cache_dir: Path,
-    pythons: Sequence[str] = (),
+    pythons: Sequence[str] = CONTROLLER_PYTHONS,
     platform: str = CONTROLLER_PLATFORM,
     index_url: str | None = None,
 ) -> WheelhouseResult:
-    """The far-side Ansible controller's wheelhouse: ansible-core, airlock, dependencies.
+    """The far-side Ansible controller's wheelhouse: ansible-core, pip, airlock, dependencies.
 
-    Bootstraps offline with (docs/FORMAT.md)::
+    One hash-pinned closure per controller Python (``requirements-cp<XY>-<platform>.txt``),
+    each resolved for that Python (``pip download --python-version``) and proven to install
+    offline. Bootstraps offline, with or without python3-venv, from the directory that holds
+    the bundle's ``controller/`` and ``runtime/`` (docs/OPERATIONS.md)::
 
-        python3 -m venv /opt/airlock-controller && /opt/airlock-controller/bin/pip install \\
-            --no-index --find-links controller/ --require-hashes -r controller/requirements.txt
+        python3 -m runtime.controller /opt/airlock-controller
 
-    ``requirements.txt`` pins the build machine's Python (or the first of ``pythons``);
-    every further Python gets ``requirements-<abi>-<platform>.txt``.
+    ``requirements.txt`` is a copy of the build machine's Python's file (else the first).
+
+    Raises:
+        BuildError: a closure lacks ansible-core or pip (see :func:`controller_pins`).
+        FetchError, ClosureError: as :func:`build_wheelhouse`.
     """
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    versions = list(dict.fromkeys([*(pythons or [here])]))
+    versions = list(dict.fromkeys(pythons or [here]))
     targets = [Target(v, platform) for v in versions]
     with tempfile.TemporaryDirectory(prefix="airlock-ctl-") as tmp:
         own = build_airlock_wheel(Path(tmp), cache_dir=cache_dir)
         result = build_wheelhouse(
             targets,
-            list(CONTROLLER_REQUIREMENTS),
-            extra_wheels=[own],
+            [],
+            # airlock's own dependencies carry python_version markers (its build-only 3.11+
+            # ones): evaluated here for each controller Python, as pip would not.
+            target_requirements={
+                t: [*controller_requirements(t.python), *map(str, wheel_requires(own, t.python))]
+                for t in targets
+            },
+            nodeps_wheels=[own],
+            extra_wheels=[],
             dest=dest,
             cache_dir=cache_dir,
             index_url=index_url,
         )
+    main_target = next((t for t in targets if t.python == here), targets[0])
     main_req = dest / "requirements.txt"
-    _atomic_copy(result.requirements[targets[0]], main_req)
+    _atomic_copy(result.requirements[main_target], main_req)
     props = dict(result.properties)
     props["requirements"] = f"{dest.name}/requirements.txt"
-    props["bootstrap"] = (
-        f"python3 -m venv /opt/airlock-controller && /opt/airlock-controller/bin/pip install "
-        f"--no-index --find-links {dest.name}/ --require-hashes -r {dest.name}/requirements.txt"
-    )
+    props["pythons"] = versions
+    props["ansible_core"] = {
+        t.python: controller_pins(result.requirements[t].read_text())["ansible-core"]
+        for t in targets
+    }
+    props["bootstrap"] = CONTROLLER_BOOTSTRAP
     return WheelhouseResult(dest, props, result.requirements, result.wheels)
+
+
+def controller_pins(requirements: str) -> dict[str, str]:
+    """``{name: version}`` of a controller requirements file; it must pin ansible-core and pip.
+
+    Raises:
+        BuildError: one of the two is not in the closure.
+    """
+    pins = {}
+    for line in requirements.splitlines():
+        m = re.match(r"^([A-Za-z0-9._-]+)==(\S+) ", line)
+        if m:
+            pins[str(canonicalize_name(m.group(1)))] = m.group(2)
+    missing = [n for n in ("ansible-core", "pip") if n not in pins]
+    if missing:
+        raise BuildError(f"the controller closure has no {' and no '.join(missing)}")
+    return pins
 
 
 def _pip() -> list[str]:

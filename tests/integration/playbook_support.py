@@ -20,7 +20,10 @@ from bundler.sources.ggufinfo import read_facts
 from bundler.ssh.keys import generate_keypair, load_signer
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+# The controller the playbook runs use: this venv's bin/, or another controller's (e.g. a
+# Python 3.10 one with ansible-core 2.17, bootstrapped with runtime.controller):
+# AIRLOCK_TEST_CONTROLLER_BIN=/opt/airlock-controller/bin (docs/DEVELOPING.md).
+BIN = Path(os.environ.get("AIRLOCK_TEST_CONTROLLER_BIN") or Path(sys.executable).parent)
 PORT = 8080
 
 

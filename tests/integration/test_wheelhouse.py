@@ -123,10 +123,18 @@ def test_llama_cpp_python_wheel_is_portable_and_installs_offline(tmp_path: Path)
 @pytest.mark.slow
 def test_controller_bootstraps_offline_with_the_documented_command(tmp_path: Path) -> None:
     dest = tmp_path / "controller"
-    result = wheelhouse.build_controller_wheelhouse(dest, cache_dir=default_cache_dir())
+    result = wheelhouse.build_controller_wheelhouse(
+        dest, cache_dir=default_cache_dir(), pythons=(HERE,)
+    )
     names = {w["name"].lower().replace("_", "-") for w in result.properties["wheels"]}
-    assert {"airlock", "ansible-core", "cryptography"} <= names
+    assert {"airlock", "ansible-core", "cryptography", "pip"} <= names
     assert result.properties["requirements"] == "controller/requirements.txt"
+    assert result.properties["pythons"] == [HERE]
+    assert result.properties["ansible_core"][HERE].startswith(
+        wheelhouse.ANSIBLE_CORE_SERIES[HERE] + "."
+    )
+    per_python = f"requirements-{Target(HERE, wheelhouse.CONTROLLER_PLATFORM).slug}.txt"
+    assert (dest / "requirements.txt").read_bytes() == (dest / per_python).read_bytes()
     venv = tmp_path / "opt" / "airlock-controller"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(
@@ -139,7 +147,7 @@ def test_controller_bootstraps_offline_with_the_documented_command(tmp_path: Pat
             f"{dest}/",
             "--require-hashes",
             "-r",
-            str(dest / "requirements.txt"),
+            str(dest / per_python),
         ],
         check=True,
         cwd=tmp_path,

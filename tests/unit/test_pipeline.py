@@ -6,6 +6,7 @@ import hashlib
 import json
 import tarfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -84,8 +85,10 @@ class FakeRuntime:
         )
         return self._wheelhouse(dest, "numpy")
 
-    def build_controller_wheelhouse(self, dest: Path, *, cache_dir: Path) -> Any:
-        self.calls.append("controller")
+    def build_controller_wheelhouse(
+        self, dest: Path, *, cache_dir: Path, pythons: Sequence[str]
+    ) -> Any:
+        self.calls.append("controller " + " ".join(pythons))
         return self._wheelhouse(dest, "ansible_core")
 
     def smoke_test(self, engine_dir: Path, model_path: Path) -> Any:
@@ -142,7 +145,7 @@ def test_runtime_steps_run_in_order_and_feed_the_manifest(fake: FakeRuntime, pro
         "wheel",
         "build_wheelhouse [('3.11', 'manylinux_2_28_x86_64')] ['numpy==1.0'] "
         "['llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl']",
-        "controller",
+        "controller 3.10 3.11 3.12 3.13",
         "smoke engine m.gguf True",
     ]
     with tarfile.open(result.path) as tar:
@@ -231,13 +234,21 @@ def test_targets_without_the_binding_skip_the_second_llama_cpp_compile(
     assert any(c.startswith("build_wheelhouse") and c.endswith("[]") for c in fake.calls)
 
 
+def test_controller_wheelhouse_is_built_for_the_spec_controller_pythons(
+    fake: FakeRuntime, project: Path
+) -> None:
+    _set_targets(project, '{python: ["3.11"], controller_python: ["3.13", "3.12"]}')
+    _build(project)
+    assert "controller 3.13 3.12" in fake.calls
+
+
 def test_targets_that_need_no_packages_get_no_target_wheelhouse(
     fake: FakeRuntime, project: Path
 ) -> None:
     _set_targets(project, '{python: ["3.11"], requirements: [], llama_cpp_python: false}')
     result = _build(project)
     assert not any(c.startswith(("wheel", "build_wheelhouse")) for c in fake.calls)
-    assert "controller" in fake.calls
+    assert "controller 3.10 3.11 3.12 3.13" in fake.calls
     with tarfile.open(result.path) as tar:
         f = tar.extractfile("airlock/manifest.json")
         assert f is not None

@@ -57,3 +57,20 @@ def test_skip_runtime_is_still_accepted_as_skip_engine() -> None:
         args = build_parser().parse_args(["build", "airlock.yaml", "--key", "k", flag])
         assert args.skip_engine is True
     assert build_parser().parse_args(["build", "airlock.yaml"]).skip_engine is False
+
+
+def test_build_side_commands_refuse_a_python_older_than_3_11() -> None:
+    from bundler.cli.main import BUILD_COMMANDS, refuse_old_python
+    from bundler.errors import HostError
+
+    assert set(BUILD_COMMANDS) == {"lock", "build", "demo"}
+    for command in BUILD_COMMANDS:
+        with pytest.raises(HostError) as exc:
+            refuse_old_python(command, (3, 10))
+        assert exc.value.message.startswith(
+            f"airlock {command} needs Python 3.11 or newer (this is Python 3.10)"
+        )
+        assert exc.value.exit_code == 50
+        refuse_old_python(command, (3, 11))
+    for command in ("verify", "inspect", "unpack", "sbom", "keygen"):
+        refuse_old_python(command, (3, 10))

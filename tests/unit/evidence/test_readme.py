@@ -19,6 +19,8 @@ def test_names_the_bundle_models_and_the_commands_with_the_right_file_names() ->
     assert "-n airlock-manifest-v1" in text
     assert "tar -xf demo-1.2.0.tar -C ctl SHA256SUMS controller playbooks runtime templates" in text
     assert "sha256sum --check --ignore-missing --quiet --strict SHA256SUMS" in text
+    assert "(cd ctl && python3 -m runtime.controller /opt/airlock-controller)" in text
+    assert "python3 -m venv" not in text  # needs python3-venv, absent on many Debian hosts
     assert "-e airlock_threshold=1" in text
 
 

@@ -144,3 +144,20 @@ def test_rejects_lock_blob_id_that_is_not_hex() -> None:
     doc["models"]["tiny"]["files"][0]["blob_id"] = "../../x"
     with pytest.raises(SpecError, match="blob_id"):
         parse_lock(json.dumps(doc).encode())
+
+
+def test_lock_records_the_controller_pythons_and_refuses_when_they_move(tmp_path: Path) -> None:
+    import dataclasses
+
+    spec = _spec(tmp_path)
+    locked = dataclasses.replace(_lock(), controller_python=spec.controller_python)
+    data = locked.to_bytes()
+    assert json.loads(data)["controller_python"] == ["3.10", "3.11", "3.12", "3.13"]
+    assert parse_lock(data).controller_python == ("3.10", "3.11", "3.12", "3.13")
+    assert lock_problems(spec, locked) == []
+    # A lock from before the field was recorded still answers the spec.
+    assert lock_problems(spec, _lock()) == []
+    moved = dataclasses.replace(locked, controller_python=("3.11",))
+    assert lock_problems(spec, moved) == [
+        "targets.controller_python: spec has ['3.10', '3.11', '3.12', '3.13'], lock has ['3.11']"
+    ]

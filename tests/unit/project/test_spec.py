@@ -219,6 +219,39 @@ def test_engine_and_runtime_together_is_a_problem(tmp_path: Path) -> None:
     ]
 
 
+def test_controller_pythons_default_to_what_the_pinned_ansible_core_supports(
+    tmp_path: Path,
+) -> None:
+    every = ("3.10", "3.11", "3.12", "3.13")
+    assert _parse(_base(), tmp_path).controller_python == every
+    data = _base() | {"targets": {"python": ["3.11"]}}
+    assert _parse(data, tmp_path).controller_python == every
+    data = _base() | {"targets": {"controller_python": ["3.13"]}}
+    assert _parse(data, tmp_path).controller_python == ("3.13",)
+
+
+def test_controller_python_that_ansible_core_does_not_support_is_refused(
+    tmp_path: Path,
+) -> None:
+    data = _base() | {"targets": {"controller_python": ["3.9", "3.14", "3.x", "3.12", "3.12"]}}
+    problems = _problems(data, tmp_path)
+    assert len(problems) == 4, problems
+    assert problems[0].startswith(
+        "targets.controller_python: Python 3.9 cannot run the controller: the bundle's "
+        "controller runs on Python 3.10 (ansible-core 2.17, the newest series that supports "
+        "it) and 3.11-3.13 (ansible-core 2.19)"
+    )
+    assert "choose from '3.10', '3.11', '3.12', '3.13'" in problems[0]
+    assert "Python 3.14 cannot run the controller" in problems[1]
+    assert "'3.x' is not a Python version" in problems[2]
+    assert "'3.12' is listed twice" in problems[3]
+    empty = _problems(_base() | {"targets": {"controller_python": []}}, tmp_path)
+    assert empty == [
+        "targets.controller_python: expected a non-empty list of Python versions "
+        "(e.g. ['3.10', '3.11', '3.12', '3.13'])"
+    ]
+
+
 @pytest.mark.parametrize(
     ("repo", "name"),
     [

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bundler.errors import BuildError, ClosureError
+from bundler.sources import wheelhouse as wh_mod
 from bundler.sources.wheelhouse import (
     Target,
     WheelInfo,
@@ -223,3 +224,76 @@ def test_closure_ignores_wheels_that_pip_config_would_find_elsewhere(
     monkeypatch.setenv("PIP_FIND_LINKS", str(elsewhere))
     with pytest.raises(ClosureError, match="cannot install offline"):
         check_closure(wheelhouse, targets)
+
+
+def test_each_controller_python_gets_the_newest_ansible_core_series_for_it() -> None:
+    # ansible-core 2.18 and 2.19 need Python 3.11 on the controller (requires-python
+    # >=3.11 on PyPI); 2.17 is the last series for 3.10.
+    assert wh_mod.CONTROLLER_PYTHONS == ("3.10", "3.11", "3.12", "3.13")
+    assert wh_mod.controller_requirements("3.10") == ["ansible-core==2.17.*", "pip"]
+    for v in ("3.11", "3.12", "3.13"):
+        assert wh_mod.controller_requirements(v) == ["ansible-core==2.19.*", "pip"]
+    with pytest.raises(BuildError, match=r"Python 3\.9 cannot run the controller"):
+        wh_mod.controller_requirements("3.9")
+
+
+def test_target_requirements_reach_only_their_target(tmp_path: Path, monkeypatch) -> None:
+    seen: dict[str, list[str]] = {}
+
+    def fake_run(argv: list[str], **_: Any) -> Any:
+        py = argv[argv.index("--python-version") + 1]
+        seen[py] = [a for a in argv if a.startswith(("ansible-core", "x=="))]
+        return type("R", (), {"returncode": 0, "stdout": "", "stderr": ""})()
+
+    monkeypatch.setattr(wh_mod.subprocess, "run", fake_run)
+    old, new = Target("3.10", "manylinux_2_28_x86_64"), Target("3.12", "manylinux_2_28_x86_64")
+    wh_mod.build_wheelhouse(
+        [old, new],
+        ["x==1"],
+        target_requirements={old: ["ansible-core==2.17.*"], new: ["ansible-core==2.19.*"]},
+        extra_wheels=[],
+        dest=tmp_path / "w",
+        cache_dir=tmp_path / "c",
+        check=False,
+    )
+    assert seen == {
+        "3.10": ["x==1", "ansible-core==2.17.*"],
+        "3.12": ["x==1", "ansible-core==2.19.*"],
+    }
+
+
+def test_wheel_requires_evaluates_markers_for_the_target_python(tmp_path: Path) -> None:
+    whl = make_wheel(
+        tmp_path,
+        "app",
+        "1.0",
+        requires=(
+            "base>=1",
+            "newer>=2; python_version >= '3.11'",
+            "backport; python_version < '3.11'",
+            "extra-only; extra == 'dev'",
+        ),
+    )
+    assert [str(r) for r in wh_mod.wheel_requires(whl, "3.10")] == ["base>=1", "backport"]
+    assert [str(r) for r in wh_mod.wheel_requires(whl, "3.12")] == ["base>=1", "newer>=2"]
+
+
+def test_dry_run_proof_for_another_python_names_a_dependency_its_markers_need(
+    tmp_path: Path,
+) -> None:
+    # The closure for 3.10 lacks the backport that only 3.10 needs: pip's own dry run would
+    # evaluate the marker for this interpreter and miss it (or demand "newer" instead).
+    wh = tmp_path / "w"
+    wh.mkdir()
+    infos = [
+        wheel_info(make_wheel(wh, "app", "1.0", requires=("backport; python_version < '3.11'",)))
+    ]
+    target = Target("3.10", "manylinux_2_28_x86_64")
+    req = wh / target.requirements_name()
+    req.write_text(requirements_text(infos))
+    assert wh_mod._missing_dependencies(target, wh, req) == [
+        "No matching distribution found for backport (for app)"
+    ]
+    infos.append(wheel_info(make_wheel(wh, "backport", "1.0")))
+    req.write_text(requirements_text(infos))
+    assert wh_mod._missing_dependencies(target, wh, req) == []

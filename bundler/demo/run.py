@@ -232,6 +232,10 @@ def demo_spec(template_spec: str, *, variants: list[str], python: str) -> str:
     # run); the tests build and check it (tests/integration/test_wheelhouse.py).
     targets["llama_cpp_python"] = False
     targets["requirements"] = list(DEMO_REQUIREMENTS)
+    # The demo's controller is this machine's .venv, so its bundle carries the controller
+    # closure for this Python only: a closure for each Python ansible-core supports would add
+    # minutes of downloads and install proofs to a cold first run for nothing.
+    targets["controller_python"] = [python]
     data["targets"] = targets
     server = data.get("server") or {}
     server["model"] = MODEL_NAME

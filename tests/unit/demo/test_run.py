@@ -41,6 +41,7 @@ def test_demo_spec_from_the_example_is_valid_and_points_at_the_demo_repo(tmp_pat
     assert spec.engine.llama_cpp_python == LLAMA_CPP_PYTHON
     assert not spec.engine.cuda.enabled
     assert spec.server.model == "tiny"
+    assert spec.controller_python == ("3.11",)
 
 
 class _FakeServer(BaseHTTPRequestHandler):

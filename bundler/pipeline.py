@@ -34,6 +34,7 @@ from bundler.paths import FAR_SIDE_DIRS, repo_root
 from bundler.project import pin
 from bundler.project.lock import (
     Lock,
+    LockedFile,
     LockedModel,
     check_lock,
     load_lock,
@@ -41,7 +42,7 @@ from bundler.project.lock import (
 from bundler.project.spec import ModelSpec, Spec, load_spec
 from bundler.sources import wheelhouse
 from bundler.sources.ggufinfo import read_facts, shards_of
-from bundler.sources.hub import HubClient, HubSettings
+from bundler.sources.hub import FetchedFile, HubClient, HubSettings
 from bundler.sources.licenses import license_facts
 from bundler.ssh.keys import Signer, load_signer
 
@@ -119,19 +120,25 @@ def _copy_hashing(src: Path, dest: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def _fetch_locked(client: HubClient, m: LockedModel, f: LockedFile) -> FetchedFile:
+    """One locked file of a Hub model, fetched (or found in the cache) and digest-checked."""
+    assert m.repo is not None and m.commit is not None
+    return client.fetch(
+        m.repo,
+        m.commit,
+        f.path,
+        size=f.size,
+        lfs_sha256=f.sha256 if f.lfs else None,
+        blob_id=f.blob_id,
+        sha256=f.sha256,
+    )
+
+
 def _stage_hub(m: LockedModel, client: HubClient, stage: Path, st: _Staged) -> list[dict[str, Any]]:
     assert m.repo is not None and m.commit is not None
     entries = []
     for f in m.files:
-        got = client.fetch(
-            m.repo,
-            m.commit,
-            f.path,
-            size=f.size,
-            lfs_sha256=f.sha256 if f.lfs else None,
-            blob_id=f.blob_id,
-            sha256=f.sha256,
-        )
+        got = _fetch_locked(client, m, f)
         bundle_path = f"models/{m.name}/{f.path}"
         linked = _place(got.path, stage / bundle_path, size=f.size, sha256=f.sha256)
         st.digests[bundle_path] = (f.size, f.sha256)
@@ -189,15 +196,7 @@ def _stage_derived(
     inputs: dict[str, tuple[Path, str]] = {}
     entries = []
     for f in m.files:
-        got = client.fetch(
-            m.repo,
-            m.commit,
-            f.path,
-            size=f.size,
-            lfs_sha256=f.sha256 if f.lfs else None,
-            blob_id=f.blob_id,
-            sha256=f.sha256,
-        )
+        got = _fetch_locked(client, m, f)
         inputs[f.path] = (got.path, f.sha256)
         if f.path.endswith((".safetensors", ".gguf")) or f.path == m.entrypoint:
             continue

@@ -49,6 +49,8 @@ __all__ = [
     "cpu_flags",
     "default_variants",
     "engine_cmake_flags",
+    "isolation_prefix",
+    "run_logged",
     "stage_engine",
 ]
 
@@ -282,7 +284,7 @@ def _first_line(argv: list[str], *, last: bool = False) -> str:
     return (lines[-1] if last else lines[0]) if lines else "unknown"
 
 
-def _isolation_prefix() -> list[str]:
+def isolation_prefix() -> list[str]:
     """``unshare -n`` (a network namespace with no interfaces) where the host allows it."""
     for argv in (["unshare", "-n"], ["unshare", "-rn"]):
         try:
@@ -294,7 +296,7 @@ def _isolation_prefix() -> list[str]:
     return []
 
 
-def _run_logged(
+def run_logged(
     argv: Sequence[str],
     log: Path,
     *,
@@ -372,7 +374,7 @@ def build_engine(
         build_dir = out / "_build"
         include = out / "_airlock-variants.cmake"
         include.write_text(_VARIANTS_CMAKE)
-        prefix = _isolation_prefix()
+        prefix = isolation_prefix()
         with open(log, "ab") as fh:
             fh.write(f"# network isolation: {' '.join(prefix) or 'none available'}\n".encode())
         commit = source.llama_cpp_commit
@@ -394,7 +396,7 @@ def build_engine(
             "-DLLAMA_BUILD_NUMBER=0",
             *sdk_flags,
         ]
-        _run_logged(configure, log, env=env, what="cmake configure of llama.cpp")
+        run_logged(configure, log, env=env, what="cmake configure of llama.cpp")
         build = [
             *prefix,
             "cmake",
@@ -405,7 +407,7 @@ def build_engine(
             "--target",
             *engine_targets(chosen, cuda),
         ]
-        _run_logged(build, log, env=env, what="llama.cpp build (" + ", ".join(chosen) + ")")
+        run_logged(build, log, env=env, what="llama.cpp build (" + ", ".join(chosen) + ")")
         _collect(build_dir / "bin", out, chosen, cuda)
         if cuda is not None:
             cudalib.collect_cuda_runtime(wheels, out / "lib" / "cuda")
@@ -796,7 +798,7 @@ def build_llama_cpp_python_wheel(
             str(out / "dist"),
             str(source.path),
         ]
-        _run_logged(argv, log, env=env, what="llama-cpp-python wheel build")
+        run_logged(argv, log, env=env, what="llama-cpp-python wheel build")
 
     entry = BuildCache(cache_dir).build("wheel", inputs, builder)
     copy_log(entry, log_dir, "llama-cpp-python-wheel.log")

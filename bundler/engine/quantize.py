@@ -22,9 +22,7 @@ from bundler import console
 from bundler.engine.buildcache import BuildCache, CacheEntry, copy_log
 
 # the engine build's helpers: the same network isolation and logging for every llama.cpp tool
-from bundler.engine.llamacpp import _isolation_prefix as isolation_prefix
-from bundler.engine.llamacpp import _run_logged as run_logged
-from bundler.engine.llamacpp import toolchain
+from bundler.engine.llamacpp import isolation_prefix, run_logged, toolchain
 from bundler.engine.sdist import SourceArchive, source_tree
 from bundler.errors import BuildError, ConvertError
 from bundler.fsio import hash_file

@@ -214,8 +214,8 @@ def fake_cuda_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeInde
     monkeypatch.setattr(llamacpp, "toolchain", lambda zig=None: dict(tools))
     monkeypatch.setattr(llamacpp, "_first_line", lambda argv, last=False: "V13.0.88")
     monkeypatch.setattr(llamacpp, "source_tree", lambda source, cache_dir: tmp_path / "src")
-    monkeypatch.setattr(llamacpp, "_isolation_prefix", lambda: [])
-    monkeypatch.setattr(llamacpp, "_run_logged", lambda *a, **kw: None)
+    monkeypatch.setattr(llamacpp, "isolation_prefix", lambda: [])
+    monkeypatch.setattr(llamacpp, "run_logged", lambda *a, **kw: None)
     monkeypatch.setattr(llamacpp, "_collect", collect)
     monkeypatch.setattr(llamacpp, "check_relocatable", lambda root: None)
     return index

@@ -67,3 +67,16 @@ def test_unknown_signer_refuses_unless_airlock_allow_unknown_signers(tmp_path: P
     out = accepted.stdout + accepted.stderr
     assert accepted.returncode == 0, out[-3000:]
     assert "verified against" in out and "threshold 1" in out
+
+
+def test_a_controller_without_the_airlock_command_is_told_so_not_refused(tmp_path: Path) -> None:
+    """A missing CLI makes the command module answer rc 2 (ENOENT): that is a setup problem
+    on the controller, and the message must say so rather than blame the bundle."""
+    bundle, allowed = _cosigned_bundle(tmp_path)
+    missing = tmp_path / "no-venv" / "bin" / "airlock"
+    run = _install(tmp_path, bundle, allowed, "-e", f"airlock_cli={missing}")
+    out = " ".join((run.stdout + run.stderr).split())  # the callback wraps long messages
+    assert run.returncode != 0, out[-3000:]
+    assert f"Could not run the airlock command {missing} on the controller" in out, out[-3000:]
+    assert "Is it installed and executable?" in out, out[-3000:]
+    assert "REFUSED" not in out, out[-3000:]

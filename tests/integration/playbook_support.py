@@ -156,6 +156,12 @@ class PlaybookRun:
     def changed(self, host: str) -> int:
         return self.recap()[host]["changed"]
 
+    @property
+    def text(self) -> str:
+        """The output with every run of whitespace made one space: the YAML callback wraps
+        long messages at different columns in different ansible-core releases."""
+        return " ".join(self.output.split())
+
 
 def playbook_command(
     fleet: TestFleet,
@@ -164,11 +170,18 @@ def playbook_command(
     *extra: str,
     bundle: Bundle | None = None,
     signer: Signer | None = None,
+    controller: Path = BIN,
 ) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of one ansible-playbook run against ``fleet``."""
+    """argv and environment of one ansible-playbook run against ``fleet``, with the
+    ansible-playbook and airlock commands of the controller venv whose bin/ is ``controller``."""
     inventory = workdir / "inventory.ini"
     inventory.write_text(fleet.inventory())
-    argv = [str(BIN / "ansible-playbook"), "-i", str(inventory), str(REPO / "playbooks" / playbook)]
+    argv = [
+        str(controller / "ansible-playbook"),
+        "-i",
+        str(inventory),
+        str(REPO / "playbooks" / playbook),
+    ]
     if bundle is not None:
         argv += ["-e", f"airlock_bundle={bundle.path}"]
     if signer is not None:
@@ -176,7 +189,7 @@ def playbook_command(
         argv += ["-e", "airlock_threshold=1"]
     argv += [
         "-e",
-        f"airlock_cli={BIN / 'airlock'}",
+        f"airlock_cli={controller / 'airlock'}",
         "-e",
         f"airlock_controller_workdir={workdir / 'controller-state'}",
         "-e",
@@ -185,7 +198,7 @@ def playbook_command(
     ]
     env = fleet.ansible_env()
     env["ANSIBLE_CONFIG"] = str(REPO / "playbooks" / "ansible.cfg")
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{controller}{os.pathsep}{env.get('PATH', '')}"
     return argv, env
 
 
@@ -197,8 +210,11 @@ def run_playbook(
     bundle: Bundle | None = None,
     signer: Signer | None = None,
     timeout: float = 900,
+    controller: Path = BIN,
 ) -> PlaybookRun:
-    argv, env = playbook_command(fleet, workdir, playbook, *extra, bundle=bundle, signer=signer)
+    argv, env = playbook_command(
+        fleet, workdir, playbook, *extra, bundle=bundle, signer=signer, controller=controller
+    )
     proc = subprocess.run(
         argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
     )

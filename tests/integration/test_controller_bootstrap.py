@@ -27,12 +27,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bundler.demo.hosts import TestFleet
 from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
 from bundler.pipeline import BuildOptions, build, lock
 from bundler.project.spec import load_spec
 from bundler.sources.wheelhouse import ANSIBLE_CORE_SERIES, CONTROLLER_PYTHONS
 from bundler.ssh.keys import generate_keypair
 from tests.rootfs import debian_rootfs
+
+from .playbook_support import PlaybookRun, make_bundle, make_signer, real_engine, run_playbook
 
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
 
@@ -283,24 +286,39 @@ def _module_options(playbooks: Path) -> dict[str, set[str]]:
     return used
 
 
-def test_python310_bootstraps_offline_with_ansible_core_217_and_runs_the_playbooks(
-    bundle: Bundle, tmp_path: Path
-) -> None:
-    """Python 3.10 (Ubuntu 22.04's python3) gets ansible-core 2.17, the newest series that
-    supports a 3.10 controller; the playbooks are checked with that ansible-core."""
+@dataclass(frozen=True)
+class Controller:
+    bin: Path
+    bootstrap_output: str
+
+
+@pytest.fixture(scope="module")
+def controller310(bundle: Bundle, tmp_path_factory: pytest.TempPathFactory) -> Controller:
+    """pyenv's CPython 3.10 bootstrapped from the bundle alone, with no network."""
     assert os.geteuid() == 0, "needs root (network namespaces)"
     assert PYTHON310.is_file(), (
         f"no CPython 3.10 under {PYENV}: this test needs pyenv's 3.10, as "
         "test_playbook_recovery needs its older Pythons"
     )
-    dest = tmp_path / "opt" / "airlock-controller"
+    dest = tmp_path_factory.mktemp("ctl310") / "opt" / "airlock-controller"
+    out = _ok(_offline([str(PYTHON310), "-m", "runtime.controller", str(dest)], cwd=bundle.ctl))
+    return Controller(bin=dest / "bin", bootstrap_output=out)
+
+
+def test_python310_bootstraps_offline_with_ansible_core_217_and_runs_the_playbooks(
+    bundle: Bundle, controller310: Controller, tmp_path: Path
+) -> None:
+    """Python 3.10 (Ubuntu 22.04's python3) gets ansible-core 2.17, the newest series that
+    supports a 3.10 controller; the playbooks are checked with that ansible-core."""
     probe = "import socket; socket.create_connection(('192.0.2.1', 80), timeout=5)"
     unreachable = _offline([str(PYTHON310), "-c", probe], cwd=bundle.ctl)
     assert unreachable.returncode != 0 and "Network is unreachable" in unreachable.stderr
 
-    out = _ok(_offline([str(PYTHON310), "-m", "runtime.controller", str(dest)], cwd=bundle.ctl))
-    assert f"controller ready: {dest} (Python 3.10, ansible-core 2.17." in out
-    bin_ = dest / "bin"
+    dest = controller310.bin.parent
+    assert f"controller ready: {dest} (Python 3.10, ansible-core 2.17." in (
+        controller310.bootstrap_output
+    )
+    bin_ = controller310.bin
     version = _ok(_offline([str(bin_ / "ansible-playbook"), "--version"], cwd=tmp_path))
     assert f"ansible-playbook [core {ANSIBLE_CORE_SERIES['3.10']}." in version
     assert "python version = 3.10" in version
@@ -368,3 +386,32 @@ def test_python310_bootstraps_offline_with_ansible_core_217_and_runs_the_playboo
     )
     assert "ansible-core" in modules and "airlock" in modules
     assert "httpx2" not in modules and "huggingface-hub" not in modules
+
+
+def test_python310_controller_installs_verifies_and_uninstalls_a_real_host(
+    controller310: Controller, tmp_path: Path
+) -> None:
+    """The playbooks run end to end under ansible-core 2.17, from the bootstrapped 3.10
+    venv: install on a disconnected test host (real sshd, the real engine behind the
+    health gate), a rerun that changes nothing, verify, uninstall."""
+    signer = make_signer(tmp_path / "keys")
+    release = make_bundle(tmp_path, real_engine(), signer, version="1.0.0", sequence=1)
+    with TestFleet(1, workdir=tmp_path / "fleet") as fleet:
+        host = fleet.hosts[0]
+
+        def play(book: str) -> PlaybookRun:
+            run = run_playbook(
+                fleet, tmp_path, book, bundle=release, signer=signer, controller=controller310.bin
+            )
+            assert run.rc == 0, run.output[-4000:]
+            assert run.recap()[host.name]["failed"] == 0, run.output[-4000:]
+            return run
+
+        assert play("install.yml").changed(host.name) > 0
+        state = json.loads(host.run("cat /var/lib/airlock/state.json").stdout)
+        assert state["current"] == "1.0.0"
+        assert play("install.yml").changed(host.name) == 0
+        assert play("verify.yml").changed(host.name) == 0
+        play("uninstall.yml")
+        left = host.run("ls -d /opt/airlock /etc/airlock /var/lib/airlock 2>/dev/null", check=False)
+        assert left.stdout.strip() == "", left.stdout

@@ -32,6 +32,7 @@ from .playbook_support import (
     Signer,
     make_bundle,
     make_signer,
+    pre_slot_tree,
     real_engine,
     run_playbook,
 )
@@ -53,6 +54,7 @@ V1, V2, V3 = "1.0.0", "2.0.0", "3.0.0"
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "python3", "sudo", "procps")
 FRONT = "airlock-front.service"
 TEMPLATE = "airlock-server@.service"
+LEGACY = "airlock-server.service"  # the pre-slot role's single unit
 
 
 def _slot_unit(port: int) -> str:
@@ -293,3 +295,30 @@ def test_verify_rollback_and_uninstall(fleet: TestFleet, work: Path) -> None:
             assert _show(h, "LoadState", unit) == "not-found"
         assert h.run("ls /etc/systemd/system/multi-user.target.wants/").stdout.count("airlock") == 0
         assert _server_users(h) == [] and _fronts(h) == 0
+
+
+def test_upgrade_from_a_pre_slot_unit(
+    fleet: TestFleet, work: Path, bundles: dict[str, Bundle], signer: Signer
+) -> None:
+    """A host installed by the role before the slots (the single airlock-server.service on the
+    public port) upgrades to the front and a slot; the old unit is stopped, disabled, removed."""
+    host = fleet.hosts[0]
+    limit = ["--limit", f"localhost,{host.name}"]
+    old = pre_slot_tree(work / "pre-slot") / "playbooks"
+    run = run_playbook(fleet, work, "install.yml", *limit, bundle=bundles[V1], signer=signer,
+                       playbooks=old)  # fmt: skip
+    assert run.rc == 0, run.output[-4000:]
+    assert _show(host, "ActiveState", LEGACY) == "active" and _slots(host) == (None, {})
+    run = run_playbook(fleet, work, "install.yml", *limit, bundle=bundles[V2], signer=signer)
+    assert run.rc == 0, run.output[-4000:]
+    _serves_on_slot(host, SLOTS[0], V2)
+    _slot_units(host, SLOTS[0])
+    assert host.run(f"test -e /etc/systemd/system/{LEGACY}", check=False).returncode == 1
+    assert _show(host, "LoadState", LEGACY) == "not-found"
+    assert _server_users(host) == ["airlock"]
+    _ask(host)
+    run = run_playbook(fleet, work, "install.yml", *limit, bundle=bundles[V2], signer=signer)
+    assert run.rc == 0 and run.changed(host.name) == 0, run.output[-6000:]
+    run = run_playbook(fleet, work, "uninstall.yml", "--limit", host.name)
+    assert run.rc == 0, run.output[-4000:]
+    assert _untouched(host) and _fronts(host) == 0 and _server_users(host) == []

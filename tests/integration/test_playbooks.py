@@ -414,6 +414,31 @@ def test_upgrade_from_a_pre_slot_install(
     assert run.rc == 0 and run.changed(host.name) == 0, run.output[-6000:]
 
 
+def test_a_failure_after_the_switch_puts_the_old_slot_and_port_back(
+    fleet: TestFleet, work: Path, signer: Signer
+) -> None:
+    """V3 moves the public port to 80, where the front (as airlock) cannot bind: V3 passes
+    its gate and its slot, current and the front move, the old slot is stopped, and only the
+    final check on the public port fails. The rescue starts V2 on the old slot again, points
+    the front back at it, restarts the front on V2's port, stops V3's slot and discards V3."""
+    host = fleet.hosts[0]
+    limit = ["--limit", f"localhost,{host.name}"]
+    v3 = make_bundle(work, real_engine(), signer, version="3.0.0", sequence=3, seed=2)
+    moved = ["-e", '{"airlock_server_overrides": {"port": 80}, "airlock_slot_ports": [9091, 9092]}']
+    run = run_playbook(fleet, work, "install.yml", *limit, *moved, "-e",
+                       "airlock_health_timeout=20", bundle=v3, signer=signer)  # fmt: skip
+    assert run.rc != 0
+    assert f"FAILED on {host.name} at Verify" in run.text, run.output[-4000:]
+    assert f"Rolled back: release {V2} is current and serving" in run.text
+    assert "Slots | stop the old slot" in run.output  # it had got that far
+    state = _state(host)
+    assert state["current"] == V2 and "3.0.0" not in state["releases"]  # type: ignore[operator]
+    _serves_on_slot(host, SLOTS[0], V2)
+    assert not set(_listening(host)) & {80, 9091, 9092}
+    assert _fronts(host) == 1 and _server_users(host) == ["airlock"]
+    _ask(host)
+
+
 def test_a_moved_public_port_restarts_the_front_there(
     fleet: TestFleet, work: Path, bundles: dict[str, Bundle], signer: Signer
 ) -> None:

@@ -1,13 +1,18 @@
 """Rolling upgrade benchmark: requests that fail, and the longest gap, while install.yml upgrades.
 
 Installs release 1 on N test hosts, then, while one client per host sends a bounded loop of
-requests to its server (each with a 2 s timeout, one every ``--interval`` seconds), runs
-install.yml with release 2 and ``-e airlock_serial=S -e airlock_max_fail_percentage=0``.
+requests to its public port (each with a 2 s timeout, one every ``--interval`` seconds), runs
+install.yml with release 2 and ``-e airlock_serial=S -e airlock_max_fail_percentage=0``:
+each host starts release 2 on its idle server slot while release 1 serves through the front,
+then moves the front and stops the old slot (docs/OPERATIONS.md, "The upgrade timeline").
 Prints, per host and in total, the requests sent, the failed ones (target: 0) and the
 longest time between two answered requests. ``--kind systemd`` boots the hosts with
-systemd as PID 1 (systemd-nspawn, as tests/integration/test_playbooks_systemd.py does).
+systemd as PID 1 (systemd-nspawn, as tests/integration/test_playbooks_systemd.py does);
+``--become`` logs in as an unprivileged user with the sudo rule (test_playbooks_become.py).
 
     sudo flock /tmp/airlock-netns.lock .venv/bin/python bench/rolling_upgrade.py --hosts 3
+    sudo flock /tmp/airlock-netns.lock .venv/bin/python bench/rolling_upgrade.py --hosts 3 \
+        --kind systemd --become
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.05)
     parser.add_argument("--path", default="/v1/completions", help="or /health")
     parser.add_argument("--kind", choices=["netns", "systemd"], default="netns")
+    parser.add_argument("--become", action="store_true", help="log in as a sudo user, not root")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="airlock-bench-roll-"))
     signer = make_signer(work / "keys")
@@ -96,7 +102,7 @@ def main() -> int:
 
         rootfs = debian_rootfs("bookworm", include=PACKAGES)
         start = functools.partial(SystemdHost.start_systemd, rootfs=rootfs)
-    with TestFleet(args.hosts, workdir=work / "fleet", start=start) as fleet:
+    with TestFleet(args.hosts, workdir=work / "fleet", start=start, become=args.become) as fleet:
         run = run_playbook(fleet, work, "install.yml", bundle=v1, signer=signer)
         if run.rc != 0:
             raise SystemExit(f"installing release 1 failed:\n{run.output[-3000:]}")
@@ -116,7 +122,10 @@ def main() -> int:
             t.join(timeout=10)
         if run.rc != 0:
             raise SystemExit(f"the rolling upgrade failed:\n{run.output[-3000:]}")
-    print(f"rolling upgrade of {args.hosts} {args.kind} hosts, serial={args.serial}: {took:.1f} s")
+    login = "a sudo user" if args.become else "root"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    print(f"rolling upgrade of {args.hosts} {args.kind} hosts as {login}, serial={args.serial}: "
+          f"{took:.1f} s ({when})")  # fmt: skip
     print(f"{'host':<16} {'sent':>6} {'failed':>6} {'longest gap':>12}  errors")
     for h, c in zip(fleet.hosts, clients):
         print(f"{h.name:<16} {c.sent:>6} {c.failed:>6} {c.longest_gap:>11.2f}s  {c.errors}")

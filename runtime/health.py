@@ -74,6 +74,23 @@ def check_completion(base_url: str, *, timeout: float, api_key: Optional[str] = 
     return text
 
 
+def read_api_key(env_file: str) -> Optional[str]:
+    """The API key the release's server requires (AIRLOCK_API_KEY_FILE), or None."""
+    from runtime.settings import settings_value
+
+    key_file = settings_value(env_file, "AIRLOCK_API_KEY_FILE")
+    if not key_file:
+        return None
+    try:
+        with open(key_file, encoding="utf-8") as f:
+            return f.read().strip() or None
+    except OSError as e:
+        raise InstallError(
+            f"cannot read the API key file {key_file}: {e}",
+            hint="airlock_server_overrides.api_key_file must name a file root can read",
+        ) from e
+
+
 def health_gate(
     release_dir: str,
     env_file: str,
@@ -81,19 +98,25 @@ def health_gate(
     user: Optional[str],
     log_file: str,
     timeout: float,
+    port: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """Run the release's server, require /health 200 and one real completion, stop it."""
+    """Run the release's server, require /health 200 and one real completion, stop it.
+
+    With ``port`` the server runs on that loopback slot port (:func:`runtime.slots.on_slot`)
+    instead of the address in its settings, so the release that serves is not disturbed.
+    """
     import subprocess
 
-    from runtime.supervise import _drop_privileges, launch_spec, settings_value
+    from runtime.settings import settings_value
+    from runtime.slots import SLOT_HOST, on_slot
+    from runtime.supervise import _drop_privileges, launch_spec
 
     argv, env, cwd = launch_spec(release_dir, env_file)
     base_url = settings_value(env_file, "AIRLOCK_HEALTH_URL") or "http://127.0.0.1:8080"
-    key_file = settings_value(env_file, "AIRLOCK_API_KEY_FILE")
-    api_key = None
-    if key_file:
-        with open(key_file, encoding="utf-8") as f:
-            api_key = f.read().strip()
+    if port is not None:
+        argv = on_slot(argv, port)
+        base_url = f"http://{SLOT_HOST}:{port}"
+    api_key = read_api_key(env_file)
     os.makedirs(os.path.dirname(log_file), exist_ok=True)
     started = time.monotonic()
     if not os.path.isdir(cwd) or not os.access(argv[0], os.X_OK):

@@ -41,7 +41,7 @@ from runtime.errors import (
     UsageError,
 )
 from runtime.fsio import atomic_write, file_sha256
-from runtime.health import check_completion, health_gate, wait_healthy
+from runtime.health import check_completion, health_gate, read_api_key, wait_healthy
 from runtime.layout import Layout, load_state, save_state
 from runtime.libc import check_engine, libc_facts
 
@@ -428,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", default=None)
     p.add_argument("--log-file", required=True)
     p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("--port", type=int, default=None, help="serve it on this loopback slot port")
 
     p = sub.add_parser("switch", help="point current at a release and record it")
     p.add_argument("--version", required=True)
@@ -438,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("health", help="wait until the running service answers /health")
     p.add_argument("--url", default=None, help="default: AIRLOCK_HEALTH_URL of current")
+    p.add_argument("--version", default=None, help="the release whose settings (URL, API key)")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--completion", action="store_true", help="also require one completion")
 
@@ -491,6 +493,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             user=args.user,
             log_file=args.log_file,
             timeout=args.timeout,
+            port=args.port,
         )
         return dict(result, changed=False)
     if cmd == "switch":
@@ -511,17 +514,21 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         save_state(layout, state)
         return {"changed": True, "current": args.version}
     if cmd == "health":
-        from runtime.supervise import settings_value
+        from runtime.settings import settings_value
 
-        url = args.url
-        if url is None:
-            version = current_target(layout)
-            if version is None:
-                raise InstallError(f"{layout.current} does not point to a release")
-            url = settings_value(layout.env_file(version), "AIRLOCK_HEALTH_URL")
+        version = args.version or current_target(layout)
+        if version is None:
+            raise InstallError(f"{layout.current} does not point to a release")
+        url = args.url or settings_value(layout.env_file(version), "AIRLOCK_HEALTH_URL")
         url = url or "http://127.0.0.1:8080"
-        wait_healthy(url, timeout=args.timeout)
-        text = check_completion(url, timeout=args.timeout) if args.completion else None
+        # A site that sets api_key_file gets a server that answers 401 without the key.
+        api_key = read_api_key(layout.env_file(version))
+        wait_healthy(url, timeout=args.timeout, api_key=api_key)
+        text = (
+            check_completion(url, timeout=args.timeout, api_key=api_key)
+            if args.completion
+            else None
+        )
         return {"changed": False, "url": url, "completion": text}
     if cmd == "discard":
         removed = discard(

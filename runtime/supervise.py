@@ -5,6 +5,10 @@ dedicated user, writes its pid to the pidfile, runs ``llama-server`` for the rel
 ``current`` points to (settings from ``/etc/airlock/releases/<version>.env``), appends its
 output to the log file and restarts it with exponential backoff when it fails.
 ``exec`` is the same launch without supervision, for systemd's ``ExecStart``.
+
+``--slot PORT`` supervises one server slot instead (:mod:`runtime.slots`): the release that
+slot is assigned, on ``127.0.0.1:PORT``, with its own pidfiles. ``--front HOST:PORT``
+supervises the traffic front (:mod:`runtime.front`) on the public port.
 """
 
 from __future__ import annotations
@@ -21,29 +25,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from runtime.errors import AirlockError, InstallError
 from runtime.fsio import atomic_write
+from runtime.settings import parse_env_file
 
 PATH_KEYS = ("LD_LIBRARY_PATH", "GGML_BACKEND_PATH")
 BACKOFF_START = 1.0
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # a child that ran this long resets the backoff
-
-
-def parse_env_file(text: str) -> Dict[str, str]:
-    """KEY=VALUE lines (values shell-quoted as systemd's EnvironmentFile= accepts them)."""
-    env: Dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key.replace("_", "").isalnum():
-            raise InstallError(
-                f"line {number} of the server settings is not KEY=VALUE: {line!r}",
-                hint="rerun install.yml to render the settings from templates/server.env.j2",
-            )
-        parts = shlex.split(value) if value else [""]
-        env[key] = " ".join(parts)
-    return env
 
 
 def launch_spec(release_dir: str, env_file: str) -> Tuple[List[str], Dict[str, str], str]:
@@ -84,19 +71,33 @@ def launch_spec(release_dir: str, env_file: str) -> Tuple[List[str], Dict[str, s
     return argv, env, os.path.normpath(cwd)
 
 
-def settings_value(env_file: str, key: str) -> Optional[str]:
-    with open(env_file, encoding="utf-8") as f:
-        return parse_env_file(f.read()).get(key)
-
-
 class Paths:
-    """The files one supervisor instance uses."""
+    """The files one supervisor instance uses, and what it runs.
 
-    def __init__(self, *, root: str, config: str, run_dir: str, log_file: str) -> None:
+    Without ``slot`` or ``front`` it is the pre-slot single server of ``current`` on the
+    public port (kept so an upgrade can find and stop it).
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        config: str,
+        run_dir: str,
+        log_file: str,
+        state: str = "/var/lib/airlock",
+        slot: Optional[int] = None,
+        front: Optional[str] = None,
+    ) -> None:
         self.root = root
         self.config = config
-        self.pidfile = os.path.join(run_dir, "supervise.pid")
-        self.childfile = os.path.join(run_dir, "server.pid")
+        self.state = state
+        self.slot = slot
+        self.front = front
+        suffix = f"-slot-{slot}" if slot else "-front" if front else ""
+        self.pidfile = os.path.join(run_dir, f"supervise{suffix}.pid")
+        self.childfile = os.path.join(run_dir, f"server{suffix}.pid")
+        self.specfile = os.path.join(run_dir, f"supervise{suffix}.spec")
         self.log_file = log_file
 
     def current_release(self) -> Tuple[str, str]:
@@ -109,6 +110,45 @@ class Paths:
                 hint="install a bundle with install.yml first",
             ) from e
         return current, os.path.join(self.config, "releases", version + ".env")
+
+    def slot_release(self, port: int) -> Tuple[str, str]:
+        from runtime.slots import assigned
+
+        version = assigned(self.state, port)
+        if version is None:
+            raise InstallError(
+                f"slot {port} has no release ({self.state}/slots/{port} is missing)",
+                hint="install.yml assigns a release to a slot before it starts it",
+            )
+        return (
+            os.path.join(self.root, "releases", version),
+            os.path.join(self.config, "releases", version + ".env"),
+        )
+
+    def spec(self) -> str:
+        """What this instance runs, recorded at start: a change means a restart."""
+        return self.front or ""
+
+    def launch(self) -> Tuple[List[str], Dict[str, str], str]:
+        """``(argv, environment, cwd)`` of this instance's child."""
+        if self.front:
+            from runtime.slots import ACTIVE_FILE
+
+            argv = [sys.executable, "-m", "runtime.front", "serve", "--listen", self.front,
+                    "--active-file", os.path.join(self.state, ACTIVE_FILE)]  # fmt: skip
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                "PYTHONPATH": os.path.join(self.root, "lib", "runtime.zip"),
+                "PYTHONDONTWRITEBYTECODE": "1",
+            }
+            return argv, env, "/"
+        if self.slot:
+            from runtime.slots import on_slot
+
+            argv, env, cwd = launch_spec(*self.slot_release(self.slot))
+            return on_slot(argv, self.slot), env, cwd
+        return launch_spec(*self.current_release())
 
 
 def read_pid(path: str) -> Optional[int]:
@@ -152,8 +192,7 @@ def _supervise(paths: Paths) -> int:
     log = open(paths.log_file, "ab", buffering=0)
     while not stopping:
         try:
-            release, env_file = paths.current_release()
-            argv, env, cwd = launch_spec(release, env_file)
+            argv, env, cwd = paths.launch()
         except AirlockError as e:
             log.write((f"supervise: {e.render()}\n").encode())
             time.sleep(backoff)
@@ -187,10 +226,20 @@ def _supervise(paths: Paths) -> int:
 
 
 def start(paths: Paths, *, user: Optional[str]) -> bool:
-    """Start the supervisor unless it runs; returns whether anything changed."""
+    """Start the supervisor unless it runs as asked; returns whether anything changed.
+
+    One that runs with another spec (the front on another address) is restarted.
+    """
     if read_pid(paths.pidfile) is not None:
-        return False
-    paths.current_release()  # fail here, in the caller, when nothing is installed
+        try:
+            with open(paths.specfile, encoding="utf-8") as f:
+                running = f.read()
+        except OSError:
+            running = ""
+        if running == paths.spec():
+            return False
+        stop(paths)
+    paths.launch()  # fail here, in the caller, when there is nothing to run
     for d in (os.path.dirname(paths.pidfile), os.path.dirname(paths.log_file)):
         os.makedirs(d, exist_ok=True)
     if user and os.getuid() == 0:
@@ -234,6 +283,7 @@ def start(paths: Paths, *, user: Optional[str]) -> bool:
             "the supervisor did not start: %s" % (answer or "no answer"),
             hint=f"check {paths.log_file} and that the user {user} exists",
         )
+    atomic_write(paths.specfile, paths.spec().encode())
     return True
 
 
@@ -260,7 +310,7 @@ def stop(paths: Paths, *, timeout: float = 30.0) -> bool:
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
-    for path in (paths.pidfile, paths.childfile):
+    for path in (paths.pidfile, paths.childfile, paths.specfile):
         try:
             os.unlink(path)
         except OSError:
@@ -277,8 +327,8 @@ def status(paths: Paths) -> Dict[str, object]:
     }
 
 
-def _exec(release_dir: str, env_file: str) -> int:  # pragma: no cover - replaces the process
-    argv, env, cwd = launch_spec(release_dir, env_file)
+def _exec(paths: Paths) -> int:  # pragma: no cover - replaces the process
+    argv, env, cwd = paths.launch()
     os.chdir(cwd)
     os.execve(argv[0], argv, env)  # noqa: S606
     return 0
@@ -291,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", default="/run/airlock")
     parser.add_argument("--log-file", default="/var/log/airlock/server.log")
     parser.add_argument("--user", default=None, help="drop to this user (when run as root)")
+    parser.add_argument("--state", default="/var/lib/airlock")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--slot", type=int, default=None, help="supervise this server slot")
+    kind.add_argument("--front", default=None, metavar="HOST:PORT", help="supervise the front")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("command", choices=["start", "stop", "restart", "status", "exec"])
     return parser
@@ -298,11 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    paths = Paths(root=args.root, config=args.config, run_dir=args.run_dir, log_file=args.log_file)
+    paths = Paths(
+        root=args.root,
+        config=args.config,
+        run_dir=args.run_dir,
+        log_file=args.log_file,
+        state=args.state,
+        slot=args.slot,
+        front=args.front,
+    )
     try:
         if args.command == "exec":
-            release, env_file = paths.current_release()
-            return _exec(release, env_file)
+            return _exec(paths)
         if args.command == "start":
             result: Dict[str, object] = {"changed": start(paths, user=args.user)}
         elif args.command == "stop":

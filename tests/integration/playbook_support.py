@@ -25,6 +25,23 @@ REPO = Path(__file__).resolve().parents[2]
 # AIRLOCK_TEST_CONTROLLER_BIN=/opt/airlock-controller/bin (docs/DEVELOPING.md).
 BIN = Path(os.environ.get("AIRLOCK_TEST_CONTROLLER_BIN") or Path(sys.executable).parent)
 PORT = 8080
+SLOTS = (PORT + 1, PORT + 2)
+# The last commit whose role ran one server on the public port (before the slots): the
+# upgrade from such a host is tested with its playbooks, runtime and templates.
+PRE_SLOT_COMMIT = "d03c4405693081d38e1072f11ba7620ee6d2a764"
+
+
+def pre_slot_tree(directory: Path) -> Path:
+    """playbooks/, runtime/ and templates/ of :data:`PRE_SLOT_COMMIT` under ``directory``."""
+    if not (directory / "playbooks").is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", PRE_SLOT_COMMIT, "playbooks", "runtime",
+             "templates"],
+            capture_output=True, check=True,
+        )  # fmt: skip
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+    return directory
 
 
 def real_engine() -> llamacpp.EngineBuild:
@@ -171,6 +188,7 @@ def playbook_command(
     bundle: Bundle | None = None,
     signer: Signer | None = None,
     controller: Path = BIN,
+    playbooks: Path = REPO / "playbooks",
 ) -> tuple[list[str], dict[str, str]]:
     """argv and environment of one ansible-playbook run against ``fleet``, with the
     ansible-playbook and airlock commands of the controller venv whose bin/ is ``controller``."""
@@ -180,7 +198,7 @@ def playbook_command(
         str(controller / "ansible-playbook"),
         "-i",
         str(inventory),
-        str(REPO / "playbooks" / playbook),
+        str(playbooks / playbook),
     ]
     if bundle is not None:
         argv += ["-e", f"airlock_bundle={bundle.path}"]
@@ -211,10 +229,12 @@ def run_playbook(
     signer: Signer | None = None,
     timeout: float = 900,
     controller: Path = BIN,
+    playbooks: Path = REPO / "playbooks",
 ) -> PlaybookRun:
     argv, env = playbook_command(
-        fleet, workdir, playbook, *extra, bundle=bundle, signer=signer, controller=controller
-    )
+        fleet, workdir, playbook, *extra, bundle=bundle, signer=signer, controller=controller,
+        playbooks=playbooks,
+    )  # fmt: skip
     proc = subprocess.run(
         argv, capture_output=True, text=True, env=env, timeout=timeout, check=False
     )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,16 +43,20 @@ def test_every_role_documents_every_entry_point_in_argument_specs() -> None:
                 assert option.get("description") and option.get("type"), name
 
 
-def _render_unit(tmp_path: Path) -> Path:
-    unit = tmp_path / "airlock-server.service"
-    args = f"src={REPO / 'templates' / 'airlock-server.service.j2'} dest={unit}"
+def _render_unit(tmp_path: Path, template: str, name: str) -> Path:
+    unit = tmp_path / name
+    args = f"src={REPO / 'templates' / template} dest={unit}"
     extra = [
         "airlock_install_root=/opt/airlock",
         "airlock_config_dir=/etc/airlock",
+        "airlock_state_dir=/var/lib/airlock",
         "airlock_log_dir=/var/log/airlock",
         "airlock_user=airlock",
         "airlock_group=airlock",
         "airlock_python=/usr/bin/python3",
+        "airlock_service_name=airlock-server",
+        "airlock_front_service_name=airlock-front",
+        "airlock_front_listen=0.0.0.0:8080",
     ]
     argv = [str(BIN / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.template"]
     argv += ["-a", args]
@@ -62,15 +67,29 @@ def _render_unit(tmp_path: Path) -> Path:
     return unit
 
 
-def test_systemd_unit_is_hardened_and_passes_systemd_analyze(tmp_path: Path) -> None:
-    unit = _render_unit(tmp_path)
+# The slot template's instance is verified under an instance name (<port>); the front as is.
+UNITS = [
+    ("airlock-server@.service.j2", "airlock-server@8081.service", "ReadOnlyPaths=/opt/airlock "
+     "/etc/airlock /var/lib/airlock", "--slot %i exec"),
+    ("airlock-front.service.j2", "airlock-front.service", "ReadOnlyPaths=/opt/airlock "
+     "/var/lib/airlock", "runtime.front serve --listen 0.0.0.0:8080 --active-file "
+     "/var/lib/airlock/active-port"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("template", "name", "paths", "command"), UNITS)
+def test_systemd_units_are_hardened_and_pass_systemd_analyze(
+    tmp_path: Path, template: str, name: str, paths: str, command: str
+) -> None:
+    unit = _render_unit(tmp_path, template, name)
     text = unit.read_text()
     for directive in (
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
         "PrivateTmp=yes",
-        "ReadOnlyPaths=/opt/airlock /etc/airlock",
+        paths,
+        command,
         "Restart=on-failure",
         "User=airlock",
         "CapabilityBoundingSet=\n",
@@ -89,4 +108,5 @@ def test_systemd_unit_is_hardened_and_passes_systemd_analyze(tmp_path: Path) -> 
     )
     level = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security.stdout)
     assert level, security.stdout + security.stderr
+    print(f"systemd-analyze security --offline {name}: {level.group(1)}")
     assert float(level.group(1)) <= 4.0, security.stdout[-3000:]

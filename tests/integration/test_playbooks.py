@@ -21,10 +21,12 @@ from bundler.demo.hosts import TestFleet, TestHost
 
 from .playbook_support import (
     PORT,
+    SLOTS,
     Bundle,
     Signer,
     make_bundle,
     make_signer,
+    pre_slot_tree,
     real_engine,
     run_playbook,
 )
@@ -82,6 +84,58 @@ def _server_users(host: TestHost) -> list[str]:
             uid = int(status.split("\nUid:")[1].split()[0])
             users.append(host.run(f"id -nu {uid}").stdout.strip())  # the host's own passwd
     return users
+
+
+def _slots(host: TestHost) -> tuple[int | None, dict[int, str]]:
+    """The front's active port and the release of each slot (/var/lib/airlock)."""
+    out = host.run(
+        "cat /var/lib/airlock/active-port 2>/dev/null; echo --;"
+        " cd /var/lib/airlock/slots 2>/dev/null && grep -H . * 2>/dev/null",
+        check=False,
+    ).stdout
+    active, _, assigned = out.partition("--")
+    slots = {}
+    for line in assigned.split():
+        port, _, version = line.partition(":")
+        slots[int(port)] = version
+    return (int(active) if active.strip() else None), slots
+
+
+def _listening(host: TestHost) -> dict[int, str]:
+    """TCP ports listening in the host's network namespace, with their address (hex, IPv4)."""
+    out = host.run("cat /proc/net/tcp /proc/net/tcp6").stdout
+    ports = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A":
+            addr, port = fields[1].rsplit(":", 1)
+            ports[int(port, 16)] = addr
+    return ports
+
+
+LOOPBACK, ANY = "0100007F", "00000000"
+
+
+def _serves_on_slot(host: TestHost, slot: int, version: str) -> None:
+    """The front owns the public port and forwards to ``slot``, which serves ``version``;
+    the other slot is stopped and forgotten."""
+    assert _slots(host) == (slot, {slot: version}), _slots(host)
+    listening = _listening(host)
+    assert listening.get(PORT) == ANY, listening
+    assert listening.get(slot) == LOOPBACK, listening
+    assert all(other not in listening for other in SLOTS if other != slot), listening
+
+
+def _fronts(host: TestHost) -> int:
+    """How many runtime.front processes run in this host's network namespace."""
+    count = 0
+    for pid in host.pids():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        count += b"runtime.front" in argv
+    return count
 
 
 def _ask(host: TestHost) -> str:
@@ -150,6 +204,9 @@ def test_installs_three_hosts_in_parallel_and_never_connects_out(
         # The kernel counts every packet/connect() towards an address without a route.
         assert host.snmp()["Ip.OutNoRoutes"] == no_route, "the host tried to reach outside"
         assert _server_users(host) == ["airlock"]
+        # The front owns the public port; the release serves on the first slot, on loopback.
+        _serves_on_slot(host, SLOTS[0], V1)
+        assert _fronts(host) == 1
 
 
 def test_the_no_route_detector_detects(fleet: TestFleet) -> None:
@@ -194,6 +251,40 @@ def _corrupt_when_unpacked(host: TestHost, path: str, deadline: float) -> bool:
     return False
 
 
+class _PublicPortWatch:
+    """Asks a host's public /health over and over (sequentially, 30 s timeout each) and
+    reads its front's active port each time, until stopped."""
+
+    def __init__(self, host: TestHost) -> None:
+        import threading
+
+        self.host = host
+        self.answered = 0
+        self.failed: list[str] = []
+        self.active: set[int | None] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        while not self._stop.is_set():
+            try:
+                with opener.open(f"http://{self.host.address}:{PORT}/health", timeout=30) as r:
+                    r.read()
+                self.answered += 1
+            except OSError as e:
+                self.failed.append(repr(e))
+            self.active.add(_slots(self.host)[0])
+            time.sleep(0.1)
+
+
 def test_health_gate_failure_rolls_back_only_that_host(
     fleet: TestFleet, work: Path, bundles: dict[str, Bundle], signer: Signer
 ) -> None:
@@ -209,10 +300,17 @@ def test_health_gate_failure_rolls_back_only_that_host(
         daemon=True,
     )
     watcher.start()
+    # While the victim's new release fails its gate on the idle slot, its public port keeps
+    # answering from the old one: the front never moves.
+    watch = _PublicPortWatch(victim)
+    watch.start()
     run = run_playbook(fleet, work, "install.yml", bundle=bundles[V2], signer=signer)
+    watch.stop()
     watcher.join(timeout=10)
     assert corrupted == [True]
     assert run.rc != 0
+    assert watch.answered > 0 and watch.failed == [], watch.failed[:5]
+    assert watch.active == {SLOTS[0]}
     recap = run.recap()
     assert recap[victim.name]["failed"] == 1
     assert f"FAILED on {victim.name}" in run.output and "health gate" in run.output
@@ -224,9 +322,12 @@ def test_health_gate_failure_rolls_back_only_that_host(
         if host is victim:
             assert state["current"] == V1 and V2 not in releases and state["floor"] == 1
             assert host.run(f"test -e /opt/airlock/releases/{V2}", check=False).returncode == 1
+            _serves_on_slot(host, SLOTS[0], V1)
         else:
             assert recap[host.name]["failed"] == 0
             assert state["current"] == V2 and state["floor"] == 2
+            _serves_on_slot(host, SLOTS[1], V2)  # and the old slot was stopped
+        assert _server_users(host) == ["airlock"]
         _ask(host)
 
 
@@ -253,7 +354,12 @@ def test_rollback_returns_to_the_previous_release(fleet: TestFleet, work: Path) 
     for host in hosts:
         assert _state(host)["current"] == V1
         assert host.run("readlink /opt/airlock/current").stdout.strip() == f"releases/{V1}"
+        # V1 was started on the idle slot; the front moved there; V2's slot was stopped.
+        _serves_on_slot(host, SLOTS[0], V1)
         _ask(host)
+    run = run_playbook(fleet, work, "rollback.yml", "--limit", hosts[0].name, "-e",
+                       f"airlock_rollback_to={V1}")  # fmt: skip
+    assert run.rc == 0 and run.changed(hosts[0].name) == 0, run.output[-4000:]
 
 
 def test_rejects_rollback_below_floor(
@@ -278,4 +384,80 @@ def test_uninstall_removes_everything(fleet: TestFleet, work: Path) -> None:
     for host in fleet.hosts:
         assert _untouched(host)
         assert host.run("id airlock", check=False).returncode != 0
-        assert _server_users(host) == []
+        assert _server_users(host) == [] and _fronts(host) == 0
+        assert not set(_listening(host)) & {PORT, *SLOTS}
+
+
+def test_upgrade_from_a_pre_slot_install(
+    fleet: TestFleet, work: Path, bundles: dict[str, Bundle], signer: Signer
+) -> None:
+    """A host installed by the role before the slots (one server on the public port, the plain
+    supervisor's single instance) upgrades to the front and a slot; the public port closes
+    once, between the old server's stop and the front's start."""
+    host = fleet.hosts[0]
+    limit = ["--limit", f"localhost,{host.name}"]
+    old = pre_slot_tree(work / "pre-slot") / "playbooks"
+    run = run_playbook(fleet, work, "install.yml", *limit, bundle=bundles[V1], signer=signer,
+                       playbooks=old)  # fmt: skip
+    assert run.rc == 0, run.output[-4000:]
+    assert _slots(host) == (None, {}) and _fronts(host) == 0
+    assert _listening(host).get(PORT) == ANY  # llama-server itself
+    assert host.run("test -f /run/airlock/supervise.pid", check=False).returncode == 0
+    run = run_playbook(fleet, work, "install.yml", *limit, bundle=bundles[V2], signer=signer)
+    assert run.rc == 0, run.output[-4000:]
+    assert _state(host)["current"] == V2
+    _serves_on_slot(host, SLOTS[0], V2)
+    assert host.run("test -e /run/airlock/supervise.pid", check=False).returncode == 1
+    assert _server_users(host) == ["airlock"] and _fronts(host) == 1
+    _ask(host)
+    run = run_playbook(fleet, work, "install.yml", *limit, bundle=bundles[V2], signer=signer)
+    assert run.rc == 0 and run.changed(host.name) == 0, run.output[-6000:]
+
+
+def test_a_failure_after_the_switch_puts_the_old_slot_and_port_back(
+    fleet: TestFleet, work: Path, signer: Signer
+) -> None:
+    """V3 moves the public port to 80, where the front (as airlock) cannot bind: V3 passes
+    its gate and its slot, current and the front move, the old slot is stopped, and only the
+    final check on the public port fails. The rescue starts V2 on the old slot again, points
+    the front back at it, restarts the front on V2's port, stops V3's slot and discards V3."""
+    host = fleet.hosts[0]
+    limit = ["--limit", f"localhost,{host.name}"]
+    v3 = make_bundle(work, real_engine(), signer, version="3.0.0", sequence=3, seed=2)
+    moved = ["-e", '{"airlock_server_overrides": {"port": 80}, "airlock_slot_ports": [9091, 9092]}']
+    run = run_playbook(fleet, work, "install.yml", *limit, *moved, "-e",
+                       "airlock_health_timeout=20", bundle=v3, signer=signer)  # fmt: skip
+    assert run.rc != 0
+    assert f"FAILED on {host.name} at Verify" in run.text, run.output[-4000:]
+    assert f"Rolled back: release {V2} is current and serving" in run.text
+    assert "Slots | stop the old slot" in run.output  # it had got that far
+    state = _state(host)
+    assert state["current"] == V2 and "3.0.0" not in state["releases"]  # type: ignore[operator]
+    _serves_on_slot(host, SLOTS[0], V2)
+    assert not set(_listening(host)) & {80, 9091, 9092}
+    assert _fronts(host) == 1 and _server_users(host) == ["airlock"]
+    _ask(host)
+
+
+def test_a_moved_public_port_restarts_the_front_there(
+    fleet: TestFleet, work: Path, bundles: dict[str, Bundle], signer: Signer
+) -> None:
+    """airlock_server_overrides.port moves the public port: the release starts on the new
+    pair of slots, the front restarts on the new port, the old slot stops."""
+    host = fleet.hosts[0]
+    limit = ["--limit", f"localhost,{host.name}"]
+    moved = ["-e", '{"airlock_server_overrides": {"port": 9090}}']
+    run = run_playbook(fleet, work, "install.yml", *limit, *moved, "-e",
+                       "airlock_reconfigure=true", bundle=bundles[V2], signer=signer)  # fmt: skip
+    assert run.rc == 0, run.output[-4000:]
+    assert _slots(host) == (9091, {9091: V2})
+    listening = _listening(host)
+    assert listening.get(9090) == ANY and listening.get(9091) == LOOPBACK, listening
+    assert not set(listening) & {PORT, *SLOTS}, listening
+    assert _fronts(host) == 1 and _server_users(host) == ["airlock"]
+    run = run_playbook(fleet, work, "install.yml", *limit, *moved, bundle=bundles[V2],
+                       signer=signer)  # fmt: skip
+    assert run.rc == 0 and run.changed(host.name) == 0, run.output[-6000:]
+    run = run_playbook(fleet, work, "uninstall.yml", "--limit", host.name)
+    assert run.rc == 0, run.output[-4000:]
+    assert _untouched(host) and _fronts(host) == 0 and _server_users(host) == []

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from runtime.supervise import parse_env_file
+from runtime.settings import parse_env_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gpu"
 

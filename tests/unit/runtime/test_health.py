@@ -6,6 +6,7 @@ import http.server
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,39 @@ def test_health_gate_fails_on_a_broken_completion(
     monkeypatch.setattr(_Server, "completion_status", 500)
     with pytest.raises(InstallError, match="completion failed"):
         health.check_completion(server, timeout=5)
+
+
+class _KeyedServer(_Server):
+    """A server started with --api-key-file: a completion without the key gets 401."""
+
+    def do_POST(self) -> None:
+        if self.headers.get("Authorization") != "Bearer s3cret":
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._reply(401, {"error": "invalid api key"})
+            return
+        super().do_POST()
+
+
+def test_release_health_sends_the_api_key_the_site_configured(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runtime import release
+
+    base = tmp_path
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _KeyedServer)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        (base / "key").write_text("s3cret\n")
+        (base / "etc" / "releases").mkdir(parents=True)
+        env = base / "etc" / "releases" / "1.0.env"
+        env.write_text(f"AIRLOCK_ARGV=bin/s\nAIRLOCK_HEALTH_URL={url}\n")
+        layout = ["--root", str(base), "--config", str(base / "etc"), "--state", str(base)]
+        args = [*layout, "health", "--version", "1.0", "--completion", "--timeout", "3"]
+        assert release.main(args) != 0  # no key configured: the server refuses
+        capsys.readouterr()
+        env.write_text(env.read_text() + f"AIRLOCK_API_KEY_FILE={base / 'key'}\n")
+        assert release.main(args) == 0
+        assert json.loads(capsys.readouterr().out)["completion"] == " Paris"
+    finally:
+        httpd.shutdown()

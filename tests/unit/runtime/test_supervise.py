@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime import supervise
+from runtime import settings, supervise
 from runtime.errors import InstallError
 
 
 def test_env_file_values_are_shell_unquoted() -> None:
-    env = supervise.parse_env_file(
+    env = settings.parse_env_file(
         "# comment\nAIRLOCK_ARGV='bin/x --model '\"'\"'a b.gguf'\"'\"''\nEMPTY=\nX=\"1 2\"\n"
     )
     assert env["X"] == "1 2" and env["EMPTY"] == ""
@@ -22,7 +22,7 @@ def test_env_file_values_are_shell_unquoted() -> None:
 
 def test_rejects_a_settings_line_that_is_not_key_value() -> None:
     with pytest.raises(InstallError, match="line 1"):
-        supervise.parse_env_file("rm -rf /\n")
+        settings.parse_env_file("rm -rf /\n")
 
 
 def test_launch_spec_resolves_paths_against_the_release(tmp_path: Path) -> None:
@@ -111,3 +111,57 @@ def test_start_without_an_installed_release_explains(tmp_path: Path) -> None:
     )
     with pytest.raises(InstallError, match="does not point to a release"):
         supervise.start(paths, user=None)
+
+
+def _slot_paths(base: supervise.Paths, tmp_path: Path, **kind: object) -> supervise.Paths:
+    return supervise.Paths(
+        root=base.root,
+        config=base.config,
+        run_dir=str(tmp_path / "run"),
+        log_file=str(tmp_path / "log" / "slot.log"),
+        state=str(tmp_path / "var"),
+        **kind,  # type: ignore[arg-type]
+    )
+
+
+def test_a_slot_serves_its_assigned_release_on_loopback_at_its_port(tmp_path: Path) -> None:
+    from runtime import slots
+
+    legacy = _fake_release(tmp_path, 'echo "args: $*"; exec sleep 60\n')
+    slot = _slot_paths(legacy, tmp_path, slot=8082)
+    assert slot.pidfile != legacy.pidfile and slot.childfile != legacy.childfile
+    with pytest.raises(InstallError, match="slot 8082 has no release"):
+        supervise.start(slot, user=None)
+    slots.assign(str(tmp_path / "var"), 8082, "1.0")
+    try:
+        assert supervise.start(slot, user=None) is True
+        log = Path(slot.log_file)
+        assert _wait(lambda: log.exists() and "args:" in log.read_text())
+        assert "args: --host 127.0.0.1 --port 8082" in log.read_text()
+        assert supervise.status(legacy)["running"] is False  # its own pidfiles
+    finally:
+        assert supervise.stop(slot) is True
+
+
+def test_the_front_is_restarted_when_its_address_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = _fake_release(tmp_path, "exit 0\n")
+    front = _slot_paths(base, tmp_path, front="0.0.0.0:8080")
+    argv, env, _ = front.launch()
+    assert argv[1:4] == ["-m", "runtime.front", "serve"]
+    assert argv[argv.index("--listen") + 1] == "0.0.0.0:8080"
+    assert argv[-1] == str(tmp_path / "var" / "active-port")
+    assert env["PYTHONPATH"] == os.path.join(base.root, "lib", "runtime.zip")
+    # The daemon is a fork of this process: it runs the patched launch.
+    monkeypatch.setattr(supervise.Paths, "launch", lambda self: (["/bin/sleep", "60"], {}, "/"))
+    moved = _slot_paths(base, tmp_path, front="0.0.0.0:9090")
+    try:
+        assert supervise.start(front, user=None) is True
+        first = supervise.read_pid(front.pidfile)
+        assert supervise.start(front, user=None) is False
+        assert supervise.start(moved, user=None) is True
+        assert supervise.read_pid(moved.pidfile) not in (None, first)
+        assert Path(moved.specfile).read_text() == "0.0.0.0:9090"
+    finally:
+        supervise.stop(moved)

@@ -38,6 +38,12 @@ __all__ = ["EXPORTS", "TARGET", "Toolchain", "zig_executable", "zig_toolchain"]
 TARGET = "x86_64-linux-gnu.2.28"
 """Zig's target: x86-64, Linux, glibc 2.28 symbol versions (the floor, RHEL 8)."""
 
+# The C++ patterns are needed: the binding wheel's libmtmd.so imports
+# llama_model_get_tok_embd(llama_model const*, float*), a C++ function, from libllama.so.
+# lld also matches them against template instantiations over llama.cpp's types
+# (std::vector<ggml_tensor*>::emplace_back...), which some engine files then export: the
+# same libc++ header code in every file, never libc++'s own runtime (tests/integration/
+# test_llamacpp_build.py checks that).
 EXPORTS = """\
 /* airlock portable toolchain: what an ELF file linked by zig exports.
    llama.cpp's C API (and the backend-module entry points ggml_backend_init and

@@ -319,12 +319,23 @@ def stage_engine(
     console.step(f"engine: llama.cpp from the llama-cpp-python {eng.llama_cpp_python} source")
     source = sdist.fetch_sdist(eng.llama_cpp_python, cache_dir=cache_dir)
     cuda = cudalib.cuda_options(eng.cuda.architectures) if eng.cuda.enabled else None
+    if cuda is not None:
+        # nvcc compiles the CUDA module with the system's gcc and libstdc++ headers, which
+        # cannot link against zig's libc++: a CUDA engine is not built for the floor. Its
+        # real levels are recorded (glibc_min/glibcxx_min) and hosts below them are
+        # refused in preflight, before any transfer.
+        console.warn(
+            "CUDA engine: built with the system compiler, so it needs this machine's glibc "
+            "and libstdc++ on every host (not the glibc 2.28 floor of CPU engines); see "
+            "docs/OPERATIONS.md, Supported hosts"
+        )
     engine = llamacpp.build_engine(
         source,
         variants=eng.cpu_variants,
         cuda=cuda,
         cache_dir=cache_dir,
         log_dir=log_dir,
+        compiler="system" if cuda is not None else "portable",
     )
     llamacpp.stage_engine(engine, stage / "engine")
     props = dict(engine.properties)

@@ -9,7 +9,7 @@ build ever dies with SIGILL on an older CPU. Optionally a CUDA module is built
 
 Every result is audited (:mod:`bundler.engine.elfaudit`): the manifest records the glibc
 and libstdc++ levels it needs, so a host that cannot load it refuses before any transfer.
-With the portable toolchain (:mod:`bundler.engine.portable`, opt-in and not yet usable, see
+With the portable toolchain (:mod:`bundler.engine.portable`, the default, see
 :data:`Compiler`) the result is also checked against the glibc 2.28 floor. The command
 lines (cmake flags, variant choice) are pure functions; the adapters around them run cmake,
 copy files and check that the result is relocatable.
@@ -17,6 +17,7 @@ copy files and check that the result is relocatable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -60,11 +61,24 @@ __all__ = [
 ALL_X86_VARIANTS: tuple[str, ...] = variants.X86_VARIANT_NAMES
 
 
-# The cmake include that limits the CPU modules built to the requested variants: ggml makes
-# its core library depend on every module (add_dependencies(ggml ggml-cpu-*)), so building
-# the llama-server target would otherwise compile all 14. Overriding add_dependencies keeps
-# the vendored source untouched.
-_VARIANTS_CMAKE = """\
+# The cmake include (CMAKE_PROJECT_INCLUDE: read at the end of every project() call, so the
+# vendored source stays untouched) that shapes the engine build:
+# - it limits the CPU modules built to the requested variants: ggml makes its core library
+#   depend on every module (add_dependencies(ggml ggml-cpu-*)), so building the
+#   llama-server target would otherwise compile all 14;
+# - with AIRLOCK_SHARED_GGML, ggml's libraries stay shared while the rest of the build
+#   (BUILD_SHARED_LIBS=OFF) is static: llama.cpp and common link into llama-server, and
+#   only libggml, libggml-base and the backend modules are shared, as GGML_BACKEND_DL
+#   needs. llama.cpp's CMake ties both to BUILD_SHARED_LIBS; a normal variable in ggml's
+#   directory scope overrides the cache value there (CMP0077: ggml's option() then keeps
+#   it). Each ELF file of a portable build carries its own static libc++, so the fewer
+#   C++ interfaces cross between files, the better (bundler.engine.portable).
+_ENGINE_CMAKE = """\
+# airlock: llama.cpp static, ggml shared (AIRLOCK_SHARED_GGML).
+if(AIRLOCK_SHARED_GGML AND PROJECT_NAME STREQUAL "ggml")
+  set(BUILD_SHARED_LIBS ON)
+  message(STATUS "airlock: ggml's libraries shared, llama.cpp static (AIRLOCK_SHARED_GGML)")
+endif()
 # airlock: build only the CPU variant modules listed in AIRLOCK_CPU_VARIANTS.
 get_property(_airlock_done GLOBAL PROPERTY AIRLOCK_ADD_DEPS_OVERRIDE)
 if(NOT _airlock_done)
@@ -170,13 +184,15 @@ def engine_cmake_flags(variants: Sequence[str], cuda: CudaOptions | None) -> lis
     """The cmake cache flags for a relocatable llama-server with CPU variant modules.
 
     Pure: the same inputs give the same list; it is recorded in the manifest and is part of
-    the build cache key. The include file that limits the built variants is passed
-    separately (its path differs per machine).
+    the build cache key. The include file that limits the built variants and keeps ggml
+    shared is passed separately (its path differs per machine; its text is in the key).
     """
     rpath = "$ORIGIN/../lib;$ORIGIN/cuda" if cuda else "$ORIGIN/../lib"
     flags = [
         "-DCMAKE_BUILD_TYPE=Release",
-        "-DBUILD_SHARED_LIBS=ON",
+        # llama.cpp, common and mtmd static (linked into llama-server), ggml shared
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DAIRLOCK_SHARED_GGML=ON",
         "-DGGML_BACKEND_DL=ON",
         "-DGGML_NATIVE=OFF",
         "-DGGML_CPU_ALL_VARIANTS=ON",
@@ -226,12 +242,12 @@ def engine_targets(variants: Sequence[str], cuda: CudaOptions | None) -> list[st
 
 
 Compiler = Literal["portable", "system"]
-"""``system`` (the default): the build machine's ``cc``/``c++`` (``$CC``), linked against its
-own glibc and libstdc++; the audit records the levels it needs (``glibc_min``,
-``glibcxx_min``) and hosts below them are refused before any transfer. ``portable``: zig cc
-for the glibc 2.28 floor, checked against it; NOT YET USABLE: its engine aborts at start
-("free(): invalid pointer" in ~basic_ostringstream, common/arg.cpp) because every shared
-library carries its own static libc++ copy (docs/OPERATIONS.md, Supported hosts)."""
+"""``portable`` (the default): zig cc for the glibc 2.28 floor with a static libc++ kept
+private to each ELF file (:mod:`bundler.engine.portable`), checked against the floor.
+``system``: the build machine's ``cc``/``c++`` (``$CC``), linked against its own glibc and
+libstdc++; the audit records the levels it needs (``glibc_min``, ``glibcxx_min``) and hosts
+below them are refused before any transfer (bench/runtime.py's comparison build, and CUDA
+engines: nvcc's objects need the system C++ library)."""
 
 
 def toolchain(zig: Toolchain | None = None) -> dict[str, str]:
@@ -326,18 +342,27 @@ def build_engine(
     log_dir: Path | None = None,
     jobs: int = 2,
     index_url: str | None = None,
-    compiler: Compiler = "system",
+    compiler: Compiler = "portable",
 ) -> EngineBuild:
     """Build (or reuse from the cache) llama-server and its modules from ``source``.
 
-    ``compiler="system"`` builds with the build machine's compiler and skips the floor
-    check (a comparison build for bench/runtime.py; never staged into a bundle).
+    ``compiler="portable"`` (the default) builds for the glibc 2.28 floor and checks every
+    file against it. ``compiler="system"`` builds with the build machine's compiler and
+    skips the floor check: the audit records what it needs (bench/runtime.py's comparison
+    build, and CUDA engines, which must use it).
 
     Raises:
         BuildError: cmake or the compiler failed (with the log's tail and its path), the
             result is not relocatable, or a file needs more than the glibc floor.
-        UsageError: unknown variant names.
+        UsageError: unknown variant names, or a CUDA engine with the portable toolchain.
     """
+    if cuda is not None and compiler == "portable":
+        # nvcc compiles the CUDA module with the system's gcc and libstdc++ headers, whose
+        # objects cannot link with zig's libc++
+        raise UsageError(
+            "a CUDA engine cannot be built with the portable toolchain",
+            hint="build it with compiler='system' (bundler.pipeline does)",
+        )
     chosen = resolve_variants(variants)
     flags = engine_cmake_flags(chosen, cuda)
     zig = _zig(compiler)
@@ -352,6 +377,7 @@ def build_engine(
         "targets": engine_targets(chosen, cuda),
         "cuda": _cuda_inputs(cuda),
         **tools,
+        "cmake_include_sha256": hashlib.sha256(_ENGINE_CMAKE.encode()).hexdigest(),
         "recipe": 1,
     }
     cache = BuildCache(cache_dir)
@@ -372,8 +398,8 @@ def build_engine(
             _write_wheel_record(out, facts, None)
         tree = source_tree(source, cache_dir=cache_dir) / "vendor" / "llama.cpp"
         build_dir = out / "_build"
-        include = out / "_airlock-variants.cmake"
-        include.write_text(_VARIANTS_CMAKE)
+        include = out / "_airlock-engine.cmake"
+        include.write_text(_ENGINE_CMAKE)
         prefix = isolation_prefix()
         with open(log, "ab") as fh:
             fh.write(f"# network isolation: {' '.join(prefix) or 'none available'}\n".encode())
@@ -751,7 +777,7 @@ def build_llama_cpp_python_wheel(
     cache_dir: Path,
     log_dir: Path | None = None,
     jobs: int = 2,
-    compiler: Compiler = "system",
+    compiler: Compiler = "portable",
 ) -> Path:
     """Build (or reuse) the portable llama-cpp-python wheel from ``source``.
 

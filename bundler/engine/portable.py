@@ -6,12 +6,19 @@ against the build machine's glibc (Debian 12: 2.36, symbols up to ``GLIBC_2.34``
 libstdc++ (``GLIBCXX_3.4.30``). Zig's bundled clang can: ``-target x86_64-linux-gnu.2.28``
 links against glibc 2.28's symbol versions (zig ships their stubs) and zig links its own
 libc++, libc++abi, libunwind and compiler-rt statically into every binary. It comes from the
-``ziglang`` package on PyPI, pinned in pyproject.toml's ``portable`` extra, so the build
-machine needs no extra system package.
+``ziglang`` package on PyPI, pinned in pyproject.toml's dependencies, so the build machine
+needs no extra system package.
+
+A static libc++ per ELF file is only sound if each copy stays private: left exported, the
+libc++ symbols of ``libggml-base.so``, each CPU variant module and ``llama-server`` interpose
+each other at load time, one copy's code runs on another copy's objects, and the engine
+aborts at start (``free(): invalid pointer``). So every shared object and executable the
+wrappers link gets a linker version script (:data:`EXPORTS`) that exports only llama.cpp's
+own C API and binds everything else, the C++ runtime included, locally.
 
 CMake and scikit-build-core take a compiler as one executable path, so the toolchain is
-two tiny wrapper scripts (``cc`` and ``c++``) written into the build directory; their text
-and the zig version are part of every build's cache key.
+two tiny wrapper scripts (``cc`` and ``c++``) and the version script, written under the
+machine's cache; their text and the zig version are part of every build's cache key.
 """
 
 from __future__ import annotations
@@ -26,15 +33,45 @@ from pathlib import Path
 from bundler.engine.buildcache import default_cache_dir
 from bundler.errors import BuildError
 
-__all__ = ["TARGET", "Toolchain", "zig_executable", "zig_toolchain"]
+__all__ = ["EXPORTS", "TARGET", "Toolchain", "zig_executable", "zig_toolchain"]
 
 TARGET = "x86_64-linux-gnu.2.28"
 """Zig's target: x86-64, Linux, glibc 2.28 symbol versions (the floor, RHEL 8)."""
 
+# The C++ patterns are needed: the binding wheel's libmtmd.so imports
+# llama_model_get_tok_embd(llama_model const*, float*), a C++ function, from libllama.so.
+# lld also matches them against template instantiations over llama.cpp's types
+# (std::vector<ggml_tensor*>::emplace_back...), which some engine files then export: the
+# same libc++ header code in every file, never libc++'s own runtime (tests/integration/
+# test_llamacpp_build.py checks that).
+EXPORTS = """\
+/* airlock portable toolchain: what an ELF file linked by zig exports.
+   llama.cpp's C API (and the backend-module entry points ggml_backend_init and
+   ggml_backend_score, the quantization kernels libggml-base.so gives the CPU modules,
+   the multimodal API the Python binding loads); C++ functions of those APIs by their
+   demangled names. Everything else, the static libc++/libc++abi/libunwind/compiler-rt
+   above all, stays local to the file. */
+{
+  global:
+    llama_*; ggml_*; gguf_*; mtmd_*; clip_*; llava_*;
+    quantize_*; dequantize_*; iq2xs_*; iq3xs_*;
+    extern "C++" { llama_*; ggml_*; gguf_*; mtmd_*; clip_*; };
+  local: *;
+};
+"""
+"""The linker version script applied to every shared object and executable zig links."""
+
+# Compiling (-c), preprocessing (-E, -M, -MM) and assembling (-S) link nothing: the
+# version script goes only on the command lines that produce an ELF file.
 _WRAPPER = (
     "#!/bin/sh\n"
     "# airlock portable toolchain ({target})\n"
-    'exec "{zig}" {mode} -target {target} "$@"\n'
+    'for arg in "$@"; do\n'
+    '  case "$arg" in\n'
+    '    -c|-E|-S|-M|-MM) exec "{zig}" {mode} -target {target} "$@" ;;\n'
+    "  esac\n"
+    "done\n"
+    'exec "{zig}" {mode} -target {target} -Wl,--version-script="{exports}" "$@"\n'
 )
 
 
@@ -63,7 +100,7 @@ def zig_executable() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise BuildError(
             "the portable toolchain needs the ziglang package (zig cc), which is not installed",
-            hint="run: pip install -e '.[portable]' (pyproject.toml pins ziglang in that extra)",
+            hint="run: bash .ci/setup (pyproject.toml pins ziglang in airlock's dependencies)",
         )
     zig = Path(next(iter(spec.submodule_search_locations))) / "zig"
     if not os.access(zig, os.X_OK):
@@ -79,7 +116,7 @@ def _zig_version(zig: Path) -> str:
 
 
 def zig_toolchain(cache_dir: Path | None = None) -> Toolchain:
-    """Write the ``cc``/``c++`` wrappers under ``<cache>/zig/<version>`` and describe them.
+    """Write the ``cc``/``c++`` wrappers and the version script under ``<cache>/zig/<version>``.
 
     ``<cache>`` is ``cache_dir``, else ``$AIRLOCK_CACHE`` (``~/.cache/airlock``): one per
     machine, not per build cache, because zig's own cache (the libc++, compiler-rt and glibc
@@ -93,17 +130,20 @@ def zig_toolchain(cache_dir: Path | None = None) -> Toolchain:
     zig = zig_executable()
     version = _zig_version(zig)
     base = (cache_dir or default_cache_dir()) / "zig" / version
-    (base / "bin").mkdir(parents=True, exist_ok=True)
-    paths = {}
-    digest = hashlib.sha256()
+    # the key hashes the texts without this machine's paths to zig and the script
+    digest = hashlib.sha256(EXPORTS.encode())
     for name in ("cc", "c++"):
-        # the key hashes the text without this machine's path to zig
-        digest.update(_WRAPPER.format(zig="zig", mode=name, target=TARGET).encode())
-        path = base / "bin" / name
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text(_WRAPPER.format(zig=zig, mode=name, target=TARGET))
-        tmp.chmod(0o755)
-        os.replace(tmp, path)
+        digest.update(wrapper_text(zig="zig", mode=name, exports="exports.map").encode())
+    # one directory per wrapper text: a build never picks up another airlock's wrappers
+    # (another checkout on this machine) rewritten under it halfway through
+    bin_dir = base / f"bin-{digest.hexdigest()[:16]}"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    exports = bin_dir / "exports.map"
+    _write_atomic(exports, EXPORTS, 0o644)
+    paths = {}
+    for name in ("cc", "c++"):
+        path = bin_dir / name
+        _write_atomic(path, wrapper_text(zig=str(zig), mode=name, exports=str(exports)), 0o755)
         paths[name] = path
     zig_cache = str(base / "cache")
     return Toolchain(
@@ -113,3 +153,15 @@ def zig_toolchain(cache_dir: Path | None = None) -> Toolchain:
         wrapper_sha256=digest.hexdigest(),
         env={"ZIG_GLOBAL_CACHE_DIR": zig_cache, "ZIG_LOCAL_CACHE_DIR": zig_cache},
     )
+
+
+def wrapper_text(*, zig: str, mode: str, exports: str) -> str:
+    """The ``cc``/``c++`` wrapper script (``mode``: ``cc`` or ``c++``)."""
+    return _WRAPPER.format(zig=zig, mode=mode, target=TARGET, exports=exports)
+
+
+def _write_atomic(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.chmod(mode)
+    os.replace(tmp, path)

@@ -71,12 +71,15 @@ def test_engine_records_the_pinned_source_and_variants(built: EngineBuild) -> No
     assert "-DGGML_NATIVE=OFF" in p["cmake_flags"]
     assert p["server"] == "engine/bin/llama-server"
     assert p["cuda"] is None
-    assert re.fullmatch(r"2\.\d+", p["glibc_min"])
-    # the audit's record of what a host needs (the system compiler links libstdc++)
-    assert re.fullmatch(r"3\.4\.\d+", p["glibcxx_min"])
+    # the portable toolchain (the default): the glibc floor and no host libstdc++
+    assert p["compiler"].startswith("zig ") and p["compiler"].endswith("(x86_64-linux-gnu.2.28)")
+    assert p["glibc_min"] is not None
+    assert tuple(map(int, p["glibc_min"].split("."))) <= (2, 28)
+    assert p["glibcxx_min"] is None
     facts = elfaudit.read_files(built.root, built.files)
     assert {f.path for f in facts} == set(built.files)
     assert p["glibc_min"] == elfaudit.highest(facts, "GLIBC")
+    assert elfaudit.floor_problems(facts) == []
 
 
 @pytest.mark.slow
@@ -84,9 +87,45 @@ def test_only_the_requested_variant_modules_are_built(built: EngineBuild) -> Non
     mods = sorted(f for f in built.files if f.startswith("lib/libggml-cpu-"))
     assert mods == sorted(f"lib/libggml-cpu-{v}.so" for v in llamacpp.default_variants())
     assert "bin/llama-server" in built.files
-    for lib in ("libllama.so", "libggml.so", "libggml-base.so"):
+    for lib in ("libggml.so", "libggml-base.so"):
         assert any(f.startswith(f"lib/{lib}") for f in built.files), lib
+    # llama.cpp, common and mtmd are linked into llama-server (AIRLOCK_SHARED_GGML)
+    assert not any(f.startswith(("lib/libllama", "lib/libmtmd")) for f in built.files)
     assert not any(Path(built.root, f).is_symlink() for f in built.files)
+
+
+def exported(elf: Path) -> list[str]:
+    """The names of the symbols ``elf`` defines in its dynamic symbol table."""
+    from elftools.elf.elffile import ELFFile
+
+    with open(elf, "rb") as fh:
+        dynsym = ELFFile(fh).get_section_by_name(".dynsym")
+        return [
+            s.name
+            for s in dynsym.iter_symbols()
+            if s.name and s["st_shndx"] != "SHN_UNDEF" and s["st_info"]["bind"] != "STB_LOCAL"
+        ]
+
+
+@pytest.mark.slow
+def test_no_elf_file_exports_its_static_cxx_runtime(built: EngineBuild) -> None:
+    """Each file's static libc++ stays private: exported, the copies interpose each other
+    and the engine aborts at start (free(): invalid pointer).
+
+    What a file exports is llama.cpp's C API, and C++ symbols of llama.cpp's own types
+    (the version script's extern "C++" patterns also match template instantiations such as
+    std::vector<ggml_tensor *>::emplace_back: same code in every file); never libc++,
+    libc++abi or libunwind themselves (operator new, std::string, locales, __cxa_*)."""
+    api = re.compile(r"^(llama|ggml|gguf|mtmd|clip|llava|quantize|dequantize|iq2xs|iq3xs)_")
+    ours = re.compile(r"(llama|ggml|gguf|mtmd|clip)_")
+    for rel in built.files:
+        names = exported(built.root / rel)
+        runtime = [n for n in names if not api.match(n) and not ours.search(n)]
+        assert runtime == [], rel
+        assert not [n for n in names if n.startswith(("__cxa_", "_Unwind_", "_Zn"))], rel
+    modules = [f for f in built.files if f.startswith("lib/libggml-cpu-")]
+    for rel in modules:  # what ggml's loader looks up in each backend module
+        assert {"ggml_backend_init", "ggml_backend_score"} <= set(exported(built.root / rel)), rel
 
 
 @pytest.mark.slow

@@ -37,9 +37,18 @@ class FakeRuntime:
         return SimpleNamespace(architectures=architectures)
 
     def build_engine(
-        self, source: Any, *, variants: Any, cuda: Any, cache_dir: Path, log_dir: Path
+        self,
+        source: Any,
+        *,
+        variants: Any,
+        cuda: Any,
+        cache_dir: Path,
+        log_dir: Path,
+        compiler: str,
     ) -> Any:
-        self.calls.append(f"build_engine {variants} cuda={cuda and cuda.architectures}")
+        self.calls.append(
+            f"build_engine {variants} cuda={cuda and cuda.architectures} compiler={compiler}"
+        )
         props = {
             "llama_cpp_commit": "unknown",
             "cmake_flags": ["-DGGML_BACKEND_DL=ON"],
@@ -141,7 +150,7 @@ def test_runtime_steps_run_in_order_and_feed_the_manifest(fake: FakeRuntime, pro
     result = _build(project)
     assert fake.calls == [
         "fetch_sdist 0.3.36",
-        "build_engine ('x64', 'haswell') cuda=('90',)",
+        "build_engine ('x64', 'haswell') cuda=('90',) compiler=system",
         "wheel",
         "build_wheelhouse [('3.11', 'manylinux_2_28_x86_64')] ['numpy==1.0'] "
         "['llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl']",

@@ -90,7 +90,9 @@ def test_engine_flags_are_portable_relocatable_and_offline() -> None:
         "-DGGML_NATIVE=OFF",
         "-DGGML_CPU_ALL_VARIANTS=ON",
         "-DAIRLOCK_CPU_VARIANTS=x64;haswell",
-        "-DBUILD_SHARED_LIBS=ON",
+        # llama.cpp linked into llama-server, ggml's libraries shared (the include keeps them)
+        "-DBUILD_SHARED_LIBS=OFF",
+        "-DAIRLOCK_SHARED_GGML=ON",
         "-DCMAKE_BUILD_TYPE=Release",
         "-DLLAMA_BUILD_UI=OFF",
         "-DLLAMA_USE_PREBUILT_UI=OFF",
@@ -226,8 +228,31 @@ CUDA13 = CudaOptions(architectures=("90",), cuda_version="13.0", nvcc="/opt/nvcc
 
 def _build(cache: Path) -> llamacpp.EngineBuild:
     return llamacpp.build_engine(
-        _source(), variants=["x64"], cuda=CUDA13, cache_dir=cache, index_url="https://idx/simple"
+        _source(),
+        variants=["x64"],
+        cuda=CUDA13,
+        cache_dir=cache,
+        index_url="https://idx/simple",
+        compiler="system",
     )
+
+
+def test_a_cuda_engine_with_the_portable_toolchain_is_refused(
+    fake_cuda_build: FakeIndex, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match="CUDA engine cannot be built with the portable"):
+        llamacpp.build_engine(_source(), variants=["x64"], cuda=CUDA13, cache_dir=tmp_path)
+    assert not (tmp_path / "engine").exists()
+
+
+def test_the_cmake_include_text_is_part_of_the_cache_key(
+    fake_cuda_build: FakeIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _build(tmp_path / "cache")
+    monkeypatch.setattr(llamacpp, "_ENGINE_CMAKE", llamacpp._ENGINE_CMAKE + "# changed\n")
+    second = _build(tmp_path / "cache")
+    assert not second.cached
+    assert first.root != second.root
 
 
 def _digest(path: Path) -> str:

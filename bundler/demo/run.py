@@ -85,6 +85,7 @@ class DemoResult:
     host_routes: list[str] = field(default_factory=list)
     host_listeners: list[str] = field(default_factory=list)
     server_port: int = 0
+    active_slot_port: int = 0
     server_url: str = ""
     model_id: str = ""
     bundle_model: str = ""
@@ -407,8 +408,16 @@ def _install_and_ask(
             result.server_url = f"http://{host.address}:{port}"
             answer = ask(result.server_url, QUESTION)
             result.model_id, result.answer, result.completion_tokens = answer
+            # The front owns the public port; llama-server listens on the active slot's
+            # loopback port (docs/OPERATIONS.md, "The upgrade timeline").
+            active = host.run(["cat", "/var/lib/airlock/active-port"], check=False).stdout
+            result.active_slot_port = int(active.strip() or 0)
             listeners = host.run(["ss", "-Htlnp"], check=False).stdout.splitlines()
-            result.host_listeners = [line for line in listeners if f":{port} " in line]
+            result.host_listeners = [
+                line
+                for line in listeners
+                if f":{port} " in line or f":{result.active_slot_port} " in line
+            ]
             console.info(f"model {result.model_id} answered from {result.server_url}:")
             console.info(f"  {result.answer!r}")
             check_answer(result.answer, host.address)

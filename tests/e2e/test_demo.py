@@ -87,7 +87,15 @@ def test_readme_demo_answers_from_the_installed_server_on_the_test_host(
     )
     assert result["server_url"].startswith(f"http://{host}:")
     assert not any(r.startswith("default") for r in result["host_routes"]), result["host_routes"]
-    assert any("llama-server" in line for line in result["host_listeners"]), result
+    # The front (python3 -m runtime.front) owns the public port and forwards to the active
+    # slot, where llama-server listens on loopback only.
+    public, slot = result["server_port"], result["active_slot_port"]
+    assert slot != public and slot > 0, result
+    listeners = result["host_listeners"]
+    assert any(f":{public} " in line and "python3" in line for line in listeners), listeners
+    assert any(f"127.0.0.1:{slot} " in line and "llama-server" in line for line in listeners), (
+        listeners
+    )
     # The server serves the model from the bundle it was installed from.
     assert result["bundle_model"] == "tiny"
     assert result["model_id"] in (

@@ -7,7 +7,7 @@ there is exactly one root, :class:`AirlockError`.
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 from runtime.text import printable
 
@@ -32,6 +32,17 @@ class AirlockError(Exception):
         self.message = message
         self.hint = hint
         self.problems: Sequence[str] = tuple(problems or ())
+
+    def report(self) -> Dict[str, object]:
+        """The failure as a runtime command prints it on stdout: the playbooks read stdout as
+        JSON even when the command fails (the human text, :meth:`render`, goes to stderr)."""
+        return {
+            "failed": True,
+            "error": self.message,
+            "problems": list(self.problems),
+            "hint": self.hint,
+            "exit_code": self.exit_code,
+        }
 
     def render(self) -> str:
         """The full user-facing text: message, every problem, and the fix.

@@ -570,19 +570,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = run(args)
     except AirlockError as e:
-        # Ansible reads stdout as JSON even on failure; the human text goes to stderr.
-        print(
-            json.dumps(
-                {
-                    "failed": True,
-                    "error": e.message,
-                    "problems": list(e.problems),
-                    "hint": e.hint,
-                    "exit_code": e.exit_code,
-                },
-                sort_keys=True,
-            )
-        )
+        print(json.dumps(e.report(), sort_keys=True))
         print(e.render(), file=sys.stderr)
         return e.exit_code
     print(json.dumps(result, sort_keys=True))

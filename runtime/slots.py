@@ -241,11 +241,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         result = run(args)
     except AirlockError as e:
-        print(
-            json.dumps(
-                {"failed": True, "error": e.message, "problems": list(e.problems), "hint": e.hint}
-            )
-        )
+        print(json.dumps(e.report(), sort_keys=True))
         print(e.render(), file=sys.stderr)
         return e.exit_code
     print(json.dumps(result, sort_keys=True))

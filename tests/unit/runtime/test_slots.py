@@ -118,4 +118,5 @@ def test_cli_check_fails_with_the_problem(
     )
     code, out = _cli(capsys, "--state", str(tmp_path), "check")
     assert code != 0 and out["failed"] is True
+    assert out["exit_code"] == code  # the same report as runtime.release's (errors.report)
     assert "names no slot" in str(out["problems"])

@@ -7,7 +7,9 @@ there is exactly one root, :class:`AirlockError`.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, Optional, Sequence
+import json
+import sys
+from typing import Any, Callable, Dict, Iterable, Optional, Sequence
 
 from runtime.text import printable
 
@@ -56,6 +58,19 @@ class AirlockError(Exception):
         if self.hint:
             lines.append("hint: " + self.hint)
         return "\n".join(printable(line, keep_newlines=True) for line in lines)
+
+
+def json_command(run: Callable[[], Dict[str, Any]]) -> int:
+    """Run a host-side command whose caller (a playbook) reads stdout as JSON: the result,
+    or on failure :meth:`AirlockError.report` with the human text on stderr. The exit code."""
+    try:
+        result = run()
+    except AirlockError as e:
+        print(json.dumps(e.report(), sort_keys=True))
+        print(e.render(), file=sys.stderr)
+        return e.exit_code
+    print(json.dumps(result, sort_keys=True))
+    return 0
 
 
 class UsageError(AirlockError):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import platform
 import shutil
@@ -32,13 +31,13 @@ from runtime.bundle import MANIFEST_NAME, MAX_MANIFEST_BYTES
 from runtime.detect import disk_facts
 from runtime.drift import find_drift
 from runtime.errors import (
-    AirlockError,
     HostError,
     HostLibraryError,
     InstallError,
     IntegrityError,
     RollbackError,
     UsageError,
+    json_command,
 )
 from runtime.fsio import atomic_write, file_sha256
 from runtime.health import check_completion, health_gate, read_api_key, wait_healthy
@@ -567,14 +566,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except AirlockError as e:
-        print(json.dumps(e.report(), sort_keys=True))
-        print(e.render(), file=sys.stderr)
-        return e.exit_code
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return json_command(lambda: run(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,13 +15,12 @@ is idle, where the new release starts while the active one keeps serving::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from runtime.errors import AirlockError, IntegrityError, UsageError
+from runtime.errors import IntegrityError, UsageError, json_command
 from runtime.fsio import atomic_write
 
 SLOT_HOST = "127.0.0.1"
@@ -238,14 +237,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = run(args)
-    except AirlockError as e:
-        print(json.dumps(e.report(), sort_keys=True))
-        print(e.render(), file=sys.stderr)
-        return e.exit_code
-    print(json.dumps(result, sort_keys=True))
-    return 0
+    return json_command(lambda: run(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,6 +7,7 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
+from importlib.util import find_spec
 from types import ModuleType
 
 from bundler import __version__
@@ -14,27 +15,53 @@ from bundler.cli import build, bundle, evidence, keys, project
 from bundler.errors import AirlockError, HostError
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (keys, bundle, build, evidence, project)
-# The commands that fetch from the Hub and build (huggingface_hub, httpx2/httpcore2 2.16:
-# Python 3.11+, marked so in pyproject.toml). Every other command (verify, inspect,
-# unpack, ...) also runs on Python 3.10, the oldest controller Python.
+# The commands that fetch from the Hub and build. They need the ``build`` extra
+# (pyproject.toml: huggingface_hub, httpx2/httpcore2 2.16, ziglang; Python 3.11+), which a
+# bundle's controller wheelhouse leaves out. Every other command (verify, inspect, unpack,
+# ...) runs without it, also on Python 3.10, the oldest controller Python.
 BUILD_COMMANDS = ("lock", "build", "demo")
 BUILD_PYTHON = (3, 11)
+# The import name of each distribution of the ``build`` extra.
+BUILD_MODULES = {
+    "huggingface_hub": "huggingface_hub",
+    "httpx2": "httpx2",
+    "httpcore2": "httpcore2",
+    "ziglang": "ziglang",
+}
+FAR_SIDE_COMMANDS = "verify, inspect, unpack and the other far-side commands"
 
 
-def refuse_old_python(command: str, version: tuple[int, int]) -> None:
-    """Refuse a build-side ``command`` on a Python older than :data:`BUILD_PYTHON`.
+def missing_build_modules() -> list[str]:
+    """The distributions of the ``build`` extra that this Python cannot import."""
+    return [dist for dist, module in BUILD_MODULES.items() if find_spec(module) is None]
+
+
+def refuse_build_here(command: str, version: tuple[int, int], missing: Sequence[str]) -> None:
+    """Refuse a build-side ``command`` where it cannot run: on a Python older than
+    :data:`BUILD_PYTHON`, or without the ``build`` extra (``missing`` names what is absent).
 
     Raises:
-        HostError: naming the command, both Pythons and the commands that do run here.
+        HostError: naming the command, what is missing, the fix and the commands that do
+            run here.
     """
-    if command in BUILD_COMMANDS and version < BUILD_PYTHON:
+    if command not in BUILD_COMMANDS:
+        return
+    here = ".".join(map(str, version))
+    if version < BUILD_PYTHON:
         need = ".".join(map(str, BUILD_PYTHON))
-        here = ".".join(map(str, version))
         raise HostError(
             f"airlock {command} needs Python {need} or newer (this is Python {here}): its "
             f"Hub and download dependencies are not installed for Python {here}",
             hint=f"run airlock {command} on a build machine with python{need} or newer; "
-            f"Python {here} runs verify, inspect, unpack and the other far-side commands",
+            f"Python {here} runs {FAR_SIDE_COMMANDS}",
+        )
+    if missing:
+        raise HostError(
+            f"airlock {command} needs airlock's build dependencies (the build extra), which "
+            f"are not installed here: missing {', '.join(missing)}",
+            hint="on a build machine install airlock with the build extra: "
+            "pip install 'airlock[build]' (from a source checkout: bash .ci/setup-demo); "
+            f"this installation runs {FAR_SIDE_COMMANDS}",
         )
 
 
@@ -58,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        refuse_old_python(args.command, (sys.version_info.major, sys.version_info.minor))
+        if args.command in BUILD_COMMANDS:
+            version = (sys.version_info.major, sys.version_info.minor)
+            refuse_build_here(args.command, version, missing_build_modules())
         result: int = args.func(args)
         return result
     except AirlockError as e:

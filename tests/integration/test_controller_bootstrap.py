@@ -175,6 +175,28 @@ def test_trixie_python313_without_python3_venv_bootstraps_offline_and_verifies(
     assert "demo 1.0.0 (sequence 1) verified" in verify.stdout + verify.stderr
     # The venv has the pinned pip too, for later offline use.
     assert _ok(box.run([f"{VENV}/python", "-m", "pip", "--version"])).startswith("pip ")
+    # Not the build side: airlock's build extra is not in the closure, and the build
+    # commands say what is missing instead of a traceback.
+    dists = _ok(
+        box.run(
+            [
+                f"{VENV}/python",
+                "-c",
+                "import importlib.metadata as m; print(sorted("
+                "d.metadata['Name'].lower() for d in m.distributions()))",
+            ]
+        )
+    )
+    assert "ansible-core" in dists and "airlock" in dists
+    for name in ("ziglang", "huggingface-hub", "httpx2", "httpcore2"):
+        assert f"'{name}'" not in dists, dists
+    refused = box.run([f"{VENV}/airlock", "build", "airlock.yaml"], cwd="/tmp")
+    assert refused.returncode == 50, refused.stdout + refused.stderr
+    assert (
+        "airlock build needs airlock's build dependencies (the build extra), which are not "
+        "installed here: missing huggingface_hub, httpx2, httpcore2, ziglang" in refused.stderr
+    )
+    assert "Traceback" not in refused.stderr
 
 
 def test_trixie_refuses_a_tampered_pip_wheel_before_running_it(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bundler import __version__
@@ -60,17 +62,63 @@ def test_skip_runtime_is_still_accepted_as_skip_engine() -> None:
 
 
 def test_build_side_commands_refuse_a_python_older_than_3_11() -> None:
-    from bundler.cli.main import BUILD_COMMANDS, refuse_old_python
+    from bundler.cli.main import BUILD_COMMANDS, refuse_build_here
     from bundler.errors import HostError
 
     assert set(BUILD_COMMANDS) == {"lock", "build", "demo"}
     for command in BUILD_COMMANDS:
         with pytest.raises(HostError) as exc:
-            refuse_old_python(command, (3, 10))
+            refuse_build_here(command, (3, 10), ["huggingface_hub"])
         assert exc.value.message.startswith(
             f"airlock {command} needs Python 3.11 or newer (this is Python 3.10)"
         )
         assert exc.value.exit_code == 50
-        refuse_old_python(command, (3, 11))
+        refuse_build_here(command, (3, 11), [])
     for command in ("verify", "inspect", "unpack", "sbom", "keygen"):
-        refuse_old_python(command, (3, 10))
+        refuse_build_here(command, (3, 10), ["huggingface_hub", "ziglang"])
+
+
+def test_build_side_commands_refuse_without_the_build_extra_and_name_it() -> None:
+    from bundler.cli.main import BUILD_COMMANDS, refuse_build_here
+    from bundler.errors import HostError
+
+    for command in BUILD_COMMANDS:
+        with pytest.raises(HostError) as exc:
+            refuse_build_here(command, (3, 13), ["huggingface_hub", "ziglang"])
+        assert exc.value.message == (
+            f"airlock {command} needs airlock's build dependencies (the build extra), which "
+            "are not installed here: missing huggingface_hub, ziglang"
+        )
+        assert "pip install 'airlock[build]'" in (exc.value.hint or "")
+        assert exc.value.exit_code == 50
+    refuse_build_here("verify", (3, 13), ["huggingface_hub", "ziglang"])
+
+
+def test_build_modules_are_the_build_extra_of_pyproject() -> None:
+    """The refusal's list and pyproject.toml's extra cannot drift apart; the extra is
+    installed here (.ci/setup), so nothing is missing."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    from bundler.cli.main import BUILD_MODULES, missing_build_modules
+
+    meta = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
+    extra = meta["project"]["optional-dependencies"]["build"]
+    assert sorted(Requirement(r).name for r in extra) == sorted(BUILD_MODULES)
+    deps = {Requirement(r).name for r in meta["project"]["dependencies"]}
+    assert not deps & set(BUILD_MODULES), "a build-only package is back in dependencies"
+    assert missing_build_modules() == []
+
+
+def test_main_refuses_a_build_command_without_the_build_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bundler.cli import main as main_mod
+
+    real = main_mod.find_spec
+    monkeypatch.setattr(
+        main_mod, "find_spec", lambda name: None if name == "ziglang" else real(name)
+    )
+    assert main_mod.main(["build", "airlock.yaml"]) == 50
+    err = capsys.readouterr().err
+    assert "missing ziglang" in err and "airlock[build]" in err

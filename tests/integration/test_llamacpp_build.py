@@ -129,6 +129,19 @@ def test_no_elf_file_exports_its_static_cxx_runtime(built: EngineBuild) -> None:
 
 
 @pytest.mark.slow
+def test_no_elf_file_carries_debug_info(built: EngineBuild) -> None:
+    """zig cc emits DWARF unless told -g0 (the engine was 154 MB, 135 MB of it debug
+    sections): the portable wrappers pass -g0, as gcc's default is."""
+    from elftools.elf.elffile import ELFFile
+
+    for rel in built.files:
+        with open(built.root / rel, "rb") as fh:
+            names = [s.name for s in ELFFile(fh).iter_sections()]
+        assert ".dynsym" in names, rel
+        assert [n for n in names if n.startswith(".debug_")] == [], rel
+
+
+@pytest.mark.slow
 def test_engine_needs_no_openmp_runtime_on_the_host(staged: Path) -> None:
     for elf in [staged / "bin" / "llama-server", *sorted((staged / "lib").glob("*.so*"))]:
         dyn = subprocess.run(

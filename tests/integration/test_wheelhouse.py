@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from bundler.demo.tinymodel import TinyModelOptions, write_tiny_model
 from bundler.engine import elfaudit, llamacpp, sdist
@@ -95,6 +97,13 @@ def test_llama_cpp_python_wheel_is_portable_and_installs_offline(tmp_path: Path)
     # built with the portable toolchain (the default): the glibc 2.28 floor, no libstdc++
     assert elfaudit.floor_problems(facts) == []
     assert elfaudit.highest(facts, "GLIBCXX") is None
+    # and no DWARF (zig cc's default without -g0; the wrappers pass it)
+    with zipfile.ZipFile(wheel) as zf:
+        for fact in facts:
+            member = fact.path.split(":", 1)[1]  # <wheel>:<member>
+            elf = ELFFile(io.BytesIO(zf.read(member)))
+            debug = [s.name for s in elf.iter_sections() if s.name.startswith(".debug_")]
+            assert debug == [], (fact.path, debug)
     target = Target(HERE, "manylinux_2_28_x86_64")
     house = wheelhouse.build_wheelhouse(
         [target], [], extra_wheels=[wheel], dest=tmp_path / "wheels", cache_dir=cache
@@ -146,6 +155,9 @@ def test_controller_bootstraps_offline_with_the_documented_command(tmp_path: Pat
     )
     names = {w["name"].lower().replace("_", "-") for w in result.properties["wheels"]}
     assert {"airlock", "ansible-core", "cryptography", "pip"} <= names
+    # airlock's build extra (the Hub client, its HTTP stack, the 101 MB compiler) stays on
+    # the build machine: nothing of it reaches the enclave's controller or hosts
+    assert not names & {"huggingface-hub", "hf-xet", "httpx2", "httpcore2", "ziglang"}, names
     assert result.properties["requirements"] == "controller/requirements.txt"
     assert result.properties["pythons"] == [HERE]
     assert result.properties["ansible_core"][HERE].startswith(

@@ -52,8 +52,18 @@ def args_of(wrapper: Path, *argv: str) -> list[str]:
 )
 def test_linking_an_elf_file_applies_the_version_script(tmp_path: Path, argv: list[str]) -> None:
     got = args_of(fake_wrapper(tmp_path, "c++"), *argv)
-    assert got[:4] == ["c++", "-target", portable.TARGET, "-Wl,--version-script=/x/exports.map"]
-    assert got[4:] == argv
+    defaults = portable.DEFAULTS.split()
+    head = [
+        "c++",
+        "-target",
+        portable.TARGET,
+        *defaults,
+        "-Wl,--strip-debug",
+        "-Wl,--version-script=/x/exports.map",
+    ]
+    assert got[: len(head)] == head
+    # the build's own flags come after the defaults: its -O2/-O3/-g wins
+    assert got[len(head) :] == argv
 
 
 @pytest.mark.parametrize(
@@ -67,7 +77,14 @@ def test_linking_an_elf_file_applies_the_version_script(tmp_path: Path, argv: li
 )
 def test_compiling_gets_no_link_flags(tmp_path: Path, argv: list[str]) -> None:
     got = args_of(fake_wrapper(tmp_path, "cc"), *argv)
-    assert got == ["cc", "-target", portable.TARGET, *argv]
+    assert got == ["cc", "-target", portable.TARGET, *portable.DEFAULTS.split(), *argv]
+
+
+def test_the_defaults_match_gccs_no_debug_info_and_never_debug_mode() -> None:
+    """zig cc emits DWARF unless -g0 and compiles in Debug mode (UBSan runtime) without an
+    -O flag; gcc does neither."""
+    assert portable.DEFAULTS.split() == ["-O2", "-g0"]
+    assert portable.LINK_DEFAULTS == "-Wl,--strip-debug"  # zig's own runtime's DWARF
 
 
 def test_the_exports_are_llama_cpp_apis_and_nothing_else_is_global() -> None:
@@ -120,3 +137,33 @@ def test_a_library_and_a_program_each_with_static_libcxx_run_together(tmp_path: 
         if len(line.split()) >= 8 and line.split()[0][:-1].isdigit() and " UND " not in line
     ]
     assert defined == ["ggml_toy"]
+
+
+@pytest.mark.slow
+def test_flagless_checks_and_the_release_build_share_one_zig_runtime(tmp_path: Path) -> None:
+    """What CMake's compiler checks do (compile and link with no -O flag) and what the build
+    does (-O3 -fPIC -shared) need the same compiler-rt and libunwind: zig builds each once,
+    with no UBSan runtime, and the output carries no debug info, even with -g asked for on
+    the compile (the link drops it)."""
+    zig = portable.zig_toolchain()
+    cache = tmp_path / "zig-cache"  # a fresh zig cache: what is built here is counted
+    env = {**os.environ, "ZIG_GLOBAL_CACHE_DIR": str(cache), "ZIG_LOCAL_CACHE_DIR": str(cache)}
+    (tmp_path / "check.c").write_text("int main(void) { return 0; }\n")
+    (tmp_path / "lib.c").write_text("int ggml_toy(int x) { return x * 3; }\n")
+    cc = str(zig.cc)
+    for argv in (
+        [cc, "check.c", "-o", "check"],
+        [cc, "-O3", "-g", "-fPIC", "-shared", "lib.c", "-o", "libggml-toy.so"],
+    ):
+        subprocess.run(argv, cwd=tmp_path, env=env, check=True, capture_output=True)
+    built = sorted(p.name for p in cache.rglob("*.a"))
+    assert built.count("libcompiler_rt.a") == 1, built
+    assert "libubsan_rt.a" not in built, built
+    sections = subprocess.run(
+        ["readelf", "-S", "-W", str(tmp_path / "libggml-toy.so")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert ".dynsym" in sections  # the listing is real
+    assert ".debug_" not in sections, sections

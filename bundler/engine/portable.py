@@ -72,7 +72,7 @@ EXPORTS = """\
 DEFAULTS = "-O2 -g0"
 """What the wrappers put before the build's own flags, where zig cc's defaults differ from
 gcc's and cost every build. Without ``-g0`` zig emits DWARF debug info (the engine was
-154 MB, 135 MB of it ``.debug_*`` sections, against gcc's 19 MB, and compiling and linking
+154 MB, about 140 MB of it debug information, against gcc's 16 MB, and compiling and linking
 it took time). Without an ``-O`` flag zig compiles in Debug mode with the UBSan runtime, so
 CMake's compiler checks (which pass no ``-O``) made zig build a second, Debug compiler-rt,
 libunwind and UBSan runtime besides the release ones the build links. A build's own

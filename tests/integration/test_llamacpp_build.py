@@ -130,7 +130,7 @@ def test_no_elf_file_exports_its_static_cxx_runtime(built: EngineBuild) -> None:
 
 @pytest.mark.slow
 def test_no_elf_file_carries_debug_info(built: EngineBuild) -> None:
-    """zig cc emits DWARF unless told -g0 (the engine was 154 MB, 135 MB of it debug
+    """zig cc emits DWARF unless told -g0 (the engine was 154 MB, about 140 MB of it debug
     sections): the portable wrappers pass -g0, as gcc's default is."""
     from elftools.elf.elffile import ELFFile
 

@@ -37,6 +37,12 @@ def fake_wrapper(tmp_path: Path, mode: str) -> Path:
     return wrapper
 
 
+def readelf(what: str, elf: Path) -> str:
+    return subprocess.run(
+        ["readelf", what, "-W", str(elf)], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def args_of(wrapper: Path, *argv: str) -> list[str]:
     out = subprocess.run([str(wrapper), *argv], capture_output=True, text=True, check=True)
     return out.stdout.splitlines()
@@ -125,12 +131,7 @@ def test_a_library_and_a_program_each_with_static_libcxx_run_together(tmp_path: 
         subprocess.run(argv, cwd=tmp_path, env=env, check=True, capture_output=True)
     run = subprocess.run([str(tmp_path / "prog")], capture_output=True, text=True, check=False)
     assert (run.returncode, run.stdout) == (0, "3 yy2\n"), run.stderr
-    dynsym = subprocess.run(
-        ["readelf", "--dyn-syms", "-W", str(tmp_path / "libggml-toy.so")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    dynsym = readelf("--dyn-syms", tmp_path / "libggml-toy.so")
     defined = [
         line.split()[7]
         for line in dynsym.splitlines()
@@ -159,11 +160,6 @@ def test_flagless_checks_and_the_release_build_share_one_zig_runtime(tmp_path: P
     built = sorted(p.name for p in cache.rglob("*.a"))
     assert built.count("libcompiler_rt.a") == 1, built
     assert "libubsan_rt.a" not in built, built
-    sections = subprocess.run(
-        ["readelf", "-S", "-W", str(tmp_path / "libggml-toy.so")],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    sections = readelf("-S", tmp_path / "libggml-toy.so")
     assert ".dynsym" in sections  # the listing is real
     assert ".debug_" not in sections, sections

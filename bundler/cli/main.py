@@ -21,19 +21,14 @@ COMMAND_MODULES: tuple[ModuleType, ...] = (keys, bundle, build, evidence, projec
 # ...) runs without it, also on Python 3.10, the oldest controller Python.
 BUILD_COMMANDS = ("lock", "build", "demo")
 BUILD_PYTHON = (3, 11)
-# The import name of each distribution of the ``build`` extra.
-BUILD_MODULES = {
-    "huggingface_hub": "huggingface_hub",
-    "httpx2": "httpx2",
-    "httpcore2": "httpcore2",
-    "ziglang": "ziglang",
-}
+# The distributions of the ``build`` extra; each one's import name is its own name.
+BUILD_MODULES = ("huggingface_hub", "httpx2", "httpcore2", "ziglang")
 FAR_SIDE_COMMANDS = "verify, inspect, unpack and the other far-side commands"
 
 
 def missing_build_modules() -> list[str]:
     """The distributions of the ``build`` extra that this Python cannot import."""
-    return [dist for dist, module in BUILD_MODULES.items() if find_spec(module) is None]
+    return [name for name in BUILD_MODULES if find_spec(name) is None]
 
 
 def refuse_build_here(command: str, version: tuple[int, int], missing: Sequence[str]) -> None:
@@ -85,9 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command in BUILD_COMMANDS:
-            version = (sys.version_info.major, sys.version_info.minor)
-            refuse_build_here(args.command, version, missing_build_modules())
+        version = (sys.version_info.major, sys.version_info.minor)
+        refuse_build_here(args.command, version, missing_build_modules())
         result: int = args.func(args)
         return result
     except AirlockError as e:

@@ -42,6 +42,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.netns]
 EPOCH = int(time.time()) // 86400 * 86400
 BOOTSTRAP = ["python3", "-m", "runtime.controller", "/opt/airlock-controller"]
 VENV = "/opt/airlock-controller/bin"
+# python arguments that print the venv's installed distributions, lower-case names
+LIST_DISTRIBUTIONS = [
+    "-c",
+    "import importlib.metadata as m; print(sorted("
+    "d.metadata['Name'].lower() for d in m.distributions()))",
+]
 
 
 @dataclass(frozen=True)
@@ -177,16 +183,7 @@ def test_trixie_python313_without_python3_venv_bootstraps_offline_and_verifies(
     assert _ok(box.run([f"{VENV}/python", "-m", "pip", "--version"])).startswith("pip ")
     # Not the build side: airlock's build extra is not in the closure, and the build
     # commands say what is missing instead of a traceback.
-    dists = _ok(
-        box.run(
-            [
-                f"{VENV}/python",
-                "-c",
-                "import importlib.metadata as m; print(sorted("
-                "d.metadata['Name'].lower() for d in m.distributions()))",
-            ]
-        )
-    )
+    dists = _ok(box.run([f"{VENV}/python", *LIST_DISTRIBUTIONS]))
     assert "ansible-core" in dists and "airlock" in dists
     for name in ("ziglang", "huggingface-hub", "httpx2", "httpcore2"):
         assert f"'{name}'" not in dists, dists
@@ -397,12 +394,7 @@ def test_python310_bootstraps_offline_with_ansible_core_217_and_runs_the_playboo
     assert "Traceback" not in refused.stderr
     modules = _ok(
         _offline(
-            [
-                str(bin_ / "python"),
-                "-c",
-                "import importlib.metadata as m; print(sorted("
-                "d.metadata['Name'].lower() for d in m.distributions()))",
-            ],
+            [str(bin_ / "python"), *LIST_DISTRIBUTIONS],
             cwd=tmp_path,
         )
     )
